@@ -1,0 +1,131 @@
+//! The HTTP API (axum): event ingest, live tail, the catalog, health, metrics and the
+//! OpenAPI document. Every route but `/healthz`, `/readyz` and `/metrics` needs a
+//! bearer token with the right scope; every error is JSON (see [`error`]).
+
+pub mod auth;
+pub mod error;
+mod events;
+mod openapi;
+pub mod stream;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Scope;
+use crate::ingest::Ingest;
+use crate::metrics::Metrics;
+use auth::Auth;
+use error::ApiError;
+use stream::Tail;
+
+/// Request size limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub max_batch_events: usize,
+}
+
+/// What the handlers share.
+pub struct AppState {
+    pub ingest: Arc<Ingest>,
+    pub auth: Auth,
+    pub metrics: Arc<Metrics>,
+    pub tail: Tail,
+    pub limits: Limits,
+    /// Fires when the daemon starts shutting down (ends live tails).
+    pub shutdown: CancellationToken,
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let body_limit = state.limits.max_body_bytes;
+    Router::new()
+        .route("/v1/events", post(events::publish_one))
+        .route("/v1/events/batch", post(events::publish_batch))
+        .route("/v1/events/stream", get(events::stream))
+        .route("/v1/event-types", get(event_types))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi::document))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+/// Lists every catalog type with its JSON Schema.
+#[utoipa::path(get, path = "/v1/event-types", tag = "events",
+    responses((status = 200, description = "The catalog: every known event type with its JSON Schema")),
+    security(("bearer" = [])))]
+async fn event_types(
+    State(state): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    state.auth.authorize(&headers, Scope::Read)?;
+    let catalog = state.ingest.catalog();
+    Ok(Json(json!({ "event_types": catalog.types() })).into_response())
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "Alive")))]
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Readiness: takes events (not shutting down).
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, description = "Ready to take events"), (status = 503, description = "Shutting down")))]
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    let bus = state.ingest.bus();
+    let body = json!({
+        "status": if state.ingest.is_stopping() { "stopping" } else { "ready" },
+        "queue_depth": bus.depth(),
+        "queue_capacity": bus.capacity(),
+    });
+    let status = if state.ingest.is_stopping() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (status, Json(body)).into_response()
+}
+
+/// Prometheus metrics (OpenMetrics text).
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Metrics in the OpenMetrics text format")))]
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let bus = state.ingest.bus();
+    state.metrics.set_queue(bus.depth(), bus.capacity());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!(
+        "no route for {}; see GET /openapi.json",
+        uri.path()
+    ))
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{method} is not allowed on {}; see GET /openapi.json",
+            uri.path()
+        ),
+    )
+}

@@ -1,0 +1,41 @@
+//! The OpenAPI document, generated from the handlers' annotations.
+
+use axum::Json;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use super::events;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "evhost", description = "The event system of an email platform: validated ingest, WebAssembly plugins, signed webhooks, audit log, metrics. Errors are `{\"error\": {\"code\", \"message\", \"field\"?}}`."),
+    paths(
+        events::publish_one,
+        events::publish_batch,
+        events::stream,
+        super::event_types,
+        super::healthz,
+        super::readyz,
+        super::metrics,
+    ),
+    components(schemas(events::EventRequest, events::AcceptedBody, events::HandledBody, events::AcceptedBatchBody)),
+    modifiers(&BearerAuth),
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The OpenAPI 3.1 document of this API.
+pub async fn document() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}

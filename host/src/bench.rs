@@ -1,0 +1,380 @@
+//! `evhost bench`: measures, in one run on this machine, the figures the project
+//! tracks in BENCHMARKS.md:
+//!
+//! - the bus: publish → dispatch with 1 and with 3 no-op subscribers, against a bare
+//!   tokio channel moving an `Arc`'d event (the baseline, same capacity);
+//! - HTTP ingest on loopback: single-event POSTs/s and batched events/s, client and
+//!   daemon in this process, sharing the machine's cores;
+//! - idle RSS of a freshly started `evhost serve`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::Args;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+
+use crate::bus::{BoxFuture, Bus, BusOptions, HandlerError, PublishError, Subscriber};
+use crate::config::Config;
+use crate::event::{Actor, Event, TypePattern};
+use crate::metrics::Metrics;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Events pushed through the bus in each bus measurement.
+    #[arg(long, default_value_t = 2_000_000)]
+    bus_events: u64,
+    /// Bus workers (the daemon's default is 4).
+    #[arg(long, default_value_t = 4)]
+    workers: usize,
+    /// Bus queue size for the bus measurements and the baseline channel.
+    #[arg(long, default_value_t = 1000)]
+    queue_size: usize,
+    /// Seconds each HTTP measurement runs.
+    #[arg(long, default_value_t = 3)]
+    http_seconds: u64,
+    /// Concurrent HTTP connections for single-event POSTs.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Events per batch request.
+    #[arg(long, default_value_t = 500)]
+    batch_size: usize,
+    /// Skip the idle-RSS measurement (it starts a child daemon).
+    #[arg(long)]
+    skip_rss: bool,
+}
+
+/// A `message.received` payload of about 330 bytes, validated strictly at ingest.
+const PAYLOAD: &str = r#"{"message_id":"<20261127.1234@mx1.example.com>","from":"alice@example.org","to":["bob@example.com","carol@example.com"],"subject":"Quarterly report and the numbers for the board meeting","size":48213,"domain":"example.com","user":"bob@example.com","mailbox":"INBOX","spam_score":0.4,"is_spam":false}"#;
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    println!(
+        "evhost bench — {} core(s), {} runtime threads; release build: {}",
+        cores,
+        cores,
+        !cfg!(debug_assertions)
+    );
+    println!();
+    println!("| measurement | result | vs baseline |");
+    println!("|---|---|---|");
+
+    let baseline = rt.block_on(channel_baseline(args.bus_events, args.queue_size));
+    row(
+        "bare tokio channel, Arc'd event (baseline)",
+        format!("{} events/s", thousands(baseline)),
+        "1.00".into(),
+    );
+    for subscribers in [1usize, 3] {
+        let rate = rt.block_on(bus_rate(&args, subscribers))?;
+        row(
+            &format!(
+                "bus publish → dispatch, {subscribers} no-op subscriber(s), {} workers",
+                args.workers
+            ),
+            format!("{} events/s", thousands(rate)),
+            format!("{:.2}", rate / baseline),
+        );
+    }
+    let (single, batched) = rt.block_on(http_rates(&args))?;
+    row(
+        &format!("HTTP POST /v1/events, {} connections", args.concurrency),
+        format!("{} requests/s", thousands(single)),
+        "".into(),
+    );
+    row(
+        &format!(
+            "HTTP POST /v1/events/batch, {} events/batch",
+            args.batch_size
+        ),
+        format!("{} events/s", thousands(batched)),
+        "".into(),
+    );
+    if !args.skip_rss {
+        let rss = idle_rss().context("idle RSS measurement")?;
+        row(
+            "idle RSS of `evhost serve`",
+            format!("{:.1} MiB", rss as f64 / 1024.0),
+            "".into(),
+        );
+    }
+    Ok(())
+}
+
+fn row(what: &str, result: String, ratio: String) {
+    println!("| {what} | {result} | {ratio} |");
+}
+
+fn thousands(rate: f64) -> String {
+    let n = rate.round() as u64;
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn template_event() -> Event {
+    Event {
+        id: "bench-event".into(),
+        kind: "message.received".into(),
+        time: chrono::Utc::now(),
+        source: "/bench".into(),
+        actor: Actor::default(),
+        data: Arc::from(RawValue::from_string(PAYLOAD.into()).expect("valid JSON")),
+    }
+}
+
+/// One producer task, one consumer task, a bounded channel of `Arc<Event>`.
+async fn channel_baseline(events: u64, capacity: usize) -> f64 {
+    let (tx, mut rx) = mpsc::channel::<Arc<Event>>(capacity);
+    let event = Arc::new(template_event());
+    let start = Instant::now();
+    let consumer = tokio::spawn(async move {
+        let mut seen = 0u64;
+        while let Some(e) = rx.recv().await {
+            drop(e);
+            seen += 1;
+        }
+        seen
+    });
+    for _ in 0..events {
+        tx.send(event.clone()).await.expect("consumer alive");
+    }
+    drop(tx);
+    let seen = consumer.await.expect("consumer finished");
+    seen as f64 / start.elapsed().as_secs_f64()
+}
+
+struct NoOp {
+    id: String,
+    seen: Arc<AtomicU64>,
+}
+
+impl Subscriber for NoOp {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn handle<'a>(&'a self, _: &'a Arc<Event>) -> BoxFuture<'a, Result<(), HandlerError>> {
+        self.seen.fetch_add(1, Ordering::Relaxed);
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+/// Publishes as fast as the bus takes events (yielding when it pushes back) and
+/// stops the clock when every subscriber has seen every event.
+async fn bus_rate(args: &BenchArgs, subscribers: usize) -> anyhow::Result<f64> {
+    let bus = Bus::start(
+        BusOptions {
+            workers: args.workers,
+            queue_size: args.queue_size,
+            handler_timeout: Duration::from_secs(5),
+        },
+        Metrics::new(1000),
+    );
+    let seen = Arc::new(AtomicU64::new(0));
+    for n in 0..subscribers {
+        bus.subscribe(
+            vec![TypePattern::All],
+            Arc::new(NoOp {
+                id: format!("noop-{n}"),
+                seen: seen.clone(),
+            }),
+        )?;
+    }
+    let template = template_event();
+    let start = Instant::now();
+    for _ in 0..args.bus_events {
+        loop {
+            match bus.publish(template.clone()) {
+                Ok(()) => break,
+                Err(PublishError::QueueFull { .. }) => tokio::task::yield_now().await,
+                Err(e) => bail!("bus refused an event: {e}"),
+            }
+        }
+    }
+    bus.shutdown().await;
+    let elapsed = start.elapsed();
+    let expected = args.bus_events * subscribers as u64;
+    if seen.load(Ordering::Relaxed) != expected {
+        bail!(
+            "subscribers saw {} of {expected} deliveries",
+            seen.load(Ordering::Relaxed)
+        );
+    }
+    Ok(args.bus_events as f64 / elapsed.as_secs_f64())
+}
+
+/// Starts a daemon on a free loopback port and measures single and batched ingest.
+async fn http_rates(args: &BenchArgs) -> anyhow::Result<(f64, f64)> {
+    let data_dir = std::env::temp_dir().join(format!("evhost-bench-{}", std::process::id()));
+    let env = vec![
+        (
+            "EVHOST_SERVER__LISTEN".to_string(),
+            "127.0.0.1:0".to_string(),
+        ),
+        (
+            "EVHOST_DATA_DIR".to_string(),
+            data_dir.display().to_string(),
+        ),
+        (
+            "EVHOST_EVENTS__QUEUE_SIZE".to_string(),
+            "100000".to_string(),
+        ),
+        (
+            "EVHOST_SERVER__MAX_BATCH_EVENTS".to_string(),
+            args.batch_size.max(1).to_string(),
+        ),
+        (
+            "EVHOST_SERVER__MAX_BODY_BYTES".to_string(),
+            (16 * 1024 * 1024).to_string(),
+        ),
+    ];
+    let config = Config::load_from(None, env)?;
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let daemon = {
+        let stop = stop.clone();
+        tokio::spawn(crate::daemon::serve(
+            config,
+            stop.cancelled_owned(),
+            move |running| {
+                let _ = ready_tx.send(running.addr);
+            },
+        ))
+    };
+    let addr = ready_rx.await.context("the daemon did not start")?;
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(args.concurrency.max(8))
+        .build_http();
+
+    let single_body = Bytes::from(format!(r#"{{"type":"message.received","data":{PAYLOAD}}}"#));
+    let single = load(
+        &client,
+        &format!("http://{addr}/v1/events"),
+        single_body,
+        args.concurrency,
+        args.http_seconds,
+    )
+    .await?;
+
+    let batch: Vec<String> = (0..args.batch_size)
+        .map(|_| format!(r#"{{"type":"message.received","data":{PAYLOAD}}}"#))
+        .collect();
+    let batch_body = Bytes::from(format!("[{}]", batch.join(",")));
+    let batches = load(
+        &client,
+        &format!("http://{addr}/v1/events/batch"),
+        batch_body,
+        4,
+        args.http_seconds,
+    )
+    .await?;
+
+    stop.cancel();
+    daemon.await??;
+    let _ = std::fs::remove_dir_all(&data_dir);
+    Ok((single, batches * args.batch_size as f64))
+}
+
+/// `concurrency` loops POSTing `body` for `seconds`; returns successful requests/s.
+/// A 503 (queue full) counts as not done and is retried, so the figure is what
+/// evhost actually accepted.
+async fn load(
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    url: &str,
+    body: Bytes,
+    concurrency: usize,
+    seconds: u64,
+) -> anyhow::Result<f64> {
+    let ok = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (client, url, body, ok) = (client.clone(), url.to_string(), body.clone(), ok.clone());
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < deadline {
+                let request = hyper::Request::post(&url)
+                    .header("content-type", "application/json")
+                    .body(Full::new(body.clone()))?;
+                let response = client.request(request).await?;
+                let status = response.status();
+                response.into_body().collect().await?;
+                if status.is_success() {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                } else if status != hyper::StatusCode::SERVICE_UNAVAILABLE {
+                    anyhow::bail!("the daemon answered {status}");
+                }
+            }
+            Ok::<(), anyhow::Error>(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(ok.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Starts `evhost serve` as a child, waits until it answers, lets it settle, and
+/// reads its resident set size (KiB) from /proc.
+fn idle_rss() -> anyhow::Result<u64> {
+    let exe = std::env::current_exe()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let data_dir = tempdir_path("rss");
+    let mut child = std::process::Command::new(exe)
+        .arg("serve")
+        .env("EVHOST_SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .env("EVHOST_DATA_DIR", &data_dir)
+        .env("RUST_LOG", "warn")
+        .env_remove("EVHOST_CONFIG")
+        .env_remove("EVHOST_API_TOKEN")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("cannot start evhost serve")?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("evhost serve did not start listening within 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()))?;
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .context("no VmRSS in /proc status")?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )?;
+    child.wait()?;
+    let _ = std::fs::remove_dir_all(&data_dir);
+    Ok(rss)
+}
+
+fn tempdir_path(what: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("evhost-bench-{what}-{}", std::process::id()))
+}

@@ -1,0 +1,608 @@
+//! The in-process event bus: a bounded queue, a pool of workers, and subscribers
+//! matched by type pattern.
+//!
+//! - A full queue pushes back: [`Bus::publish`] returns [`PublishError::QueueFull`] at
+//!   once (never blocks, never drops silently), and the refusal is counted.
+//! - A batch is queued whole or not at all ([`Bus::publish_all`]).
+//! - A subscriber that fails, panics or exceeds the handler time limit is counted and
+//!   logged with its id; the others still get the event.
+//! - [`Bus::shutdown`] refuses new events, lets the workers finish every event already
+//!   accepted, and returns when they have.
+//!
+//! The subscriber list is swapped atomically on (un)subscribe, so workers read it
+//! without a lock.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use futures_util::FutureExt;
+use serde::Serialize;
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::event::{Event, TypePattern};
+use crate::metrics::{Metrics, RejectReason};
+
+/// A boxed, sendable future, as subscribers return.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// The error a subscriber reports for one event.
+pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Something that handles events from the bus. Handling should be quick (hand slow
+/// work to a queue of your own); it is cut off after the bus's handler time limit.
+pub trait Subscriber: Send + Sync + 'static {
+    /// A stable name, used in logs and metrics.
+    fn id(&self) -> &str;
+    fn handle<'a>(&'a self, event: &'a Arc<Event>) -> BoxFuture<'a, Result<(), HandlerError>>;
+}
+
+/// Why the bus did not take an event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    #[error("the event queue is full ({capacity} events); retry shortly")]
+    QueueFull { capacity: usize },
+    #[error("the batch of {len} events is larger than the whole event queue ({capacity})")]
+    BatchTooLarge { len: usize, capacity: usize },
+    #[error("the event bus is shutting down and takes no new events")]
+    Closed,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("a subscriber with id {0:?} is already subscribed")]
+pub struct DuplicateSubscriber(pub String);
+
+/// How a subscriber failed on one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureKind {
+    Error,
+    Timeout,
+    Panic,
+}
+
+impl FailureKind {
+    fn label(self) -> &'static str {
+        match self {
+            FailureKind::Error => "error",
+            FailureKind::Timeout => "timeout",
+            FailureKind::Panic => "panic",
+        }
+    }
+}
+
+/// One subscriber's failure on one event, as [`Bus::publish_wait`] reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SubscriberFailure {
+    pub subscriber: String,
+    pub kind: FailureKind,
+    pub message: String,
+}
+
+/// Bus sizing.
+#[derive(Debug, Clone)]
+pub struct BusOptions {
+    pub workers: usize,
+    pub queue_size: usize,
+    pub handler_timeout: Duration,
+}
+
+struct Job {
+    event: Arc<Event>,
+    accepted_at: Instant,
+    done: Option<oneshot::Sender<Vec<SubscriberFailure>>>,
+}
+
+struct Subscription {
+    id: Arc<str>,
+    patterns: Vec<TypePattern>,
+    subscriber: Arc<dyn Subscriber>,
+}
+
+impl Subscription {
+    fn wants(&self, kind: &str) -> bool {
+        self.patterns.iter().any(|p| p.matches(kind))
+    }
+}
+
+struct Shared {
+    subscriptions: ArcSwap<Vec<Arc<Subscription>>>,
+    metrics: Arc<Metrics>,
+    handler_timeout: Duration,
+}
+
+/// A handle to the bus; cheap to clone, one per publisher is fine.
+#[derive(Clone)]
+pub struct Bus {
+    tx: mpsc::Sender<Job>,
+    capacity: usize,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    workers: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
+}
+
+/// Most events one worker takes from the queue at a time: enough to amortise the
+/// queue lock, few enough that the other workers get their share of a burst.
+const TAKE: usize = 16;
+
+impl Bus {
+    /// Starts the workers on the current tokio runtime.
+    pub fn start(options: BusOptions, metrics: Arc<Metrics>) -> Bus {
+        let (tx, rx) = mpsc::channel(options.queue_size);
+        let rx = Arc::new(Mutex::new(rx));
+        let shared = Arc::new(Shared {
+            subscriptions: ArcSwap::from_pointee(Vec::new()),
+            metrics,
+            handler_timeout: options.handler_timeout,
+        });
+        let stop = CancellationToken::new();
+        let workers = (0..options.workers.max(1))
+            .map(|n| tokio::spawn(worker(n, rx.clone(), shared.clone(), stop.clone())))
+            .collect();
+        Bus {
+            tx,
+            capacity: options.queue_size,
+            shared,
+            stop,
+            workers: Arc::new(std::sync::Mutex::new(workers)),
+        }
+    }
+
+    /// Adds a subscriber for events matching any of `patterns`.
+    pub fn subscribe(
+        &self,
+        patterns: Vec<TypePattern>,
+        subscriber: Arc<dyn Subscriber>,
+    ) -> Result<(), DuplicateSubscriber> {
+        let id: Arc<str> = subscriber.id().into();
+        let mut result = Ok(());
+        self.shared.subscriptions.rcu(|current| {
+            if current.iter().any(|s| s.id == id) {
+                result = Err(DuplicateSubscriber(id.to_string()));
+                return current.clone();
+            }
+            result = Ok(());
+            let mut next = Vec::clone(current);
+            next.push(Arc::new(Subscription {
+                id: id.clone(),
+                patterns: patterns.clone(),
+                subscriber: subscriber.clone(),
+            }));
+            Arc::new(next)
+        });
+        result
+    }
+
+    /// Removes a subscriber by id; returns whether it was subscribed. Events already
+    /// being dispatched may still reach it.
+    pub fn unsubscribe(&self, id: &str) -> bool {
+        let mut found = false;
+        self.shared.subscriptions.rcu(|current| {
+            found = current.iter().any(|s| &*s.id == id);
+            Arc::new(
+                current
+                    .iter()
+                    .filter(|s| &*s.id != id)
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            )
+        });
+        found
+    }
+
+    /// Queues an event; returns at once.
+    pub fn publish(&self, event: Event) -> Result<(), PublishError> {
+        self.enqueue(event, None)
+    }
+
+    /// Queues every event or none (when the queue cannot take them all).
+    pub fn publish_all(&self, events: Vec<Event>) -> Result<(), PublishError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        if events.len() > self.capacity {
+            return Err(self.refused(
+                PublishError::BatchTooLarge {
+                    len: events.len(),
+                    capacity: self.capacity,
+                },
+                events.len() as u64,
+            ));
+        }
+        let permits = match self.tx.try_reserve_many(events.len()) {
+            Ok(permits) => permits,
+            Err(e) => return Err(self.refused(self.translate(e), events.len() as u64)),
+        };
+        let accepted_at = Instant::now();
+        for (permit, event) in permits.zip(events) {
+            self.shared.metrics.accepted(event.family());
+            permit.send(Job {
+                event: Arc::new(event),
+                accepted_at,
+                done: None,
+            });
+        }
+        Ok(())
+    }
+
+    /// Queues an event and waits until every subscriber has handled it; returns the
+    /// failures (empty when all succeeded).
+    pub async fn publish_wait(&self, event: Event) -> Result<Vec<SubscriberFailure>, PublishError> {
+        let (done, wait) = oneshot::channel();
+        self.enqueue(event, Some(done))?;
+        // A worker always answers before it drops the job.
+        Ok(wait.await.unwrap_or_default())
+    }
+
+    fn enqueue(
+        &self,
+        event: Event,
+        done: Option<oneshot::Sender<Vec<SubscriberFailure>>>,
+    ) -> Result<(), PublishError> {
+        let event = Arc::new(event);
+        let job = Job {
+            event: event.clone(),
+            accepted_at: Instant::now(),
+            done,
+        };
+        match self.tx.try_send(job) {
+            Ok(()) => {
+                self.shared.metrics.accepted(event.family());
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => Err(self.refused(
+                PublishError::QueueFull {
+                    capacity: self.capacity,
+                },
+                1,
+            )),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(self.refused(PublishError::Closed, 1)),
+        }
+    }
+
+    fn translate(&self, e: mpsc::error::TrySendError<()>) -> PublishError {
+        match e {
+            mpsc::error::TrySendError::Full(()) => PublishError::QueueFull {
+                capacity: self.capacity,
+            },
+            mpsc::error::TrySendError::Closed(()) => PublishError::Closed,
+        }
+    }
+
+    fn refused(&self, error: PublishError, count: u64) -> PublishError {
+        let reason = match error {
+            PublishError::Closed => RejectReason::Stopping,
+            _ => RejectReason::QueueFull,
+        };
+        self.shared.metrics.rejected(reason, count);
+        error
+    }
+
+    /// Events waiting in the queue.
+    pub fn depth(&self) -> usize {
+        self.capacity - self.tx.capacity()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// The metrics the bus counts into.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// Stops taking events, waits until every accepted event has been dispatched,
+    /// and stops the workers.
+    pub async fn shutdown(&self) {
+        self.stop.cancel();
+        let workers = std::mem::take(&mut *self.workers.lock().expect("not poisoned"));
+        for worker in workers {
+            if let Err(e) = worker.await {
+                tracing::error!(error = %e, "bus worker ended abnormally");
+            }
+        }
+    }
+}
+
+async fn worker(
+    n: usize,
+    rx: Arc<Mutex<mpsc::Receiver<Job>>>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) {
+    let mut jobs = Vec::with_capacity(TAKE);
+    loop {
+        {
+            let mut rx = rx.lock().await;
+            tokio::select! {
+                biased;
+                taken = rx.recv_many(&mut jobs, TAKE) => {
+                    if taken == 0 {
+                        // Closed and drained.
+                        break;
+                    }
+                }
+                () = stop.cancelled() => {
+                    // Refuse new events; what is queued is still received above.
+                    rx.close();
+                    continue;
+                }
+            }
+        }
+        let subscriptions = shared.subscriptions.load();
+        for job in jobs.drain(..) {
+            dispatch(&shared, &subscriptions, job).await;
+        }
+    }
+    tracing::debug!(worker = n, "bus worker stopped");
+}
+
+async fn dispatch(shared: &Shared, subscriptions: &[Arc<Subscription>], job: Job) {
+    let event = &job.event;
+    let mut failures = Vec::new();
+    for sub in subscriptions.iter().filter(|s| s.wants(&event.kind)) {
+        let call = AssertUnwindSafe(sub.subscriber.handle(event)).catch_unwind();
+        let failure = match tokio::time::timeout(shared.handler_timeout, call).await {
+            Ok(Ok(Ok(()))) => continue,
+            Ok(Ok(Err(e))) => (FailureKind::Error, e.to_string()),
+            Ok(Err(panic)) => (FailureKind::Panic, panic_message(&panic)),
+            Err(_) => (
+                FailureKind::Timeout,
+                format!("took longer than {:?}", shared.handler_timeout),
+            ),
+        };
+        shared.metrics.subscriber_error(&sub.id, failure.0.label());
+        tracing::warn!(
+            subscriber = %sub.id,
+            event_id = %event.id,
+            event_type = %event.kind,
+            kind = failure.0.label(),
+            error = %failure.1,
+            "subscriber failed"
+        );
+        if job.done.is_some() {
+            failures.push(SubscriberFailure {
+                subscriber: sub.id.to_string(),
+                kind: failure.0,
+                message: failure.1,
+            });
+        }
+    }
+    shared.metrics.dispatched(job.accepted_at.elapsed());
+    if let Some(done) = job.done {
+        let _ = done.send(failures);
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        format!("panicked: {s}")
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        format!("panicked: {s}")
+    } else {
+        "panicked".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Actor, new_event_id};
+    use serde_json::value::RawValue;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn event(kind: &str) -> Event {
+        Event {
+            id: new_event_id(),
+            kind: kind.into(),
+            time: chrono::Utc::now(),
+            source: "test".into(),
+            actor: Actor::default(),
+            data: Arc::from(RawValue::from_string("{}".into()).unwrap()),
+        }
+    }
+
+    fn bus(workers: usize, queue_size: usize, timeout_ms: u64) -> Bus {
+        Bus::start(
+            BusOptions {
+                workers,
+                queue_size,
+                handler_timeout: Duration::from_millis(timeout_ms),
+            },
+            Metrics::new(10),
+        )
+    }
+
+    fn all() -> Vec<TypePattern> {
+        vec![TypePattern::All]
+    }
+
+    #[derive(Default)]
+    struct Count {
+        id: String,
+        seen: AtomicUsize,
+    }
+    impl Count {
+        fn new(id: &str) -> Arc<Count> {
+            Arc::new(Count {
+                id: id.into(),
+                seen: AtomicUsize::new(0),
+            })
+        }
+        fn seen(&self) -> usize {
+            self.seen.load(Ordering::SeqCst)
+        }
+    }
+    impl Subscriber for Count {
+        fn id(&self) -> &str {
+            &self.id
+        }
+        fn handle<'a>(&'a self, _: &'a Arc<Event>) -> BoxFuture<'a, Result<(), HandlerError>> {
+            self.seen.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    /// Fails, panics or sleeps, by event type.
+    struct Misbehave;
+    impl Subscriber for Misbehave {
+        fn id(&self) -> &str {
+            "misbehave"
+        }
+        fn handle<'a>(&'a self, e: &'a Arc<Event>) -> BoxFuture<'a, Result<(), HandlerError>> {
+            Box::pin(async move {
+                match &*e.kind {
+                    "x.fail" => Err("nope".into()),
+                    "x.panic" => panic!("boom"),
+                    "x.slow" => {
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                        Ok(())
+                    }
+                    _ => Ok(()),
+                }
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn patterns_route_events() {
+        let bus = bus(2, 100, 1000);
+        let exact = Count::new("exact");
+        let family = Count::new("family");
+        let everything = Count::new("all");
+        bus.subscribe(
+            vec![TypePattern::parse("message.received").unwrap()],
+            exact.clone(),
+        )
+        .unwrap();
+        bus.subscribe(
+            vec![TypePattern::parse("message.*").unwrap()],
+            family.clone(),
+        )
+        .unwrap();
+        bus.subscribe(all(), everything.clone()).unwrap();
+        for kind in ["message.received", "message.sent", "user.login"] {
+            bus.publish_wait(event(kind)).await.unwrap();
+        }
+        assert_eq!((exact.seen(), family.seen(), everything.seen()), (1, 2, 3));
+    }
+
+    #[tokio::test]
+    async fn unsubscribe_by_id() {
+        let bus = bus(1, 10, 1000);
+        let c = Count::new("c");
+        bus.subscribe(all(), c.clone()).unwrap();
+        assert!(bus.subscribe(all(), Count::new("c")).is_err());
+        bus.publish_wait(event("a.b")).await.unwrap();
+        assert!(bus.unsubscribe("c"));
+        assert!(!bus.unsubscribe("c"));
+        bus.publish_wait(event("a.b")).await.unwrap();
+        assert_eq!(c.seen(), 1);
+    }
+
+    #[tokio::test]
+    async fn full_queue_pushes_back_and_counts() {
+        let bus = bus(1, 2, 10_000);
+        // Hold the only worker so the queue fills.
+        bus.subscribe(all(), Arc::new(Misbehave)).unwrap();
+        bus.publish(event("x.slow")).unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        bus.publish(event("a.b")).unwrap();
+        bus.publish(event("a.b")).unwrap();
+        assert_eq!(
+            bus.publish(event("a.b")),
+            Err(PublishError::QueueFull { capacity: 2 })
+        );
+        assert!(matches!(
+            bus.publish_all(vec![event("a.b"), event("a.b")]),
+            Err(PublishError::QueueFull { .. })
+        ));
+        assert!(matches!(
+            bus.publish_all((0..3).map(|_| event("a.b")).collect()),
+            Err(PublishError::BatchTooLarge { .. })
+        ));
+        let text = bus.shared.metrics.encode();
+        assert!(
+            text.contains("evhost_events_rejected_total{reason=\"queue_full\"} 6"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn failing_subscribers_do_not_stop_the_others() {
+        let bus = bus(2, 100, 100);
+        let good = Count::new("good");
+        bus.subscribe(all(), Arc::new(Misbehave)).unwrap();
+        bus.subscribe(all(), good.clone()).unwrap();
+        let failures = bus.publish_wait(event("x.fail")).await.unwrap();
+        assert_eq!(failures.len(), 1);
+        assert_eq!(failures[0].subscriber, "misbehave");
+        assert_eq!(failures[0].kind, FailureKind::Error);
+        let failures = bus.publish_wait(event("x.panic")).await.unwrap();
+        assert_eq!(failures[0].kind, FailureKind::Panic);
+        assert!(failures[0].message.contains("boom"));
+        let failures = bus.publish_wait(event("x.slow")).await.unwrap();
+        assert_eq!(failures[0].kind, FailureKind::Timeout);
+        assert!(bus.publish_wait(event("x.ok")).await.unwrap().is_empty());
+        assert_eq!(good.seen(), 4);
+        let text = bus.shared.metrics.encode();
+        for kind in ["error", "panic", "timeout"] {
+            assert!(
+                text.contains(&format!(
+                    "evhost_subscriber_errors_total{{subscriber=\"misbehave\",kind=\"{kind}\"}} 1"
+                )),
+                "{text}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn batches_are_all_or_nothing() {
+        let bus = bus(1, 10, 1000);
+        let c = Count::new("c");
+        bus.subscribe(all(), c.clone()).unwrap();
+        bus.publish_all((0..10).map(|_| event("a.b")).collect())
+            .unwrap();
+        bus.shutdown().await;
+        assert_eq!(c.seen(), 10);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn shutdown_drains_every_accepted_event() {
+        let bus = bus(4, 20_000, 1000);
+        let c = Count::new("c");
+        bus.subscribe(all(), c.clone()).unwrap();
+        let publisher = {
+            let bus = bus.clone();
+            tokio::spawn(async move {
+                let mut accepted = 0;
+                for _ in 0..10_000 {
+                    match bus.publish(event("a.b")) {
+                        Ok(()) => accepted += 1,
+                        Err(PublishError::Closed) => break,
+                        Err(e) => panic!("{e}"),
+                    }
+                    if accepted % 100 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                accepted
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        bus.shutdown().await;
+        let accepted = publisher.await.unwrap();
+        assert!(accepted > 0);
+        assert_eq!(
+            c.seen(),
+            accepted,
+            "every accepted event handled, none twice"
+        );
+        assert_eq!(bus.publish(event("a.b")), Err(PublishError::Closed));
+    }
+}

@@ -1,0 +1,373 @@
+//! The command line. `serve` runs the daemon; the other commands talk to a running
+//! one over its HTTP API (`--url`, token from `--token` / `EVHOST_TOKEN` /
+//! `EVHOST_API_TOKEN`).
+//!
+//! Exit codes: 0 success, 1 failure at run time, 2 bad usage or configuration.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, anyhow, bail};
+use clap::{Args, Parser, Subcommand};
+use futures_util::StreamExt;
+
+use crate::config::{Config, LogFormat};
+use crate::daemon::{self, ServeError};
+
+#[derive(Parser)]
+#[command(
+    name = "evhost",
+    version,
+    about = "The event system of an email platform",
+    propagate_version = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon (embedded defaults work without a config file).
+    Serve {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Publish one event to a running daemon.
+    Publish(PublishArgs),
+    /// Follow events live from a running daemon.
+    Tail(TailArgs),
+    /// Inspect the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Measure the bus and HTTP ingest on this machine and print a report.
+    Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Args)]
+struct ConfigArg {
+    /// YAML config file.
+    #[arg(long, short, env = crate::config::CONFIG_ENV)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the effective configuration (file + environment + defaults), secrets masked.
+    Print {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+#[derive(Args)]
+struct ClientArgs {
+    /// The daemon's base URL.
+    #[arg(long, env = "EVHOST_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// API token (falls back to EVHOST_API_TOKEN).
+    #[arg(long, env = "EVHOST_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl ClientArgs {
+    fn token(&self) -> Option<String> {
+        self.token
+            .clone()
+            .or_else(|| std::env::var(crate::config::API_TOKEN_ENV).ok())
+            .filter(|t| !t.is_empty())
+    }
+
+    fn request(
+        &self,
+        client: &reqwest::Client,
+        method: reqwest::Method,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
+        let url = format!("{}{}", self.url.trim_end_matches('/'), path);
+        let builder = client.request(method, url);
+        match self.token() {
+            Some(token) => builder.bearer_auth(token),
+            None => builder,
+        }
+    }
+}
+
+#[derive(Args)]
+struct PublishArgs {
+    /// Event type, e.g. message.received.
+    #[arg(value_name = "TYPE")]
+    kind: String,
+    /// The payload as JSON, or @FILE to read it from a file (@- for standard input).
+    #[arg(long, short)]
+    data: String,
+    /// Your id for the event (a resend with the same id is not processed twice).
+    #[arg(long)]
+    id: Option<String>,
+    /// Where the event comes from.
+    #[arg(long)]
+    source: Option<String>,
+    /// Wait until every subscriber has handled it.
+    #[arg(long)]
+    wait: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Args)]
+struct TailArgs {
+    /// Type patterns to follow (message.received, message.*, *); all when none.
+    patterns: Vec<String>,
+    /// Print each event's envelope as one JSON line.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+/// Runs the CLI and maps failures to exit codes.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config } => return serve(config.config),
+        Command::Config(ConfigCommand::Print { config }) => {
+            return match Config::load(config.config.as_deref()) {
+                Ok(c) => {
+                    print!("{}", c.to_masked_yaml());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("evhost: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        Command::Publish(args) => runtime().and_then(|rt| rt.block_on(publish(args))),
+        Command::Tail(args) => runtime().and_then(|rt| rt.block_on(tail(args))),
+        Command::Bench(args) => crate::bench::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("evhost: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn serve(config_file: Option<PathBuf>) -> ExitCode {
+    let config = match Config::load(config_file.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("evhost: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config);
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("evhost: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(daemon::serve(config, stop_signal(), |running| {
+        eprintln!(
+            "evhost {} listening on http://{}",
+            daemon::VERSION,
+            running.addr
+        );
+    }));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e @ ServeError::Refused(_)) => {
+            eprintln!("evhost: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("evhost: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("can install a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn init_logging(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn client() -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .user_agent(concat!("evhost-cli/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .context("cannot build the HTTP client")
+}
+
+/// Turns a non-success answer into an error that quotes the daemon's message.
+async fn check(response: reqwest::Response) -> anyhow::Result<serde_json::Value> {
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
+    if status.is_success() {
+        return Ok(json);
+    }
+    let code = json["error"]["code"].as_str().unwrap_or("error");
+    let message = json["error"]["message"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or(body);
+    bail!("the daemon answered {status} ({code}): {message}")
+}
+
+fn read_data(arg: &str) -> anyhow::Result<String> {
+    let text = match arg.strip_prefix('@') {
+        Some("-") => std::io::read_to_string(std::io::stdin())
+            .context("cannot read the payload from standard input")?,
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the payload file {path}"))?,
+        None => arg.to_string(),
+    };
+    serde_json::from_str::<serde_json::Value>(&text)
+        .map_err(|e| anyhow!("--data is not valid JSON: {e}"))?;
+    Ok(text)
+}
+
+async fn publish(args: PublishArgs) -> anyhow::Result<()> {
+    let data: serde_json::Value = serde_json::from_str(&read_data(&args.data)?)?;
+    let mut body = serde_json::json!({ "type": args.kind, "data": data });
+    if let Some(id) = args.id {
+        body["id"] = id.into();
+    }
+    if let Some(source) = args.source {
+        body["source"] = source.into();
+    }
+    let path = if args.wait {
+        "/v1/events?wait=true"
+    } else {
+        "/v1/events"
+    };
+    let response = args
+        .client
+        .request(&client()?, reqwest::Method::POST, path)
+        .json(&body)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the daemon at {}", args.client.url))?;
+    let answer = check(response).await?;
+    println!("{}", answer["id"].as_str().unwrap_or_default());
+    if let Some(failures) = answer["failures"].as_array().filter(|f| !f.is_empty()) {
+        for f in failures {
+            eprintln!(
+                "subscriber {} failed ({}): {}",
+                f["subscriber"].as_str().unwrap_or("?"),
+                f["kind"].as_str().unwrap_or("?"),
+                f["message"].as_str().unwrap_or("")
+            );
+        }
+        bail!("{} subscriber(s) failed on the event", failures.len());
+    }
+    Ok(())
+}
+
+async fn tail(args: TailArgs) -> anyhow::Result<()> {
+    let types = args.patterns.join(",");
+    for p in &args.patterns {
+        crate::event::TypePattern::parse(p)?;
+    }
+    let path = format!("/v1/events/stream?types={}", urlencode(&types));
+    let response = args
+        .client
+        .request(&client()?, reqwest::Method::GET, &path)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the daemon at {}", args.client.url))?;
+    if !response.status().is_success() {
+        check(response).await?;
+        unreachable!("check fails on a non-success status");
+    }
+    if std::io::stderr().is_terminal() {
+        eprintln!(
+            "following {} (Ctrl-C to stop)",
+            if types.is_empty() {
+                "all events"
+            } else {
+                &types
+            }
+        );
+    }
+    let mut stdout = std::io::stdout().lock();
+    let mut buffer = String::new();
+    let mut kind = String::new();
+    let mut body = response.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.context("the event stream broke off")?;
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buffer.find('\n') {
+            let line: String = buffer.drain(..=end).collect();
+            let line = line.trim_end_matches(['\r', '\n']);
+            if let Some(k) = line.strip_prefix("event:") {
+                kind = k.trim().to_string();
+            } else if let Some(data) = line.strip_prefix("data:") {
+                let data = data.trim();
+                if kind == "lagged" {
+                    eprintln!("warning: fell behind, skipped events: {data}");
+                } else if args.json {
+                    writeln!(stdout, "{data}")?;
+                } else {
+                    let v: serde_json::Value = serde_json::from_str(data).unwrap_or_default();
+                    writeln!(
+                        stdout,
+                        "{}  {:<24} {}  {}",
+                        v["time"].as_str().unwrap_or(""),
+                        v["type"].as_str().unwrap_or(""),
+                        v["id"].as_str().unwrap_or(""),
+                        v["data"]
+                    )?;
+                }
+                stdout.flush()?;
+            } else if line.is_empty() {
+                kind.clear();
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Percent-encodes a query value (patterns only hold a few special characters).
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

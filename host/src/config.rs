@@ -1,0 +1,773 @@
+//! Configuration: a YAML file (optional), overridden key by key by `EVHOST_…`
+//! environment variables, checked once at start-up.
+//!
+//! Keys follow the platform plan (`events.workers`, `events.queue_size`, `audit.*`,
+//! `webhooks.*`). The plan nested `audit` and `webhooks` under `events`; that spelling
+//! is accepted too, so a file written for the plan loads unchanged.
+//!
+//! Every key can be set from the environment as `EVHOST_<SECTION>__<KEY>` (for example
+//! `EVHOST_SERVER__LISTEN=0.0.0.0:8080` or `EVHOST_WEBHOOKS__RETRY_DELAYS="[1s, 5s]"`);
+//! the value is read as YAML, so numbers, booleans and lists work. `EVHOST_API_TOKEN`
+//! alone defines one token with every scope.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Why a configuration could not be loaded. Each variant names the key, the value and
+/// what is allowed, so an operator can fix it without reading the source.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid YAML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+/// The effective configuration of one daemon.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Folder for the embedded database, plugin cache and other state.
+    pub data_dir: PathBuf,
+    pub server: ServerConfig,
+    pub events: EventsConfig,
+    pub audit: AuditConfig,
+    pub webhooks: WebhooksConfig,
+    pub plugins: PluginsConfig,
+    pub database: DatabaseConfig,
+    pub auth: AuthConfig,
+    pub metrics: MetricsConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address the HTTP API listens on.
+    pub listen: SocketAddr,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Most events in one batch request.
+    pub max_batch_events: usize,
+    /// How long shutdown waits for in-flight HTTP requests.
+    #[serde(with = "duration")]
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// Bus workers that dispatch events to subscribers.
+    pub workers: usize,
+    /// Events the bus holds before it pushes back on publishers.
+    pub queue_size: usize,
+    /// Longest a single subscriber may take over one event.
+    #[serde(with = "duration")]
+    pub handler_timeout: Duration,
+    /// Accept event types outside the catalog (matching `a.b[.c…]`).
+    pub allow_custom_types: bool,
+    /// Accept fields a known type does not define (publishers ahead of the catalog).
+    pub allow_unknown_fields: bool,
+    /// How long a publisher-given event id is remembered, so a resend is not processed twice.
+    #[serde(with = "duration")]
+    pub dedup_window: Duration,
+    /// Most ids remembered for deduplication; the oldest are forgotten first.
+    pub dedup_capacity: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    pub enabled: bool,
+    pub retention_days: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    pub enabled: bool,
+    /// Time limit of one delivery attempt.
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    pub max_retries: u32,
+    /// Delay before each retry, in order; the last one repeats if `max_retries` is larger.
+    #[serde(with = "duration_list")]
+    pub retry_delays: Vec<Duration>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginsConfig {
+    /// Watched folder of `.wasm` plugins; `<data_dir>/plugins` when unset.
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite://…` or `postgres://…`; SQLite in `data_dir` when unset.
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub tokens: Vec<TokenConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Who the token belongs to; recorded as the actor of what it does.
+    pub name: String,
+    /// The bearer secret (at least 16 characters).
+    pub token: String,
+    pub scopes: BTreeSet<Scope>,
+    /// May name the user an event is published on behalf of.
+    #[serde(default)]
+    pub trusted: bool,
+}
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    Publish,
+    Read,
+    Admin,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Publish => "publish",
+            Scope::Read => "read",
+            Scope::Admin => "admin",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Distinct `domain` label values per metric before further ones count as `other`.
+    pub max_domains: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter such as `info` or `evhost=debug`; `RUST_LOG` wins when set.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./data"),
+            server: ServerConfig::default(),
+            events: EventsConfig::default(),
+            audit: AuditConfig::default(),
+            webhooks: WebhooksConfig::default(),
+            plugins: PluginsConfig::default(),
+            database: DatabaseConfig::default(),
+            auth: AuthConfig::default(),
+            metrics: MetricsConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 1024 * 1024,
+            max_batch_events: 1000,
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            workers: 4,
+            queue_size: 1000,
+            handler_timeout: Duration::from_secs(5),
+            allow_custom_types: true,
+            allow_unknown_fields: false,
+            dedup_window: Duration::from_secs(24 * 3600),
+            dedup_capacity: 1_000_000,
+        }
+    }
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            enabled: true,
+            retention_days: 90,
+        }
+    }
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        WebhooksConfig {
+            enabled: true,
+            timeout: Duration::from_secs(30),
+            max_retries: 5,
+            retry_delays: [60, 300, 900, 3600, 4 * 3600]
+                .into_iter()
+                .map(Duration::from_secs)
+                .collect(),
+        }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { max_domains: 1000 }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// The environment variable naming the config file when `--config` is not given.
+pub const CONFIG_ENV: &str = "EVHOST_CONFIG";
+/// The environment variable that defines one all-scope token on its own.
+pub const API_TOKEN_ENV: &str = "EVHOST_API_TOKEN";
+const ENV_PREFIX: &str = "EVHOST_";
+
+impl Config {
+    /// Loads the file (if any), applies the process environment, and checks the result.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_from(file, std::env::vars())
+    }
+
+    /// [`Config::load`] with an explicit environment, for tests.
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut tree = match file {
+            Some(path) => read_yaml_file(path)?,
+            None => Value::Object(Default::default()),
+        };
+        hoist_seed_sections(&mut tree)?;
+        let mut api_token = None;
+        for (var, raw) in env {
+            if var == API_TOKEN_ENV {
+                api_token = Some(raw);
+                continue;
+            }
+            let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            if !rest.contains("__") && rest != "DATA_DIR" {
+                // EVHOST_CONFIG, EVHOST_URL, EVHOST_TOKEN and the like belong to the CLI.
+                continue;
+            }
+            let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+            let value: Value = parse_env_value(&raw).map_err(|message| ConfigError::Env {
+                var: var.clone(),
+                message,
+            })?;
+            set_path(&mut tree, &path, value).map_err(|message| ConfigError::Env {
+                var: var.clone(),
+                message,
+            })?;
+        }
+        let mut config: Config =
+            serde_path_to_error::deserialize(&tree).map_err(|e| ConfigError::Invalid {
+                key: path_to_key(e.path()),
+                message: explain(e.inner().to_string(), lookup(&tree, e.path())),
+            })?;
+        if let Some(token) = api_token {
+            config.auth.tokens.push(TokenConfig {
+                name: "env".into(),
+                token,
+                scopes: [Scope::Publish, Scope::Read, Scope::Admin].into(),
+                trusted: true,
+            });
+        }
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Checks the rules that types alone do not express.
+    fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            key: key.into(),
+            message,
+        };
+        if self.events.workers == 0 || self.events.workers > 1024 {
+            return Err(invalid(
+                "events.workers",
+                format!(
+                    "{} is out of range; allowed: 1 to 1024",
+                    self.events.workers
+                ),
+            ));
+        }
+        if self.events.queue_size == 0 || self.events.queue_size > 10_000_000 {
+            return Err(invalid(
+                "events.queue_size",
+                format!(
+                    "{} is out of range; allowed: 1 to 10000000",
+                    self.events.queue_size
+                ),
+            ));
+        }
+        if self.events.handler_timeout.is_zero() {
+            return Err(invalid(
+                "events.handler_timeout",
+                "0s is not allowed; give a positive duration such as 5s".into(),
+            ));
+        }
+        if self.server.max_body_bytes < 1024 {
+            return Err(invalid(
+                "server.max_body_bytes",
+                format!(
+                    "{} is too small; allowed: at least 1024",
+                    self.server.max_body_bytes
+                ),
+            ));
+        }
+        if self.server.max_batch_events == 0 {
+            return Err(invalid(
+                "server.max_batch_events",
+                "0 is not allowed; allowed: at least 1".into(),
+            ));
+        }
+        if self.webhooks.retry_delays.is_empty() && self.webhooks.max_retries > 0 {
+            return Err(invalid(
+                "webhooks.retry_delays",
+                "an empty list needs webhooks.max_retries: 0".into(),
+            ));
+        }
+        if self.webhooks.timeout.is_zero() {
+            return Err(invalid(
+                "webhooks.timeout",
+                "0s is not allowed; give a positive duration such as 30s".into(),
+            ));
+        }
+        if self.metrics.max_domains == 0 {
+            return Err(invalid(
+                "metrics.max_domains",
+                "0 is not allowed; allowed: at least 1".into(),
+            ));
+        }
+        if let Some(url) = &self.database.url
+            && !(url.starts_with("sqlite:")
+                || url.starts_with("postgres://")
+                || url.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "database.url",
+                format!("{url:?} is not supported; allowed: sqlite:PATH or postgres://…"),
+            ));
+        }
+        let mut names = BTreeSet::new();
+        for (i, token) in self.auth.tokens.iter().enumerate() {
+            let key = format!("auth.tokens[{i}]");
+            if token.name.trim().is_empty() {
+                return Err(invalid(&format!("{key}.name"), "must not be empty".into()));
+            }
+            if !names.insert(token.name.as_str()) {
+                return Err(invalid(
+                    &format!("{key}.name"),
+                    format!(
+                        "{:?} is used by two tokens; names must be unique",
+                        token.name
+                    ),
+                ));
+            }
+            if token.token.len() < 16 {
+                return Err(invalid(
+                    &format!("{key}.token"),
+                    "is shorter than 16 characters; use a long random secret".into(),
+                ));
+            }
+            if token.scopes.is_empty() {
+                return Err(invalid(
+                    &format!("{key}.scopes"),
+                    "is empty; allowed: publish, read, admin".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The plugin folder: `plugins.dir`, or `<data_dir>/plugins`.
+    pub fn plugins_dir(&self) -> PathBuf {
+        self.plugins
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("plugins"))
+    }
+
+    /// The database URL: `database.url`, or a SQLite file in `data_dir`.
+    pub fn database_url(&self) -> String {
+        self.database
+            .url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite:{}", self.data_dir.join("evhost.db").display()))
+    }
+
+    /// The effective config as YAML with every secret masked, derived values filled in.
+    pub fn to_masked_yaml(&self) -> String {
+        let mut shown = self.clone();
+        for token in &mut shown.auth.tokens {
+            token.token = mask(&token.token);
+        }
+        shown.plugins.dir = Some(self.plugins_dir());
+        shown.database.url = Some(mask_url(&self.database_url()));
+        serde_saphyr::to_string(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+fn mask(secret: &str) -> String {
+    let shown: String = secret.chars().take(4).collect();
+    format!("{shown}****")
+}
+
+/// Hides the password of a URL such as `postgres://user:secret@host/db`.
+fn mask_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:****@{host}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
+fn read_yaml_file(path: &Path) -> Result<Value, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if text.trim().is_empty() {
+        return Ok(Value::Object(Default::default()));
+    }
+    let value: Value = serde_saphyr::from_str(&text).map_err(|e| ConfigError::Syntax {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    match value {
+        Value::Object(_) => Ok(value),
+        Value::Null => Ok(Value::Object(Default::default())),
+        other => Err(ConfigError::Syntax {
+            path: path.to_path_buf(),
+            message: format!("the top level must be a mapping of keys, found {other}"),
+        }),
+    }
+}
+
+/// Moves the plan's `events.audit` and `events.webhooks` to the top level.
+fn hoist_seed_sections(tree: &mut Value) -> Result<(), ConfigError> {
+    for section in ["audit", "webhooks"] {
+        let nested = tree
+            .get_mut("events")
+            .and_then(Value::as_object_mut)
+            .and_then(|events| events.remove(section));
+        if let Some(nested) = nested {
+            let root = tree.as_object_mut().expect("checked to be a mapping");
+            if root.contains_key(section) {
+                return Err(ConfigError::Invalid {
+                    key: section.into(),
+                    message: format!(
+                        "given both as `{section}` and as `events.{section}`; keep one"
+                    ),
+                });
+            }
+            root.insert(section.into(), nested);
+        }
+    }
+    Ok(())
+}
+
+/// Reads an environment value as YAML, so `8`, `true` and `[1s, 5s]` get their types;
+/// anything YAML cannot read is taken as a plain string.
+fn parse_env_value(raw: &str) -> Result<Value, String> {
+    if raw.trim().is_empty() {
+        return Ok(Value::String(String::new()));
+    }
+    match serde_saphyr::from_str::<Value>(raw) {
+        Ok(Value::Null) => Ok(Value::String(raw.to_string())),
+        Ok(Value::Object(_)) => Ok(Value::String(raw.to_string())),
+        Ok(value) => Ok(value),
+        Err(_) => Ok(Value::String(raw.to_string())),
+    }
+}
+
+fn set_path(tree: &mut Value, path: &[String], value: Value) -> Result<(), String> {
+    let mut node = tree;
+    for (i, part) in path.iter().enumerate() {
+        if part.is_empty() {
+            return Err("has an empty key segment".into());
+        }
+        let map = node
+            .as_object_mut()
+            .ok_or_else(|| format!("`{}` is not a section", path[..i].join(".")))?;
+        if i + 1 == path.len() {
+            map.insert(part.clone(), value);
+            return Ok(());
+        }
+        node = map
+            .entry(part.clone())
+            .or_insert_with(|| Value::Object(Default::default()));
+    }
+    Ok(())
+}
+
+fn path_to_key(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut key = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => key.push_str(&format!("[{index}]")),
+            Segment::Map { key: k } | Segment::Enum { variant: k } => {
+                if !key.is_empty() {
+                    key.push('.');
+                }
+                key.push_str(k);
+            }
+            Segment::Unknown => {}
+        }
+    }
+    if key.is_empty() {
+        "(top level)".into()
+    } else {
+        key
+    }
+}
+
+fn lookup<'a>(tree: &'a Value, path: &serde_path_to_error::Path) -> Option<&'a Value> {
+    use serde_path_to_error::Segment;
+    let mut node = tree;
+    for segment in path.iter() {
+        node = match segment {
+            Segment::Seq { index } => node.get(*index)?,
+            Segment::Map { key } => node.get(key)?,
+            _ => return None,
+        };
+    }
+    Some(node)
+}
+
+/// Adds the offending value to serde's message.
+fn explain(message: String, value: Option<&Value>) -> String {
+    match value {
+        Some(v) if !v.is_object() => format!("value {v} is not allowed: {message}"),
+        _ => message,
+    }
+}
+
+/// Durations written like `30s`, `1m`, `250ms`, `4h`.
+mod duration {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        parse(&text).map_err(serde::de::Error::custom)
+    }
+
+    pub fn parse(text: &str) -> Result<Duration, String> {
+        humantime::parse_duration(text.trim()).map_err(|e| {
+            format!("{text:?} is not a duration ({e}); write it like 250ms, 30s, 1m or 4h")
+        })
+    }
+}
+
+mod duration_list {
+    use serde::{Deserialize, Deserializer, Serializer, ser::SerializeSeq};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(list: &[Duration], s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(list.len()))?;
+        for d in list {
+            seq.serialize_element(&humantime::format_duration(*d).to_string())?;
+        }
+        seq.end()
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+        let texts = Vec::<String>::deserialize(d)?;
+        texts
+            .iter()
+            .map(|t| super::duration::parse(t).map_err(serde::de::Error::custom))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    #[test]
+    fn defaults_work_without_a_file() {
+        let c = Config::load_from(None, env(&[])).unwrap();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.events.workers, 4);
+        assert_eq!(c.events.queue_size, 1000);
+        assert_eq!(c.audit.retention_days, 90);
+        assert_eq!(
+            c.webhooks.retry_delays,
+            [60, 300, 900, 3600, 14400].map(Duration::from_secs)
+        );
+        assert_eq!(c.plugins_dir(), PathBuf::from("./data/plugins"));
+        assert_eq!(c.database_url(), "sqlite:./data/evhost.db");
+    }
+
+    #[test]
+    fn seed_file_with_nested_sections_loads() {
+        let f = file(
+            "events:\n  workers: 8\n  queue_size: 50\n  audit:\n    enabled: false\n    retention_days: 30\n  webhooks:\n    timeout: 250ms\n    retry_delays: [1s, 2m]\n",
+        );
+        let c = Config::load_from(Some(f.path()), env(&[])).unwrap();
+        assert_eq!(c.events.workers, 8);
+        assert_eq!(c.events.queue_size, 50);
+        assert!(!c.audit.enabled);
+        assert_eq!(c.audit.retention_days, 30);
+        assert_eq!(c.webhooks.timeout, Duration::from_millis(250));
+        assert_eq!(
+            c.webhooks.retry_delays,
+            vec![Duration::from_secs(1), Duration::from_secs(120)]
+        );
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let f = file("server:\n  listen: 127.0.0.1:9000\nevents:\n  workers: 2\n");
+        let c = Config::load_from(
+            Some(f.path()),
+            env(&[
+                ("EVHOST_SERVER__LISTEN", "127.0.0.1:9100"),
+                ("EVHOST_EVENTS__WORKERS", "6"),
+                ("EVHOST_WEBHOOKS__RETRY_DELAYS", "[10ms, 20ms]"),
+                ("EVHOST_AUDIT__ENABLED", "false"),
+                ("EVHOST_DATA_DIR", "/tmp/x"),
+                ("EVHOST_URL", "http://ignored"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.server.listen.port(), 9100);
+        assert_eq!(c.events.workers, 6);
+        assert_eq!(c.webhooks.retry_delays.len(), 2);
+        assert!(!c.audit.enabled);
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn api_token_env_defines_an_all_scope_token() {
+        let c = Config::load_from(None, env(&[("EVHOST_API_TOKEN", "0123456789abcdef")])).unwrap();
+        assert_eq!(c.auth.tokens.len(), 1);
+        assert_eq!(c.auth.tokens[0].scopes.len(), 3);
+        assert!(!c.to_masked_yaml().contains("0123456789abcdef"));
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_the_value() {
+        let err = Config::load_from(None, env(&[("EVHOST_EVENTS__WORKERS", "many")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("events.workers"), "{err}");
+        assert!(err.contains("many"), "{err}");
+
+        let err = Config::load_from(None, env(&[("EVHOST_WEBHOOKS__TIMEOUT", "soon")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("webhooks.timeout") && err.contains("250ms"),
+            "{err}"
+        );
+
+        let err = Config::load_from(None, env(&[("EVHOST_EVENTS__WORKERS", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("events.workers") && err.contains("1 to 1024"),
+            "{err}"
+        );
+
+        let f = file("server:\n  lisen: 1.2.3.4:5\n");
+        let err = Config::load_from(Some(f.path()), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn short_token_is_refused() {
+        let f = file("auth:\n  tokens:\n    - name: a\n      token: short\n      scopes: [read]\n");
+        let err = Config::load_from(Some(f.path()), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("auth.tokens[0].token"), "{err}");
+    }
+
+    #[test]
+    fn masked_yaml_hides_secrets() {
+        let f = file(
+            "database:\n  url: postgres://u:hunter2@db/x\nauth:\n  tokens:\n    - name: a\n      token: supersecretvalue123\n      scopes: [read, publish]\n",
+        );
+        let c = Config::load_from(Some(f.path()), env(&[])).unwrap();
+        let yaml = c.to_masked_yaml();
+        assert!(!yaml.contains("hunter2"), "{yaml}");
+        assert!(!yaml.contains("supersecretvalue123"), "{yaml}");
+        assert!(yaml.contains("supe****"), "{yaml}");
+    }
+}

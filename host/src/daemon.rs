@@ -1,0 +1,205 @@
+//! `evhost serve`: wires the parts together, runs until told to stop, then drains.
+//!
+//! Shutdown order: refuse new events (503), end live tails, let in-flight HTTP
+//! requests finish, publish `server.stopped`, dispatch every accepted event, exit.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use evhost_catalog::{ServerStarted, ServerStopped, types};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::auth::{Auth, check_listen};
+use crate::api::stream::Tail;
+use crate::api::{self, AppState, Limits};
+use crate::bus::{Bus, BusOptions};
+use crate::config::Config;
+use crate::event::{Catalog, Event, TypePattern};
+use crate::ingest::Ingest;
+use crate::metrics::{EventMetrics, Metrics};
+
+/// Why the daemon could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The configuration does not allow a safe start (exit code 2).
+    #[error("{0}")]
+    Refused(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("HTTP server failed: {0}")]
+    Server(std::io::Error),
+}
+
+/// A running daemon's parts, for callers that embed it (tests, the benchmark).
+pub struct Running {
+    pub addr: SocketAddr,
+    pub bus: Bus,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The software version, as reported in events and the User-Agent.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Runs the daemon until `stop` completes, then shuts down cleanly. `on_ready` is
+/// called once the listener is bound and `server.started` is published.
+pub async fn serve(
+    config: Config,
+    stop: impl Future<Output = ()> + Send + 'static,
+    on_ready: impl FnOnce(&Running),
+) -> Result<(), ServeError> {
+    let started = Instant::now();
+    let auth = Auth::new(&config.auth.tokens);
+    check_listen(&auth, &config.server.listen).map_err(ServeError::Refused)?;
+
+    let metrics = Metrics::new(config.metrics.max_domains);
+    let catalog = Arc::new(Catalog::new(
+        config.events.allow_custom_types,
+        config.events.allow_unknown_fields,
+    ));
+    let listener = TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.server.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(ServeError::Server)?;
+
+    let bus = Bus::start(
+        BusOptions {
+            workers: config.events.workers,
+            queue_size: config.events.queue_size,
+            handler_timeout: config.events.handler_timeout,
+        },
+        metrics.clone(),
+    );
+    let tail = Tail::new();
+    subscribe_builtins(&bus, &metrics, &tail);
+
+    let ingest = Arc::new(Ingest::new(
+        catalog,
+        bus.clone(),
+        config.events.dedup_window,
+        config.events.dedup_capacity,
+    ));
+    let shutdown = CancellationToken::new();
+    let state = Arc::new(AppState {
+        ingest: ingest.clone(),
+        auth,
+        metrics: metrics.clone(),
+        tail,
+        limits: Limits {
+            max_body_bytes: config.server.max_body_bytes,
+            max_batch_events: config.server.max_batch_events,
+        },
+        shutdown: shutdown.clone(),
+    });
+
+    let hostname = hostname();
+    publish_own(
+        &bus,
+        types::SERVER_STARTED,
+        &ServerStarted {
+            server: "evhost".into(),
+            version: VERSION.into(),
+            hostname: hostname.clone(),
+            pid: std::process::id(),
+        },
+    );
+    if state.auth.is_open() {
+        tracing::warn!(
+            "no API token configured: the API is open to anyone on this machine, so evhost listens on loopback only; set EVHOST_API_TOKEN to require a token"
+        );
+    }
+    tracing::info!(%addr, version = VERSION, workers = config.events.workers, queue_size = config.events.queue_size, "evhost is listening");
+    on_ready(&Running {
+        addr,
+        bus: bus.clone(),
+        metrics: metrics.clone(),
+    });
+
+    // On the stop signal: refuse new events and end tails first, so the HTTP server's
+    // graceful shutdown only waits for requests already in flight.
+    let begin_shutdown = {
+        let ingest = ingest.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            stop.await;
+            tracing::info!("stopping: refusing new events, finishing accepted ones");
+            ingest.stop();
+            shutdown.cancel();
+        }
+    };
+    let server = axum::serve(
+        listener,
+        api::router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(begin_shutdown);
+    let server = tokio::spawn(async move { server.await });
+    let grace = config.server.shutdown_timeout;
+    shutdown.cancelled().await;
+    match tokio::time::timeout(grace, server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => return Err(ServeError::Server(e)),
+        Ok(Err(e)) => tracing::error!(error = %e, "HTTP server task failed"),
+        Err(_) => tracing::warn!(
+            ?grace,
+            "HTTP requests still open after the shutdown timeout; closing them"
+        ),
+    }
+
+    publish_own(
+        &bus,
+        types::SERVER_STOPPED,
+        &ServerStopped {
+            server: "evhost".into(),
+            version: VERSION.into(),
+            hostname,
+            pid: std::process::id(),
+            uptime_seconds: started.elapsed().as_secs(),
+            reason: "signal".into(),
+        },
+    );
+    bus.shutdown().await;
+    tracing::info!("evhost stopped; every accepted event was dispatched");
+    Ok(())
+}
+
+/// The subscribers every daemon has.
+fn subscribe_builtins(bus: &Bus, metrics: &Arc<Metrics>, tail: &Tail) {
+    let metric_patterns = EventMetrics::PATTERNS
+        .iter()
+        .map(|p| TypePattern::parse(p).expect("valid built-in pattern"))
+        .collect();
+    bus.subscribe(
+        metric_patterns,
+        Arc::new(EventMetrics::new(metrics.clone())),
+    )
+    .expect("built-in subscriber ids are unique");
+    bus.subscribe(vec![TypePattern::All], Arc::new(tail.clone()))
+        .expect("built-in subscriber ids are unique");
+}
+
+/// Publishes one of the daemon's own events; a failure is logged, not fatal.
+fn publish_own<T: serde::Serialize>(bus: &Bus, kind: &str, data: &T) {
+    let result = Event::from_daemon(kind, data)
+        .map_err(|e| e.to_string())
+        .and_then(|event| bus.publish(event).map_err(|e| e.to_string()));
+    if let Err(error) = result {
+        tracing::error!(event_type = kind, %error, "could not publish the daemon's own event");
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}

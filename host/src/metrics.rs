@@ -1,0 +1,441 @@
+//! Prometheus metrics. Each daemon owns its registry (never a global one), so several
+//! instances can live in one process, as tests do.
+//!
+//! The platform plan's four counters (`esp_messages_received_total`, …) are driven by
+//! the events themselves through [`EventMetrics`], a bus subscriber; the bus and the
+//! API count their own work through [`Metrics`].
+
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use serde::Deserialize;
+
+use crate::bus::{BoxFuture, HandlerError, Subscriber};
+use crate::event::Event;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FamilyLabel {
+    family: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SubscriberErrorLabels {
+    subscriber: String,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DomainSpam {
+    domain: String,
+    spam: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Domain {
+    domain: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DomainPermanent {
+    domain: String,
+    permanent: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProtocolSuccess {
+    protocol: String,
+    success: &'static str,
+}
+
+/// Why an event was refused at ingest; the `reason` label of
+/// `evhost_events_rejected_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RejectReason {
+    Invalid,
+    QueueFull,
+    Stopping,
+    TooLarge,
+    Unauthorized,
+    Forbidden,
+    UnsupportedMediaType,
+}
+
+impl RejectReason {
+    fn label(self) -> &'static str {
+        match self {
+            RejectReason::Invalid => "invalid",
+            RejectReason::QueueFull => "queue_full",
+            RejectReason::Stopping => "stopping",
+            RejectReason::TooLarge => "too_large",
+            RejectReason::Unauthorized => "unauthorized",
+            RejectReason::Forbidden => "forbidden",
+            RejectReason::UnsupportedMediaType => "unsupported_media_type",
+        }
+    }
+}
+
+/// The catalog's type families; anything else counts as `custom`, so a publisher
+/// cannot grow the label set without bound.
+const FAMILIES: &[&str] = &[
+    "message",
+    "user",
+    "mailbox",
+    "domain",
+    "filter",
+    "spam",
+    "virus",
+    "certificate",
+    "queue",
+    "delivery",
+    "server",
+];
+
+fn family_label(family: &str) -> &'static str {
+    FAMILIES
+        .iter()
+        .find(|f| **f == family)
+        .copied()
+        .unwrap_or("custom")
+}
+
+/// The daemon's metrics and the registry they are encoded from.
+pub struct Metrics {
+    registry: Registry,
+    accepted: Family<FamilyLabel, Counter>,
+    rejected: Family<ReasonLabel, Counter>,
+    duplicates: Counter,
+    queue_depth: Gauge,
+    queue_capacity: Gauge,
+    dispatch_seconds: Histogram,
+    subscriber_errors: Family<SubscriberErrorLabels, Counter>,
+    messages_received: Family<DomainSpam, Counter>,
+    messages_sent: Family<Domain, Counter>,
+    messages_bounced: Family<DomainPermanent, Counter>,
+    user_logins: Family<ProtocolSuccess, Counter>,
+    domains: DomainGuard,
+}
+
+impl Metrics {
+    pub fn new(max_domains: usize) -> Arc<Metrics> {
+        let mut registry = Registry::default();
+        let accepted = Family::<FamilyLabel, Counter>::default();
+        let rejected = Family::<ReasonLabel, Counter>::default();
+        let duplicates = Counter::default();
+        let queue_depth = Gauge::default();
+        let queue_capacity = Gauge::default();
+        // 10 µs … ~20 s
+        let dispatch_seconds = Histogram::new(exponential_buckets(0.000_01, 4.0, 12));
+        let subscriber_errors = Family::<SubscriberErrorLabels, Counter>::default();
+        let messages_received = Family::<DomainSpam, Counter>::default();
+        let messages_sent = Family::<Domain, Counter>::default();
+        let messages_bounced = Family::<DomainPermanent, Counter>::default();
+        let user_logins = Family::<ProtocolSuccess, Counter>::default();
+
+        // prometheus-client appends `_total` to counters itself.
+        registry.register(
+            "esp_messages_received",
+            "Total messages received",
+            messages_received.clone(),
+        );
+        registry.register(
+            "esp_messages_sent",
+            "Total messages sent",
+            messages_sent.clone(),
+        );
+        registry.register(
+            "esp_messages_bounced",
+            "Total messages bounced",
+            messages_bounced.clone(),
+        );
+        registry.register("esp_user_logins", "Total user logins", user_logins.clone());
+        registry.register(
+            "evhost_events_accepted",
+            "Events accepted onto the bus, by type family",
+            accepted.clone(),
+        );
+        registry.register(
+            "evhost_events_rejected",
+            "Events refused at ingest, by reason",
+            rejected.clone(),
+        );
+        registry.register(
+            "evhost_events_duplicate",
+            "Events not processed again because their id was seen within the dedup window",
+            duplicates.clone(),
+        );
+        registry.register(
+            "evhost_bus_queue_depth",
+            "Events waiting in the bus queue",
+            queue_depth.clone(),
+        );
+        registry.register(
+            "evhost_bus_queue_capacity",
+            "Capacity of the bus queue (events.queue_size)",
+            queue_capacity.clone(),
+        );
+        registry.register(
+            "evhost_bus_dispatch_duration_seconds",
+            "Time from an event's acceptance until every subscriber has handled it",
+            dispatch_seconds.clone(),
+        );
+        registry.register(
+            "evhost_subscriber_errors",
+            "Subscriber failures, by subscriber and kind (error, timeout, panic)",
+            subscriber_errors.clone(),
+        );
+
+        Arc::new(Metrics {
+            registry,
+            accepted,
+            rejected,
+            duplicates,
+            queue_depth,
+            queue_capacity,
+            dispatch_seconds,
+            subscriber_errors,
+            messages_received,
+            messages_sent,
+            messages_bounced,
+            user_logins,
+            domains: DomainGuard::new(max_domains),
+        })
+    }
+
+    pub fn accepted(&self, family: &str) {
+        self.accepted
+            .get_or_create(&FamilyLabel {
+                family: family_label(family),
+            })
+            .inc();
+    }
+
+    pub fn rejected(&self, reason: RejectReason, count: u64) {
+        self.rejected
+            .get_or_create(&ReasonLabel {
+                reason: reason.label(),
+            })
+            .inc_by(count);
+    }
+
+    pub fn duplicate(&self) {
+        self.duplicates.inc();
+    }
+
+    pub fn dispatched(&self, since_accepted: Duration) {
+        self.dispatch_seconds.observe(since_accepted.as_secs_f64());
+    }
+
+    pub fn subscriber_error(&self, subscriber: &str, kind: &'static str) {
+        self.subscriber_errors
+            .get_or_create(&SubscriberErrorLabels {
+                subscriber: subscriber.to_string(),
+                kind,
+            })
+            .inc();
+    }
+
+    /// Sets the queue gauges; called just before each scrape.
+    pub fn set_queue(&self, depth: usize, capacity: usize) {
+        self.queue_depth.set(depth as i64);
+        self.queue_capacity.set(capacity as i64);
+    }
+
+    /// The registry in the Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Bounds the number of distinct `domain` label values.
+struct DomainGuard {
+    seen: RwLock<HashSet<String>>,
+    max: usize,
+}
+
+impl DomainGuard {
+    fn new(max: usize) -> DomainGuard {
+        DomainGuard {
+            seen: RwLock::new(HashSet::new()),
+            max,
+        }
+    }
+
+    fn label(&self, domain: &str) -> String {
+        let domain = domain.trim().to_ascii_lowercase();
+        if domain.is_empty() {
+            return "unknown".into();
+        }
+        if self.seen.read().expect("not poisoned").contains(&domain) {
+            return domain;
+        }
+        let mut seen = self.seen.write().expect("not poisoned");
+        if seen.contains(&domain) || seen.len() < self.max {
+            seen.insert(domain.clone());
+            domain
+        } else {
+            "other".into()
+        }
+    }
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b { "true" } else { "false" }
+}
+
+/// Drives the platform plan's counters from the events they count.
+pub struct EventMetrics {
+    metrics: Arc<Metrics>,
+}
+
+impl EventMetrics {
+    pub const ID: &'static str = "metrics";
+    /// The event types this subscriber reads.
+    pub const PATTERNS: &'static [&'static str] = &[
+        "message.received",
+        "message.sent",
+        "message.bounced",
+        "user.login",
+    ];
+
+    pub fn new(metrics: Arc<Metrics>) -> EventMetrics {
+        EventMetrics { metrics }
+    }
+
+    fn count(&self, event: &Event) -> Result<(), HandlerError> {
+        // Only the fields the counters need; the bus has validated the rest.
+        #[derive(Deserialize)]
+        struct Received<'a> {
+            #[serde(borrow)]
+            domain: std::borrow::Cow<'a, str>,
+            is_spam: bool,
+        }
+        #[derive(Deserialize)]
+        struct FromAddress<'a> {
+            #[serde(borrow)]
+            from: std::borrow::Cow<'a, str>,
+        }
+        #[derive(Deserialize)]
+        struct Bounced<'a> {
+            #[serde(borrow)]
+            from: std::borrow::Cow<'a, str>,
+            permanent: bool,
+        }
+        #[derive(Deserialize)]
+        struct Login<'a> {
+            #[serde(borrow)]
+            protocol: std::borrow::Cow<'a, str>,
+            success: bool,
+        }
+        let m = &self.metrics;
+        let data = event.data.get();
+        let domain_of = |address: &str| evhost_catalog::domain_of(address).unwrap_or_default();
+        match &*event.kind {
+            "message.received" => {
+                let d: Received = serde_json::from_str(data)?;
+                m.messages_received
+                    .get_or_create(&DomainSpam {
+                        domain: m.domains.label(&d.domain),
+                        spam: yes_no(d.is_spam),
+                    })
+                    .inc();
+            }
+            "message.sent" => {
+                let d: FromAddress = serde_json::from_str(data)?;
+                m.messages_sent
+                    .get_or_create(&Domain {
+                        domain: m.domains.label(&domain_of(&d.from)),
+                    })
+                    .inc();
+            }
+            "message.bounced" => {
+                let d: Bounced = serde_json::from_str(data)?;
+                m.messages_bounced
+                    .get_or_create(&DomainPermanent {
+                        domain: m.domains.label(&domain_of(&d.from)),
+                        permanent: yes_no(d.permanent),
+                    })
+                    .inc();
+            }
+            "user.login" => {
+                let d: Login = serde_json::from_str(data)?;
+                // Protocols are a short fixed list in practice; bound them anyway.
+                let protocol = match &*d.protocol {
+                    p @ ("imap" | "smtp" | "api" | "pop3" | "jmap" | "web") => p.to_string(),
+                    _ => "other".to_string(),
+                };
+                m.user_logins
+                    .get_or_create(&ProtocolSuccess {
+                        protocol,
+                        success: yes_no(d.success),
+                    })
+                    .inc();
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+impl Subscriber for EventMetrics {
+    fn id(&self) -> &str {
+        Self::ID
+    }
+
+    fn handle<'a>(&'a self, event: &'a Arc<Event>) -> BoxFuture<'a, Result<(), HandlerError>> {
+        let result = self.count(event);
+        Box::pin(std::future::ready(result))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domains_past_the_limit_count_as_other() {
+        let guard = DomainGuard::new(2);
+        assert_eq!(guard.label("a.org"), "a.org");
+        assert_eq!(guard.label("B.org"), "b.org");
+        assert_eq!(guard.label("c.org"), "other");
+        assert_eq!(guard.label("a.org"), "a.org");
+        assert_eq!(guard.label(""), "unknown");
+    }
+
+    #[test]
+    fn two_registries_live_side_by_side() {
+        let a = Metrics::new(10);
+        let b = Metrics::new(10);
+        a.accepted("message");
+        assert!(
+            a.encode()
+                .contains("evhost_events_accepted_total{family=\"message\"} 1")
+        );
+        assert!(!b.encode().contains("family=\"message\""));
+    }
+
+    #[test]
+    fn custom_families_share_one_label() {
+        let m = Metrics::new(10);
+        m.accepted("billing");
+        m.accepted("anything");
+        assert!(
+            m.encode()
+                .contains("evhost_events_accepted_total{family=\"custom\"} 2")
+        );
+    }
+}
