@@ -20,7 +20,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
-use crate::bus::{BoxFuture, Bus, BusOptions, HandlerError, PublishError, Subscriber};
+use crate::bus::{Bus, BusOptions, Handling, PublishError, Subscriber};
 use crate::config::Config;
 use crate::event::{Actor, Event, TypePattern};
 use crate::metrics::Metrics;
@@ -171,9 +171,9 @@ impl Subscriber for NoOp {
     fn id(&self) -> &str {
         &self.id
     }
-    fn handle<'a>(&'a self, _: &'a Arc<Event>) -> BoxFuture<'a, Result<(), HandlerError>> {
+    fn handle<'a>(&'a self, _: &'a Arc<Event>) -> Handling<'a> {
         self.seen.fetch_add(1, Ordering::Relaxed);
-        Box::pin(std::future::ready(Ok(())))
+        Handling::ok()
     }
 }
 

@@ -38,7 +38,36 @@ pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
 pub trait Subscriber: Send + Sync + 'static {
     /// A stable name, used in logs and metrics.
     fn id(&self) -> &str;
-    fn handle<'a>(&'a self, event: &'a Arc<Event>) -> BoxFuture<'a, Result<(), HandlerError>>;
+    /// Handles one event, either at once ([`Handling::Done`]) or later
+    /// ([`Handling::Later`]).
+    fn handle<'a>(&'a self, event: &'a Arc<Event>) -> Handling<'a>;
+}
+
+/// A subscriber's answer: most built-in subscribers finish synchronously, and
+/// saying so spares the bus a boxed future and a timer per event.
+pub enum Handling<'a> {
+    Done(Result<(), HandlerError>),
+    Later(BoxFuture<'a, Result<(), HandlerError>>),
+}
+
+impl<'a> Handling<'a> {
+    /// Handled successfully, synchronously.
+    pub fn ok() -> Handling<'a> {
+        Handling::Done(Ok(()))
+    }
+
+    /// Handled by an async block or other future.
+    pub fn later(
+        future: impl Future<Output = Result<(), HandlerError>> + Send + 'a,
+    ) -> Handling<'a> {
+        Handling::Later(Box::pin(future))
+    }
+}
+
+impl From<Result<(), HandlerError>> for Handling<'_> {
+    fn from(result: Result<(), HandlerError>) -> Self {
+        Handling::Done(result)
+    }
 }
 
 /// Why the bus did not take an event.
@@ -346,15 +375,9 @@ async fn dispatch(shared: &Shared, subscriptions: &[Arc<Subscription>], job: Job
     let event = &job.event;
     let mut failures = Vec::new();
     for sub in subscriptions.iter().filter(|s| s.wants(&event.kind)) {
-        let call = AssertUnwindSafe(sub.subscriber.handle(event)).catch_unwind();
-        let failure = match tokio::time::timeout(shared.handler_timeout, call).await {
-            Ok(Ok(Ok(()))) => continue,
-            Ok(Ok(Err(e))) => (FailureKind::Error, e.to_string()),
-            Ok(Err(panic)) => (FailureKind::Panic, panic_message(&panic)),
-            Err(_) => (
-                FailureKind::Timeout,
-                format!("took longer than {:?}", shared.handler_timeout),
-            ),
+        let failure = match run_handler(&sub.subscriber, event, shared.handler_timeout).await {
+            Ok(()) => continue,
+            Err(failure) => failure,
         };
         shared.metrics.subscriber_error(&sub.id, failure.0.label());
         tracing::warn!(
@@ -376,6 +399,32 @@ async fn dispatch(shared: &Shared, subscriptions: &[Arc<Subscription>], job: Job
     shared.metrics.dispatched(job.accepted_at.elapsed());
     if let Some(done) = job.done {
         let _ = done.send(failures);
+    }
+}
+
+/// Calls one subscriber, catching panics; a future it returns is polled once at
+/// once, and only one still pending gets a timer (the fast path reads no clock).
+async fn run_handler(
+    subscriber: &Arc<dyn Subscriber>,
+    event: &Arc<Event>,
+    limit: Duration,
+) -> Result<(), (FailureKind, String)> {
+    let handling = std::panic::catch_unwind(AssertUnwindSafe(|| subscriber.handle(event)))
+        .map_err(|panic| (FailureKind::Panic, panic_message(&panic)))?;
+    let mut future = match handling {
+        Handling::Done(result) => return result.map_err(|e| (FailureKind::Error, e.to_string())),
+        Handling::Later(future) => AssertUnwindSafe(future).catch_unwind(),
+    };
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(future.poll_unpin(cx))).await;
+    let outcome = match first {
+        std::task::Poll::Ready(outcome) => outcome,
+        std::task::Poll::Pending => tokio::time::timeout(limit, future)
+            .await
+            .map_err(|_| (FailureKind::Timeout, format!("took longer than {limit:?}")))?,
+    };
+    match outcome {
+        Ok(result) => result.map_err(|e| (FailureKind::Error, e.to_string())),
+        Err(panic) => Err((FailureKind::Panic, panic_message(&panic))),
     }
 }
 
@@ -442,9 +491,9 @@ mod tests {
         fn id(&self) -> &str {
             &self.id
         }
-        fn handle<'a>(&'a self, _: &'a Arc<Event>) -> BoxFuture<'a, Result<(), HandlerError>> {
+        fn handle<'a>(&'a self, _: &'a Arc<Event>) -> Handling<'a> {
             self.seen.fetch_add(1, Ordering::SeqCst);
-            Box::pin(async { Ok(()) })
+            Handling::ok()
         }
     }
 
@@ -454,18 +503,24 @@ mod tests {
         fn id(&self) -> &str {
             "misbehave"
         }
-        fn handle<'a>(&'a self, e: &'a Arc<Event>) -> BoxFuture<'a, Result<(), HandlerError>> {
-            Box::pin(async move {
-                match &*e.kind {
-                    "x.fail" => Err("nope".into()),
-                    "x.panic" => panic!("boom"),
-                    "x.slow" => {
-                        tokio::time::sleep(Duration::from_secs(3600)).await;
-                        Ok(())
-                    }
-                    _ => Ok(()),
-                }
-            })
+        fn handle<'a>(&'a self, e: &'a Arc<Event>) -> Handling<'a> {
+            match &*e.kind {
+                "x.fail" => Handling::Done(Err("nope".into())),
+                "x.panic" => panic!("boom"),
+                "x.later_fail" => Handling::later(async { Err("later nope".into()) }),
+                "x.later_panic" => Handling::later(async {
+                    tokio::task::yield_now().await;
+                    panic!("later boom")
+                }),
+                "x.slow" => Handling::later(async {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    Ok(())
+                }),
+                _ => Handling::later(async {
+                    tokio::task::yield_now().await;
+                    Ok(())
+                }),
+            }
         }
     }
 
@@ -546,15 +601,21 @@ mod tests {
         let failures = bus.publish_wait(event("x.panic")).await.unwrap();
         assert_eq!(failures[0].kind, FailureKind::Panic);
         assert!(failures[0].message.contains("boom"));
+        let failures = bus.publish_wait(event("x.later_fail")).await.unwrap();
+        assert_eq!(failures[0].kind, FailureKind::Error);
+        let failures = bus.publish_wait(event("x.later_panic")).await.unwrap();
+        assert_eq!(failures[0].kind, FailureKind::Panic);
+        assert!(failures[0].message.contains("later boom"));
         let failures = bus.publish_wait(event("x.slow")).await.unwrap();
         assert_eq!(failures[0].kind, FailureKind::Timeout);
         assert!(bus.publish_wait(event("x.ok")).await.unwrap().is_empty());
-        assert_eq!(good.seen(), 4);
+        assert_eq!(good.seen(), 6);
         let text = bus.shared.metrics.encode();
         for kind in ["error", "panic", "timeout"] {
             assert!(
                 text.contains(&format!(
-                    "evhost_subscriber_errors_total{{subscriber=\"misbehave\",kind=\"{kind}\"}} 1"
+                    "evhost_subscriber_errors_total{{subscriber=\"misbehave\",kind=\"{kind}\"}} {}",
+                    if kind == "timeout" { 1 } else { 2 }
                 )),
                 "{text}"
             );

@@ -15,7 +15,7 @@ use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::{BoxFuture, HandlerError, Subscriber};
+use crate::bus::{Handling, Subscriber};
 use crate::event::{Event, TypePattern};
 
 /// Events a slow tail client may fall behind by before it skips ahead.
@@ -74,9 +74,9 @@ impl Subscriber for Tail {
         Self::ID
     }
 
-    fn handle<'a>(&'a self, event: &'a Arc<Event>) -> BoxFuture<'a, Result<(), HandlerError>> {
+    fn handle<'a>(&'a self, event: &'a Arc<Event>) -> Handling<'a> {
         // No receivers is not an error: nobody is watching.
         let _ = self.sender.send(event.clone());
-        Box::pin(std::future::ready(Ok(())))
+        Handling::ok()
     }
 }
