@@ -1,1 +1,10 @@
+//! Black-box tests: each starts the built `evhost` binary on a free loopback port
+//! with its own data folder and drives it over HTTP and the CLI.
 
+mod auth;
+mod cli;
+mod errors;
+mod ingest;
+mod metrics;
+mod shutdown;
+mod stream;

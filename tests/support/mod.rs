@@ -1,1 +1,282 @@
+//! Test support: starts the built `evhost` binary as a black box on a free loopback
+//! port with its own temporary data folder, and talks to it over HTTP.
 
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub use serde_json::{Value, json};
+
+/// The `evhost` binary: `$EVHOST_BIN`, or the one cargo built beside this test.
+pub fn evhost_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("EVHOST_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/e2e-… → target/<profile>/evhost
+    let path = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target folder")
+        .join("evhost");
+    assert!(
+        path.exists(),
+        "{} does not exist: build it first (`cargo build -p evhost`) or set EVHOST_BIN",
+        path.display()
+    );
+    path
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; tests start at once).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running daemon; killed on drop if still running.
+pub struct Daemon {
+    child: Option<Child>,
+    pub base: String,
+    pub dir: tempfile::TempDir,
+    pub client: reqwest::Client,
+    token: Option<String>,
+}
+
+/// Daemon settings for one test, as `EVHOST_…` environment variables.
+#[derive(Default, Clone)]
+pub struct Options {
+    pub env: Vec<(String, String)>,
+    /// Token the helper methods send.
+    pub token: Option<String>,
+    /// A YAML config file to write into the daemon's folder and pass as EVHOST_CONFIG.
+    pub config_yaml: Option<String>,
+}
+
+impl Options {
+    pub fn env(mut self, key: &str, value: impl ToString) -> Options {
+        self.env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    pub fn config_yaml(mut self, yaml: &str) -> Options {
+        self.config_yaml = Some(yaml.to_string());
+        self
+    }
+
+    pub fn token(mut self, token: &str) -> Options {
+        self.token = Some(token.to_string());
+        self
+    }
+}
+
+impl Daemon {
+    pub async fn start() -> Daemon {
+        Daemon::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(options: Options) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
+        let mut command = Command::new(evhost_bin());
+        command
+            .arg("serve")
+            .env_remove("EVHOST_CONFIG")
+            .env_remove("EVHOST_API_TOKEN")
+            .env("EVHOST_SERVER__LISTEN", format!("127.0.0.1:{port}"))
+            .env("EVHOST_DATA_DIR", dir.path().join("data"))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        if let Some(yaml) = &options.config_yaml {
+            let path = dir.path().join("evhost.yaml");
+            std::fs::write(&path, yaml).unwrap();
+            command.env("EVHOST_CONFIG", path);
+        }
+        for (k, v) in &options.env {
+            command.env(k, v);
+        }
+        let child = command.spawn().expect("start evhost");
+        let daemon = Daemon {
+            child: Some(child),
+            base: format!("http://127.0.0.1:{port}"),
+            dir,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()
+                .unwrap(),
+            token: options.token,
+        };
+        daemon.wait_ready().await;
+        daemon
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(r) = self.client.get(self.url("/healthz")).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not answer /healthz within 15 s; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    /// What the daemon wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// A request with the default token (if any).
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let builder = self.client.request(method, self.url(path));
+        match &self.token {
+            Some(t) => builder.bearer_auth(t),
+            None => builder,
+        }
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = self
+            .request(reqwest::Method::POST, path)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        status_json(r).await
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        status_json(
+            self.request(reqwest::Method::GET, path)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await
+    }
+
+    /// `/metrics` as text.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// The value of one sample line of `/metrics` (0 when absent).
+    pub async fn metric(&self, sample: &str) -> f64 {
+        metric_value(&self.metrics().await, sample)
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub async fn terminate(&mut self) -> ExitStatus {
+        signal(self.pid(), nix::sys::signal::Signal::SIGTERM);
+        self.wait_exit(Duration::from_secs(30)).await
+    }
+
+    pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        let child = self.child.as_mut().expect("running");
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not exit within {limit:?}; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn signal(pid: i32, signal: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).unwrap();
+}
+
+pub async fn status_json(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    let json = serde_json::from_str(&text).unwrap_or_else(|_| Value::String(text));
+    (status, json)
+}
+
+/// Finds `sample` (a metric name with its labels, as printed) in a scrape.
+pub fn metric_value(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .find_map(|line| {
+            let rest = line.strip_prefix(sample)?;
+            rest.strip_prefix(' ')?.trim().parse::<f64>().ok()
+        })
+        .unwrap_or(0.0)
+}
+
+/// A valid `message.received` payload for `domain`.
+pub fn received(domain: &str, spam: bool) -> Value {
+    json!({
+        "message_id": format!("<{}@mx.{domain}>", uuid::Uuid::new_v4()),
+        "from": "alice@example.org",
+        "to": [format!("bob@{domain}")],
+        "subject": "Hello",
+        "size": 1234,
+        "domain": domain,
+        "user": format!("bob@{domain}"),
+        "mailbox": "INBOX",
+        "spam_score": if spam { 9.5 } else { 0.1 },
+        "is_spam": spam
+    })
+}
+
+/// Runs the `evhost` CLI with arguments and environment; returns (exit code, stdout, stderr).
+pub fn cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut command = Command::new(evhost_bin());
+    command
+        .args(args)
+        .env_remove("EVHOST_CONFIG")
+        .env_remove("EVHOST_API_TOKEN")
+        .env_remove("EVHOST_TOKEN")
+        .env_remove("EVHOST_URL");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let out = command.output().expect("run evhost");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -9,6 +9,8 @@
 //! The CloudEvents SDK's HTTP bindings pin old HTTP crates, so the few `ce-*` headers
 //! are mapped here by hand.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use http::HeaderMap;
 use serde::Deserialize;
@@ -178,11 +180,17 @@ pub fn parse_plain_batch(body: &str) -> Result<Vec<Draft>, WireError> {
 
 /// One structured-mode CloudEvent.
 pub fn parse_structured(body: &str) -> Result<Draft, WireError> {
+    let attributes: HashMap<String, &RawValue> = parse_with_path(body)?;
+    check_extensions(&attributes)?;
     parse_with_path::<Structured>(body).and_then(Structured::into_draft)
 }
 
 /// A CloudEvents JSON batch.
 pub fn parse_structured_batch(body: &str) -> Result<Vec<Draft>, WireError> {
+    let items: Vec<HashMap<String, &RawValue>> = parse_with_path(body)?;
+    for (i, attributes) in items.iter().enumerate() {
+        check_extensions(attributes).map_err(|e| wire_error(format!("[{i}]: {e}")))?;
+    }
     let items: Vec<Structured> = parse_with_path(body)?;
     items
         .into_iter()
@@ -192,6 +200,45 @@ pub fn parse_structured_batch(body: &str) -> Result<Vec<Draft>, WireError> {
                 .map_err(|e| wire_error(format!("[{i}]: {e}")))
         })
         .collect()
+}
+
+const CONTEXT_ATTRIBUTES: &[&str] = &[
+    "specversion",
+    "id",
+    "source",
+    "type",
+    "time",
+    "datacontenttype",
+    "dataschema",
+    "subject",
+    "data",
+    "data_base64",
+];
+
+/// CloudEvents extension attributes are scalars named `[a-z0-9]{1,20}`; evhost does
+/// not keep them, but it does not let malformed ones through either.
+fn check_extensions(attributes: &HashMap<String, &RawValue>) -> Result<(), WireError> {
+    for (name, value) in attributes {
+        if CONTEXT_ATTRIBUTES.contains(&name.as_str()) {
+            continue;
+        }
+        let good_name = !name.is_empty()
+            && name.len() <= 20
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        if !good_name {
+            return Err(wire_error(format!(
+                "CloudEvents attribute name {name:?} is not valid: use 1 to 20 of a-z 0-9"
+            )));
+        }
+        if value.get().starts_with(['[', '{']) {
+            return Err(wire_error(format!(
+                "CloudEvents extension attribute `{name}` must be a string, number or boolean"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Whether the request is a binary-mode CloudEvent.
@@ -301,6 +348,16 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.message.contains("data_base64"), "{e}");
+        let e = parse_structured(
+            r#"{"specversion":"1.0","id":"1","source":"/s","type":"a.b","data":{},"ext":[1]}"#,
+        )
+        .unwrap_err();
+        assert!(e.message.contains("`ext`"), "{e}");
+        let e = parse_structured(
+            r#"{"specversion":"1.0","id":"1","source":"/s","type":"a.b","data":{},"Bad-Name":1}"#,
+        )
+        .unwrap_err();
+        assert!(e.message.contains("Bad-Name"), "{e}");
     }
 
     #[test]
