@@ -41,6 +41,12 @@ pub trait Subscriber: Send + Sync + 'static {
     /// Handles one event, either at once ([`Handling::Done`]) or later
     /// ([`Handling::Later`]).
     fn handle<'a>(&'a self, event: &'a Arc<Event>) -> Handling<'a>;
+
+    /// How long one call may take; `None` for a durable sink that must not lose an
+    /// event and instead holds the bus (so publishers are pushed back) while it waits.
+    fn time_limit(&self, default: Duration) -> Option<Duration> {
+        Some(default)
+    }
 }
 
 /// A subscriber's answer: most built-in subscribers finish synchronously, and
@@ -375,7 +381,8 @@ async fn dispatch(shared: &Shared, subscriptions: &[Arc<Subscription>], job: Job
     let event = &job.event;
     let mut failures = Vec::new();
     for sub in subscriptions.iter().filter(|s| s.wants(&event.kind)) {
-        let failure = match run_handler(&sub.subscriber, event, shared.handler_timeout).await {
+        let limit = sub.subscriber.time_limit(shared.handler_timeout);
+        let failure = match run_handler(&sub.subscriber, event, limit).await {
             Ok(()) => continue,
             Err(failure) => failure,
         };
@@ -407,7 +414,7 @@ async fn dispatch(shared: &Shared, subscriptions: &[Arc<Subscription>], job: Job
 async fn run_handler(
     subscriber: &Arc<dyn Subscriber>,
     event: &Arc<Event>,
-    limit: Duration,
+    limit: Option<Duration>,
 ) -> Result<(), (FailureKind, String)> {
     let handling = std::panic::catch_unwind(AssertUnwindSafe(|| subscriber.handle(event)))
         .map_err(|panic| (FailureKind::Panic, panic_message(&panic)))?;
@@ -418,9 +425,12 @@ async fn run_handler(
     let first = std::future::poll_fn(|cx| std::task::Poll::Ready(future.poll_unpin(cx))).await;
     let outcome = match first {
         std::task::Poll::Ready(outcome) => outcome,
-        std::task::Poll::Pending => tokio::time::timeout(limit, future)
-            .await
-            .map_err(|_| (FailureKind::Timeout, format!("took longer than {limit:?}")))?,
+        std::task::Poll::Pending => match limit {
+            Some(limit) => tokio::time::timeout(limit, future)
+                .await
+                .map_err(|_| (FailureKind::Timeout, format!("took longer than {limit:?}")))?,
+            None => future.await,
+        },
     };
     match outcome {
         Ok(result) => result.map_err(|e| (FailureKind::Error, e.to_string())),

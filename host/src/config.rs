@@ -91,7 +91,28 @@ pub struct EventsConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct AuditConfig {
     pub enabled: bool,
+    /// Rows older than this many days are purged (0 keeps everything).
     pub retention_days: u32,
+    /// Most rows written in one transaction.
+    pub batch_size: usize,
+    /// Longest a row waits for its batch to fill before it is written anyway.
+    #[serde(with = "duration")]
+    pub flush_interval: Duration,
+    /// Rows waiting to be written before the bus pushes back on publishers.
+    pub max_backlog: usize,
+    /// How often the chain head is signed into the checkpoint file.
+    #[serde(with = "duration")]
+    pub checkpoint_interval: Duration,
+    /// Signed checkpoints, one JSON line each; `<data_dir>/audit-checkpoints.jsonl` when unset.
+    pub checkpoint_file: Option<PathBuf>,
+    /// Ed25519 key that signs checkpoints (made on first start);
+    /// `<data_dir>/audit-checkpoint.key` when unset. Keep it out of the database's reach.
+    pub checkpoint_key: Option<PathBuf>,
+    /// How often retention runs.
+    #[serde(with = "duration")]
+    pub purge_interval: Duration,
+    /// Refused API authentications recorded per client address and minute.
+    pub refusals_per_minute: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -114,11 +135,24 @@ pub struct PluginsConfig {
     pub dir: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
-    /// `sqlite://…` or `postgres://…`; SQLite in `data_dir` when unset.
+    /// `sqlite:PATH` or `postgres://…`; SQLite in `data_dir` when unset.
     pub url: Option<String>,
+    /// PostgreSQL schema for evhost's tables (created if missing); `public` when unset.
+    pub schema: Option<String>,
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: None,
+            schema: None,
+            max_connections: 8,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -229,6 +263,14 @@ impl Default for AuditConfig {
         AuditConfig {
             enabled: true,
             retention_days: 90,
+            batch_size: 1000,
+            flush_interval: Duration::from_millis(20),
+            max_backlog: 100_000,
+            checkpoint_interval: Duration::from_secs(60),
+            checkpoint_file: None,
+            checkpoint_key: None,
+            purge_interval: Duration::from_secs(3600),
+            refusals_per_minute: 10,
         }
     }
 }
@@ -397,6 +439,50 @@ impl Config {
                 format!("{url:?} is not supported; allowed: sqlite:PATH or postgres://…"),
             ));
         }
+        if let Some(schema) = &self.database.schema
+            && (schema.is_empty()
+                || schema.len() > 63
+                || !schema
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'))
+        {
+            return Err(invalid(
+                "database.schema",
+                format!("{schema:?} is not allowed; use 1 to 63 of a-z 0-9 _"),
+            ));
+        }
+        if self.database.max_connections == 0 {
+            return Err(invalid(
+                "database.max_connections",
+                "0 is not allowed; allowed: at least 1".into(),
+            ));
+        }
+        if self.audit.batch_size == 0 || self.audit.batch_size > 2000 {
+            return Err(invalid(
+                "audit.batch_size",
+                format!(
+                    "{} is out of range; allowed: 1 to 2000",
+                    self.audit.batch_size
+                ),
+            ));
+        }
+        if self.audit.max_backlog == 0 {
+            return Err(invalid(
+                "audit.max_backlog",
+                "0 is not allowed; allowed: at least 1".into(),
+            ));
+        }
+        for (key, d) in [
+            ("audit.checkpoint_interval", self.audit.checkpoint_interval),
+            ("audit.purge_interval", self.audit.purge_interval),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(
+                    key,
+                    "0s is not allowed; give a positive duration".into(),
+                ));
+            }
+        }
         let mut names = BTreeSet::new();
         for (i, token) in self.auth.tokens.iter().enumerate() {
             let key = format!("auth.tokens[{i}]");
@@ -444,6 +530,22 @@ impl Config {
             .unwrap_or_else(|| format!("sqlite:{}", self.data_dir.join("evhost.db").display()))
     }
 
+    /// Where signed audit checkpoints are appended.
+    pub fn checkpoint_file(&self) -> PathBuf {
+        self.audit
+            .checkpoint_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("audit-checkpoints.jsonl"))
+    }
+
+    /// The key that signs audit checkpoints.
+    pub fn checkpoint_key(&self) -> PathBuf {
+        self.audit
+            .checkpoint_key
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("audit-checkpoint.key"))
+    }
+
     /// The effective config as YAML with every secret masked, derived values filled in.
     pub fn to_masked_yaml(&self) -> String {
         let mut shown = self.clone();
@@ -452,6 +554,8 @@ impl Config {
         }
         shown.plugins.dir = Some(self.plugins_dir());
         shown.database.url = Some(mask_url(&self.database_url()));
+        shown.audit.checkpoint_file = Some(self.checkpoint_file());
+        shown.audit.checkpoint_key = Some(self.checkpoint_key());
         serde_saphyr::to_string(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 }

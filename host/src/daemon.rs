@@ -15,11 +15,13 @@ use tokio_util::sync::CancellationToken;
 use crate::api::auth::{Auth, check_listen};
 use crate::api::stream::Tail;
 use crate::api::{self, AppState, Limits};
+use crate::audit::{Audit, AuditOptions};
 use crate::bus::{Bus, BusOptions};
 use crate::config::Config;
 use crate::event::{Catalog, Event, TypePattern};
 use crate::ingest::Ingest;
 use crate::metrics::{EventMetrics, Metrics};
+use crate::store::Store;
 
 /// Why the daemon could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +36,10 @@ pub enum ServeError {
     },
     #[error("HTTP server failed: {0}")]
     Server(std::io::Error),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("audit log: {0}")]
+    Audit(#[from] crate::audit::AuditError),
 }
 
 /// A running daemon's parts, for callers that embed it (tests, the benchmark).
@@ -87,6 +93,47 @@ pub async fn serve(
         config.events.dedup_window,
         config.events.dedup_capacity,
     ));
+
+    let store = Store::connect(&config).await?;
+    store.migrate().await?;
+    let audit = if config.audit.enabled {
+        let audit = Audit::start(
+            store.clone(),
+            audit_options(&config),
+            metrics.clone(),
+            crate::audit::chain_id(&config.data_dir)?,
+        )
+        .await?;
+        bus.subscribe(vec![TypePattern::All], audit.subscriber())
+            .expect("built-in subscriber ids are unique");
+        // Resends of ids accepted before a restart are still recognised.
+        let window_start = chrono::Utc::now()
+            - chrono::Duration::from_std(config.events.dedup_window)
+                .unwrap_or(chrono::Duration::MAX);
+        match crate::audit::recent_event_ids(
+            &store,
+            window_start.timestamp_micros(),
+            config.events.dedup_capacity as i64,
+        )
+        .await
+        {
+            Ok(ids) => {
+                let n = ingest.remember(ids.into_iter().rev());
+                tracing::debug!(ids = n, "dedup window seeded from the audit log");
+            }
+            Err(error) => {
+                tracing::warn!(%error, "could not seed the dedup window from the audit log")
+            }
+        }
+        Some(audit)
+    } else {
+        None
+    };
+    tracing::info!(
+        backend = store.backend(),
+        audit = audit.is_some(),
+        "database ready"
+    );
     let shutdown = CancellationToken::new();
     let state = Arc::new(AppState {
         ingest: ingest.clone(),
@@ -98,6 +145,8 @@ pub async fn serve(
             max_batch_events: config.server.max_batch_events,
         },
         shutdown: shutdown.clone(),
+        audit: audit.clone(),
+        store: Some(store.clone()),
     });
 
     let hostname = hostname();
@@ -166,8 +215,26 @@ pub async fn serve(
         },
     );
     bus.shutdown().await;
+    if let Some(audit) = &audit {
+        audit.shutdown().await;
+    }
+    store.close().await;
     tracing::info!("evhost stopped; every accepted event was dispatched");
     Ok(())
+}
+
+fn audit_options(config: &Config) -> AuditOptions {
+    AuditOptions {
+        batch_size: config.audit.batch_size,
+        flush_interval: config.audit.flush_interval,
+        max_backlog: config.audit.max_backlog,
+        checkpoint_interval: config.audit.checkpoint_interval,
+        checkpoint_file: config.checkpoint_file(),
+        checkpoint_key: config.checkpoint_key(),
+        retention_days: config.audit.retention_days,
+        purge_interval: config.audit.purge_interval,
+        refusals_per_minute: config.audit.refusals_per_minute,
+    }
 }
 
 /// The subscribers every daemon has.
@@ -195,7 +262,7 @@ fn publish_own<T: serde::Serialize>(bus: &Bus, kind: &str, data: &T) {
     }
 }
 
-fn hostname() -> String {
+pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .or_else(|_| std::fs::read_to_string("/etc/hostname"))
         .map(|s| s.trim().to_string())

@@ -87,6 +87,16 @@ impl Ingest {
         &self.bus
     }
 
+    /// Seeds the dedup window with ids recorded before a restart (newest first).
+    pub fn remember(&self, ids: impl IntoIterator<Item = String>) -> usize {
+        let mut n = 0;
+        for id in ids {
+            self.dedup.first_sighting(&EventId::from(id));
+            n += 1;
+        }
+        n
+    }
+
     /// From now on every request is refused with [`IngestError::Stopping`].
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);

@@ -7,6 +7,7 @@
 //! together; [`cli`] is the command line.
 
 pub mod api;
+pub mod audit;
 pub mod bench;
 pub mod bus;
 pub mod cli;
@@ -15,3 +16,4 @@ pub mod daemon;
 pub mod event;
 pub mod ingest;
 pub mod metrics;
+pub mod store;

@@ -126,6 +126,69 @@ pub struct Metrics {
     messages_bounced: Family<DomainPermanent, Counter>,
     user_logins: Family<ProtocolSuccess, Counter>,
     domains: DomainGuard,
+    pub audit: AuditMetrics,
+}
+
+/// What the audit writer counts.
+pub struct AuditMetrics {
+    pub rows_written: Counter,
+    pub write_errors: Counter,
+    pub write_seconds: Histogram,
+    pub backlog: Gauge,
+    pub backlog_capacity: Gauge,
+    pub refusals_suppressed: Counter,
+    pub rows_purged: Counter,
+}
+
+impl AuditMetrics {
+    fn register(registry: &mut Registry) -> AuditMetrics {
+        let m = AuditMetrics {
+            rows_written: Counter::default(),
+            write_errors: Counter::default(),
+            // 100 µs … ~100 s
+            write_seconds: Histogram::new(exponential_buckets(0.000_1, 4.0, 11)),
+            backlog: Gauge::default(),
+            backlog_capacity: Gauge::default(),
+            refusals_suppressed: Counter::default(),
+            rows_purged: Counter::default(),
+        };
+        registry.register(
+            "evhost_audit_rows_written",
+            "Audit rows written",
+            m.rows_written.clone(),
+        );
+        registry.register(
+            "evhost_audit_write_errors",
+            "Failed audit batch writes (each is retried)",
+            m.write_errors.clone(),
+        );
+        registry.register(
+            "evhost_audit_write_duration_seconds",
+            "Time to write one audit batch",
+            m.write_seconds.clone(),
+        );
+        registry.register(
+            "evhost_audit_backlog",
+            "Audit rows waiting to be written",
+            m.backlog.clone(),
+        );
+        registry.register(
+            "evhost_audit_backlog_capacity",
+            "Audit rows that may wait before the bus pushes back (audit.max_backlog)",
+            m.backlog_capacity.clone(),
+        );
+        registry.register(
+            "evhost_audit_refusals_suppressed",
+            "Refused authentications not recorded because of the per-address rate limit",
+            m.refusals_suppressed.clone(),
+        );
+        registry.register(
+            "evhost_audit_rows_purged",
+            "Audit rows removed by retention",
+            m.rows_purged.clone(),
+        );
+        m
+    }
 }
 
 impl Metrics {
@@ -197,6 +260,7 @@ impl Metrics {
             subscriber_errors.clone(),
         );
 
+        let audit = AuditMetrics::register(&mut registry);
         let accepted_by_family = FAMILIES
             .iter()
             .chain(std::iter::once(&"custom"))
@@ -216,6 +280,7 @@ impl Metrics {
             messages_bounced,
             user_logins,
             domains: DomainGuard::new(max_domains),
+            audit,
         })
     }
 

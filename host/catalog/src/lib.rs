@@ -12,8 +12,10 @@
 //! told to relax that).
 
 mod payloads;
+mod resource;
 
 pub use payloads::*;
+pub use resource::{Resource, resource_of};
 
 /// Every event type the platform defines, as `(name, description)` pairs, in the
 /// plan's order. [`visit`] gives the payload type of each.

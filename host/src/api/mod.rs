@@ -2,6 +2,7 @@
 //! OpenAPI document. Every route but `/healthz`, `/readyz` and `/metrics` needs a
 //! bearer token with the right scope; every error is JSON (see [`error`]).
 
+mod audit;
 pub mod auth;
 pub mod error;
 mod events;
@@ -10,8 +11,11 @@ pub mod stream;
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
 use axum::http::{StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -41,6 +45,9 @@ pub struct AppState {
     pub limits: Limits,
     /// Fires when the daemon starts shutting down (ends live tails).
     pub shutdown: CancellationToken,
+    /// The audit log, unless `audit.enabled` is off.
+    pub audit: Option<Arc<crate::audit::Audit>>,
+    pub store: Option<crate::store::Store>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -50,6 +57,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/events/batch", post(events::publish_batch))
         .route("/v1/events/stream", get(events::stream))
         .route("/v1/event-types", get(event_types))
+        .route("/v1/audit", get(audit::query))
+        .route("/v1/audit/verify", get(audit::verify))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -57,7 +66,40 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            audit_refusals,
+        ))
         .with_state(state)
+}
+
+/// Records refused authentications (401, 403) in the audit log, rate-limited per
+/// client address inside [`crate::audit::Audit::record_refusal`].
+async fn audit_refusals(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(audit) = state.audit.clone() else {
+        return next.run(request).await;
+    };
+    let ip = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip());
+    let method = request.method().to_string();
+    let path = request.uri().path().to_string();
+    let response = next.run(request).await;
+    let status = response.status();
+    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+        let code = if status == StatusCode::UNAUTHORIZED {
+            "unauthorized"
+        } else {
+            "forbidden"
+        };
+        audit.record_refusal(ip, &method, &path, status.as_u16(), code);
+    }
+    response
 }
 
 /// Lists every catalog type with its JSON Schema.
@@ -79,22 +121,37 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// Readiness: takes events (not shutting down).
+/// Readiness: takes events (not shutting down, audit writes succeeding); shows the
+/// bus queue and the audit backlog.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
-    responses((status = 200, description = "Ready to take events"), (status = 503, description = "Shutting down")))]
+    responses((status = 200, description = "Ready to take events"), (status = 503, description = "Shutting down, or the audit log cannot write")))]
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let bus = state.ingest.bus();
-    let body = json!({
-        "status": if state.ingest.is_stopping() { "stopping" } else { "ready" },
+    let audit_ok = state.audit.as_ref().is_none_or(|a| a.is_healthy());
+    let status = match (state.ingest.is_stopping(), audit_ok) {
+        (true, _) => "stopping",
+        (false, false) => "audit_unavailable",
+        (false, true) => "ready",
+    };
+    let mut body = json!({
+        "status": status,
         "queue_depth": bus.depth(),
         "queue_capacity": bus.capacity(),
     });
-    let status = if state.ingest.is_stopping() {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
+    if let Some(audit) = &state.audit {
+        body["audit"] = json!({
+            "healthy": audit.is_healthy(),
+            "backlog": audit.backlog(),
+            "backlog_capacity": audit.capacity(),
+            "last_write_ms": audit.last_write_ms(),
+        });
+    }
+    let code = if status == "ready" {
         StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(body)).into_response()
+    (code, Json(body)).into_response()
 }
 
 /// Prometheus metrics (OpenMetrics text).
@@ -102,6 +159,9 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let bus = state.ingest.bus();
     state.metrics.set_queue(bus.depth(), bus.capacity());
+    if let Some(audit) = &state.audit {
+        state.metrics.audit.backlog.set(audit.backlog() as i64);
+    }
     (
         [(
             header::CONTENT_TYPE,

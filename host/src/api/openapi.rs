@@ -14,11 +14,13 @@ use super::events;
         events::publish_batch,
         events::stream,
         super::event_types,
+        super::audit::query,
+        super::audit::verify,
         super::healthz,
         super::readyz,
         super::metrics,
     ),
-    components(schemas(events::EventRequest, events::AcceptedBody, events::HandledBody, events::AcceptedBatchBody)),
+    components(schemas(events::EventRequest, events::AcceptedBody, events::HandledBody, events::AcceptedBatchBody, super::audit::AuditPage, super::audit::AuditRow)),
     modifiers(&BearerAuth),
 )]
 struct ApiDoc;

@@ -1,0 +1,487 @@
+//! The tamper-evident audit log.
+//!
+//! Every accepted event (through the bus subscriber [`Audit::subscriber`]) and every
+//! management action ([`Audit::record_action`]) becomes one row, written in batches
+//! by a single writer task per daemon. The writer never drops a row: on a database
+//! error it retries with backoff while its bounded backlog fills, and a full backlog
+//! holds the bus, which pushes back on publishers. Rows form a hash chain per writer
+//! ([`record`]), signed checkpoints pin the chain heads ([`checkpoint`]), retention
+//! purges the oldest rows without breaking verification ([`verify`]).
+
+pub mod checkpoint;
+mod db;
+pub mod record;
+pub mod verify;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::SigningKey;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use db::{Filter, count, query, recent_event_ids};
+pub use record::{Entry, Record};
+pub use verify::{Break, Report, verify};
+
+use crate::bus::{Handling, Subscriber};
+use crate::event::{Event, new_event_id};
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// Why the audit log could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("audit chain id file {path}: {source}")]
+    ChainId {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Checkpoint(#[from] checkpoint::CheckpointError),
+    #[error("reading the audit chain head: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+/// Audit settings (from `audit.*`).
+#[derive(Debug, Clone)]
+pub struct AuditOptions {
+    pub batch_size: usize,
+    pub flush_interval: Duration,
+    pub max_backlog: usize,
+    pub checkpoint_interval: Duration,
+    pub checkpoint_file: PathBuf,
+    pub checkpoint_key: PathBuf,
+    pub retention_days: u32,
+    pub purge_interval: Duration,
+    pub refusals_per_minute: u32,
+}
+
+enum Item {
+    Event(Arc<Event>),
+    Action(Entry),
+}
+
+/// A running audit log. Dropping it does not flush; call [`Audit::shutdown`].
+pub struct Audit {
+    tx: mpsc::Sender<Item>,
+    capacity: usize,
+    healthy: Arc<AtomicBool>,
+    last_write_ms: Arc<AtomicI64>,
+    stop: CancellationToken,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    limiter: RefusalLimiter,
+    metrics: Arc<Metrics>,
+    chain: String,
+}
+
+impl Audit {
+    /// Starts the writer (and retention) for this daemon's chain.
+    pub async fn start(
+        store: Store,
+        options: AuditOptions,
+        metrics: Arc<Metrics>,
+        chain: String,
+    ) -> Result<Arc<Audit>, AuditError> {
+        let key = checkpoint::load_or_create_key(&options.checkpoint_key)?;
+        let head = db::chain_head(&store, &chain).await?;
+        let (tx, rx) = mpsc::channel(options.max_backlog);
+        let stop = CancellationToken::new();
+        let healthy = Arc::new(AtomicBool::new(true));
+        let last_write_ms = Arc::new(AtomicI64::new(0));
+        metrics
+            .audit
+            .backlog_capacity
+            .set(options.max_backlog as i64);
+        let writer = Writer {
+            store: store.clone(),
+            chain: chain.clone(),
+            head,
+            rx,
+            options: options.clone(),
+            metrics: metrics.clone(),
+            healthy: healthy.clone(),
+            last_write_ms: last_write_ms.clone(),
+            key,
+            checkpointed: head.0,
+            last_checkpoint: Instant::now(),
+        };
+        let mut tasks = vec![tokio::spawn(writer.run(stop.clone()))];
+        if options.retention_days > 0 {
+            tasks.push(tokio::spawn(retention(
+                store,
+                options.clone(),
+                metrics.clone(),
+                stop.clone(),
+            )));
+        }
+        tracing::info!(%chain, head = head.0, "audit log ready");
+        Ok(Arc::new(Audit {
+            tx,
+            capacity: options.max_backlog,
+            healthy,
+            last_write_ms,
+            stop,
+            tasks: Mutex::new(tasks),
+            limiter: RefusalLimiter::new(options.refusals_per_minute),
+            metrics,
+            chain,
+        }))
+    }
+
+    /// The bus subscriber that records every event.
+    pub fn subscriber(self: &Arc<Self>) -> Arc<dyn Subscriber> {
+        Arc::new(AuditSubscriber {
+            tx: self.tx.clone(),
+        })
+    }
+
+    /// This daemon's chain.
+    pub fn chain(&self) -> &str {
+        &self.chain
+    }
+
+    /// Records a management action; waits for room in the backlog.
+    pub async fn record_action(&self, entry: Entry) {
+        if self.tx.send(Item::Action(entry)).await.is_err() {
+            tracing::error!("audit writer has stopped; a management action was not recorded");
+        }
+    }
+
+    /// Records a refused authentication, at most `audit.refusals_per_minute` per
+    /// client address, so a flood cannot swamp the log.
+    pub fn record_refusal(
+        &self,
+        ip: Option<IpAddr>,
+        method: &str,
+        path: &str,
+        status: u16,
+        code: &str,
+    ) {
+        if !self.limiter.allow(ip) {
+            self.metrics.audit.refusals_suppressed.inc();
+            return;
+        }
+        let now = chrono::Utc::now();
+        let entry = Entry {
+            event_id: new_event_id().to_string(),
+            event_type: "auth.refused".into(),
+            actor: None,
+            actor_token: None,
+            actor_ip: ip.map(|ip| ip.to_string()),
+            resource_type: Some("api".into()),
+            resource_id: Some(path.chars().take(256).collect()),
+            details: serde_json::json!({ "method": method, "path": path, "status": status, "code": code }).to_string(),
+            time_us: now.timestamp_micros(),
+        };
+        if self.tx.try_send(Item::Action(entry)).is_err() {
+            self.metrics.audit.refusals_suppressed.inc();
+        }
+    }
+
+    /// Rows waiting to be written.
+    pub fn backlog(&self) -> usize {
+        self.capacity - self.tx.capacity()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// False while the writer is failing to write (and retrying).
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Milliseconds the last batch took to write.
+    pub fn last_write_ms(&self) -> i64 {
+        self.last_write_ms.load(Ordering::Relaxed)
+    }
+
+    /// Writes everything queued, signs a last checkpoint and stops. Call after the
+    /// bus has drained.
+    pub async fn shutdown(&self) {
+        self.stop.cancel();
+        let tasks = std::mem::take(&mut *self.tasks.lock().expect("not poisoned"));
+        for task in tasks {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "audit task ended abnormally");
+            }
+        }
+    }
+}
+
+struct AuditSubscriber {
+    tx: mpsc::Sender<Item>,
+}
+
+impl Subscriber for AuditSubscriber {
+    fn id(&self) -> &str {
+        "audit"
+    }
+
+    fn handle<'a>(&'a self, event: &'a Arc<Event>) -> Handling<'a> {
+        match self.tx.try_send(Item::Event(event.clone())) {
+            Ok(()) => Handling::ok(),
+            // Backlog full: wait for room. This holds the bus worker, the bus queue
+            // fills, and publishers get 503 — nothing is dropped.
+            Err(mpsc::error::TrySendError::Full(item)) => Handling::later(async move {
+                self.tx
+                    .send(item)
+                    .await
+                    .map_err(|_| "the audit writer has stopped".into())
+            }),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                Handling::Done(Err("the audit writer has stopped".into()))
+            }
+        }
+    }
+
+    fn time_limit(&self, _default: Duration) -> Option<Duration> {
+        None
+    }
+}
+
+struct Writer {
+    store: Store,
+    chain: String,
+    head: (i64, [u8; 32]),
+    rx: mpsc::Receiver<Item>,
+    options: AuditOptions,
+    metrics: Arc<Metrics>,
+    healthy: Arc<AtomicBool>,
+    last_write_ms: Arc<AtomicI64>,
+    key: SigningKey,
+    checkpointed: i64,
+    last_checkpoint: Instant,
+}
+
+impl Writer {
+    async fn run(mut self, stop: CancellationToken) {
+        let mut items = Vec::with_capacity(self.options.batch_size);
+        let mut stopping = false;
+        loop {
+            self.metrics.audit.backlog.set(self.rx.len() as i64);
+            if !stopping {
+                tokio::select! {
+                    biased;
+                    n = self.rx.recv_many(&mut items, self.options.batch_size) => {
+                        if n == 0 { break; }
+                    }
+                    () = stop.cancelled() => {
+                        // Take what is queued, then end.
+                        self.rx.close();
+                        stopping = true;
+                        continue;
+                    }
+                }
+                // Let a batch fill for a moment under moderate load.
+                let deadline = tokio::time::Instant::now() + self.options.flush_interval;
+                while items.len() < self.options.batch_size {
+                    let room = self.options.batch_size - items.len();
+                    tokio::select! {
+                        n = self.rx.recv_many(&mut items, room) => { if n == 0 { break; } }
+                        () = tokio::time::sleep_until(deadline) => break,
+                        () = stop.cancelled() => break,
+                    }
+                }
+            } else if self.rx.recv_many(&mut items, self.options.batch_size).await == 0 {
+                break;
+            }
+            let entries: Vec<Entry> = items
+                .drain(..)
+                .map(|item| match item {
+                    Item::Event(event) => Entry::of_event(&event),
+                    Item::Action(entry) => entry,
+                })
+                .collect();
+            self.write(entries).await;
+            if self.last_checkpoint.elapsed() >= self.options.checkpoint_interval {
+                self.checkpoint();
+            }
+        }
+        self.checkpoint();
+        self.metrics.audit.backlog.set(0);
+        tracing::info!(chain = %self.chain, head = self.head.0, "audit writer stopped; every row written");
+    }
+
+    /// Writes one batch, retrying until it is in.
+    async fn write(&mut self, entries: Vec<Entry>) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let started = Instant::now();
+            let recorded_us = chrono::Utc::now().timestamp_micros();
+            match db::append(
+                &self.store,
+                &self.chain,
+                self.head,
+                entries.clone(),
+                recorded_us,
+            )
+            .await
+            {
+                Ok((head, written)) => {
+                    let took = started.elapsed();
+                    self.head = head;
+                    self.metrics.audit.rows_written.inc_by(written as u64);
+                    self.metrics.audit.write_seconds.observe(took.as_secs_f64());
+                    self.last_write_ms
+                        .store(took.as_millis() as i64, Ordering::Relaxed);
+                    if !self.healthy.swap(true, Ordering::Relaxed) {
+                        tracing::info!("audit writes succeed again");
+                    }
+                    return;
+                }
+                Err(error) => {
+                    self.metrics.audit.write_errors.inc();
+                    if self.healthy.swap(false, Ordering::Relaxed) {
+                        tracing::error!(%error, rows = entries.len(), "audit write failed; retrying with backoff, nothing is dropped");
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Signs the chain head into the checkpoint file, if it moved.
+    fn checkpoint(&mut self) {
+        self.last_checkpoint = Instant::now();
+        if self.head.0 == self.checkpointed {
+            return;
+        }
+        let cp = checkpoint::Checkpoint::sign(
+            &self.key,
+            &self.chain,
+            self.head.0,
+            &hex::encode(self.head.1),
+        );
+        match checkpoint::append(&self.options.checkpoint_file, &cp) {
+            Ok(()) => self.checkpointed = self.head.0,
+            Err(error) => tracing::error!(%error, "cannot write the audit checkpoint"),
+        }
+    }
+}
+
+/// Purges rows older than the retention period, in bounded batches, on a schedule.
+async fn retention(
+    store: Store,
+    options: AuditOptions,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(options.purge_interval);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        match purge(&store, options.retention_days, &stop).await {
+            Ok(0) => {}
+            Ok(n) => {
+                metrics.audit.rows_purged.inc_by(n);
+                tracing::info!(
+                    rows = n,
+                    days = options.retention_days,
+                    "purged audit rows past retention"
+                );
+            }
+            Err(error) => tracing::error!(%error, "audit retention failed; will try again"),
+        }
+    }
+}
+
+/// Removes every row written more than `days` ago; returns how many.
+pub async fn purge(store: &Store, days: u32, stop: &CancellationToken) -> Result<u64, sqlx::Error> {
+    let now_us = chrono::Utc::now().timestamp_micros();
+    let cutoff = now_us - i64::from(days) * 86_400 * 1_000_000;
+    let mut total = 0;
+    for chain in db::chains(store).await? {
+        loop {
+            if stop.is_cancelled() {
+                return Ok(total);
+            }
+            let n = db::purge_some(store, &chain, cutoff, 10_000, now_us).await?;
+            total += n;
+            if n == 0 {
+                break;
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// The chain id of the daemon owning `data_dir`: made once, kept in a file there.
+pub fn chain_id(data_dir: &Path) -> Result<String, AuditError> {
+    let path = data_dir.join("audit-chain-id");
+    let error = |source| AuditError::ChainId {
+        path: path.clone(),
+        source,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_string()),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(error(e)),
+        _ => {
+            std::fs::create_dir_all(data_dir).map_err(error)?;
+            let suffix = uuid::Uuid::new_v4().simple().to_string();
+            let id = format!("{}-{}", crate::daemon::hostname(), &suffix[..8]);
+            std::fs::write(&path, &id).map_err(error)?;
+            Ok(id)
+        }
+    }
+}
+
+/// Lets through a few refusals per client address and minute.
+struct RefusalLimiter {
+    per_minute: u32,
+    seen: Mutex<HashMap<Option<IpAddr>, (Instant, u32)>>,
+}
+
+impl RefusalLimiter {
+    const MAX_ADDRESSES: usize = 10_000;
+
+    fn new(per_minute: u32) -> RefusalLimiter {
+        RefusalLimiter {
+            per_minute,
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn allow(&self, ip: Option<IpAddr>) -> bool {
+        let now = Instant::now();
+        let mut seen = self.seen.lock().expect("not poisoned");
+        if seen.len() >= Self::MAX_ADDRESSES {
+            seen.retain(|_, (start, _)| now.duration_since(*start) < Duration::from_secs(60));
+        }
+        if seen.len() >= Self::MAX_ADDRESSES && !seen.contains_key(&ip) {
+            return false;
+        }
+        let (start, count) = seen.entry(ip).or_insert((now, 0));
+        if now.duration_since(*start) >= Duration::from_secs(60) {
+            *start = now;
+            *count = 0;
+        }
+        *count += 1;
+        *count <= self.per_minute
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_rate_limited_per_address() {
+        let limiter = RefusalLimiter::new(3);
+        let a = Some("10.0.0.1".parse().unwrap());
+        let b = Some("10.0.0.2".parse().unwrap());
+        assert!((0..3).all(|_| limiter.allow(a)));
+        assert!(!limiter.allow(a));
+        assert!(limiter.allow(b));
+    }
+}

@@ -1,0 +1,194 @@
+//! Audit rows and their hash chain.
+//!
+//! Each row's `hash` is SHA-256 over a length-prefixed encoding of every column but
+//! `seq` (which the database assigns) and the previous row's hash in the same chain.
+//! Changing, removing or reordering any row therefore breaks the chain at that row.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::event::Event;
+
+/// The hash before a chain's first row.
+pub const GENESIS: [u8; 32] = [0; 32];
+
+/// What one audit row says, before it is placed in a chain.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Entry {
+    pub event_id: String,
+    pub event_type: String,
+    /// The on-behalf-of user, else the token name, else `evhost` for the daemon's own.
+    pub actor: Option<String>,
+    /// The token that published it.
+    pub actor_token: Option<String>,
+    pub actor_ip: Option<String>,
+    pub resource_type: Option<String>,
+    pub resource_id: Option<String>,
+    /// JSON: the payload for events, the action's particulars for management actions.
+    pub details: String,
+    /// Event time, microseconds since the Unix epoch.
+    pub time_us: i64,
+}
+
+impl Entry {
+    /// The audit entry of an accepted event.
+    pub fn of_event(event: &Arc<Event>) -> Entry {
+        let resource = evhost_catalog::resource_of(&event.kind, event.data.get());
+        let token = event.actor.token.as_deref().map(str::to_string);
+        // Without a token the daemon itself is the actor, or, for a request to an
+        // API running open (no tokens configured), an anonymous client.
+        let actor = event
+            .actor
+            .on_behalf_of
+            .clone()
+            .or_else(|| token.clone())
+            .unwrap_or_else(|| {
+                if event.actor.ip.is_none() {
+                    "evhost"
+                } else {
+                    "anonymous"
+                }
+                .to_string()
+            });
+        Entry {
+            event_id: event.id.to_string(),
+            event_type: event.kind.to_string(),
+            actor: Some(actor),
+            actor_token: token,
+            actor_ip: event.actor.ip.map(|ip| ip.to_string()),
+            resource_type: resource.as_ref().map(|r| r.kind.to_string()),
+            resource_id: resource.map(|r| r.id),
+            details: event.data.get().to_string(),
+            time_us: event.time.timestamp_micros(),
+        }
+    }
+}
+
+/// A row as stored: an entry placed in a chain.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Record {
+    /// Global order, assigned by the database (0 until written).
+    pub seq: i64,
+    /// The writer's chain.
+    pub chain: String,
+    /// Position in the chain, from 1.
+    pub chain_seq: i64,
+    #[serde(flatten)]
+    pub entry: Entry,
+    pub recorded_us: i64,
+    /// Hex SHA-256 of the previous row in the chain.
+    pub prev_hash: String,
+    /// Hex SHA-256 of this row.
+    pub hash: String,
+}
+
+impl Record {
+    /// Places `entry` after `prev_hash` at `chain_seq` and computes its hash.
+    pub fn chain(
+        chain: &str,
+        chain_seq: i64,
+        entry: Entry,
+        recorded_us: i64,
+        prev_hash: &[u8; 32],
+    ) -> Record {
+        let mut record = Record {
+            seq: 0,
+            chain: chain.to_string(),
+            chain_seq,
+            entry,
+            recorded_us,
+            prev_hash: hex::encode(prev_hash),
+            hash: String::new(),
+        };
+        record.hash = hex::encode(record.compute_hash());
+        record
+    }
+
+    /// The hash this row should have, from its own columns.
+    pub fn compute_hash(&self) -> [u8; 32] {
+        fn field(h: &mut Sha256, value: Option<&str>) {
+            match value {
+                Some(v) => {
+                    h.update((v.len() as u32).to_be_bytes());
+                    h.update(v.as_bytes());
+                }
+                None => h.update(u32::MAX.to_be_bytes()),
+            }
+        }
+        let e = &self.entry;
+        let mut h = Sha256::new();
+        h.update(b"evhost-audit-v1");
+        field(&mut h, Some(&self.chain));
+        h.update(self.chain_seq.to_be_bytes());
+        field(&mut h, Some(&e.event_id));
+        field(&mut h, Some(&e.event_type));
+        field(&mut h, e.actor.as_deref());
+        field(&mut h, e.actor_token.as_deref());
+        field(&mut h, e.actor_ip.as_deref());
+        field(&mut h, e.resource_type.as_deref());
+        field(&mut h, e.resource_id.as_deref());
+        field(&mut h, Some(&e.details));
+        h.update(e.time_us.to_be_bytes());
+        h.update(self.recorded_us.to_be_bytes());
+        field(&mut h, Some(&self.prev_hash));
+        h.finalize().into()
+    }
+}
+
+/// Decodes a stored hex hash.
+pub fn parse_hash(hex_text: &str) -> Option<[u8; 32]> {
+    let bytes = hex::decode(hex_text).ok()?;
+    bytes.try_into().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str) -> Entry {
+        Entry {
+            event_id: id.into(),
+            event_type: "message.received".into(),
+            actor: Some("smtp".into()),
+            actor_token: Some("smtp".into()),
+            actor_ip: Some("127.0.0.1".into()),
+            resource_type: Some("message".into()),
+            resource_id: Some("m1".into()),
+            details: "{}".into(),
+            time_us: 1,
+        }
+    }
+
+    #[test]
+    fn every_column_is_covered() {
+        let base = Record::chain("c", 1, entry("e1"), 5, &GENESIS);
+        let mut changed = base.clone();
+        changed.entry.actor = None;
+        assert_ne!(changed.compute_hash(), base.compute_hash());
+        let mut changed = base.clone();
+        changed.entry.details = "{ }".into();
+        assert_ne!(changed.compute_hash(), base.compute_hash());
+        let mut changed = base.clone();
+        changed.chain_seq = 2;
+        assert_ne!(changed.compute_hash(), base.compute_hash());
+        let mut changed = base.clone();
+        changed.recorded_us = 6;
+        assert_ne!(changed.compute_hash(), base.compute_hash());
+        // None and "" are different.
+        let mut a = base.clone();
+        a.entry.actor_ip = None;
+        let mut b = base.clone();
+        b.entry.actor_ip = Some(String::new());
+        assert_ne!(a.compute_hash(), b.compute_hash());
+        assert_eq!(parse_hash(&base.hash), Some(base.compute_hash()));
+    }
+
+    #[test]
+    fn rows_link_to_their_predecessor() {
+        let first = Record::chain("c", 1, entry("e1"), 5, &GENESIS);
+        let second = Record::chain("c", 2, entry("e2"), 5, &parse_hash(&first.hash).unwrap());
+        assert_eq!(second.prev_hash, first.hash);
+    }
+}

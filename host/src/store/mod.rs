@@ -1,0 +1,134 @@
+//! The database: SQLite (embedded, the default) or PostgreSQL, chosen by
+//! `database.url`. Each backend has its own migrations (`migrations/sqlite`,
+//! `migrations/postgres`, embedded in the binary) and its own SQL; modules that store
+//! data match on [`Store`] rather than go through sqlx's `Any` driver, which lacks
+//! the types we need and would hide the dialect differences anyway.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, SqlitePool};
+
+use crate::config::Config;
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// Why the database could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the database {url}: {source}")]
+    Connect { url: String, source: sqlx::Error },
+    #[error("cannot create the data folder {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+/// A connection pool to one of the supported databases.
+#[derive(Clone, Debug)]
+pub enum Store {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+impl Store {
+    /// Connects (creating the SQLite file or the PostgreSQL schema if needed). Does not
+    /// migrate; see [`Store::migrate`].
+    pub async fn connect(config: &Config) -> Result<Store, StoreError> {
+        let url = config.database_url();
+        let shown = mask(&url);
+        let connect_error = |source| StoreError::Connect {
+            url: shown.clone(),
+            source,
+        };
+        if url.starts_with("sqlite:") {
+            std::fs::create_dir_all(&config.data_dir).map_err(|source| StoreError::DataDir {
+                path: config.data_dir.clone(),
+                source,
+            })?;
+            let options = SqliteConnectOptions::from_str(&url)
+                .map_err(connect_error)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                // Audit rows must survive a power cut, not only a crash.
+                .synchronous(SqliteSynchronous::Full)
+                .busy_timeout(Duration::from_secs(10));
+            let pool = SqlitePoolOptions::new()
+                .max_connections(config.database.max_connections.min(8))
+                .connect_with(options)
+                .await
+                .map_err(connect_error)?;
+            return Ok(Store::Sqlite(pool));
+        }
+        let mut options = PgConnectOptions::from_str(&url).map_err(connect_error)?;
+        if let Some(schema) = &config.database.schema {
+            // The name was checked against [a-z0-9_] when the config was loaded.
+            let setup = PgPoolOptions::new()
+                .max_connections(1)
+                .connect_with(options.clone())
+                .await
+                .map_err(connect_error)?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "CREATE SCHEMA IF NOT EXISTS \"{schema}\""
+            )))
+            .execute(&setup)
+            .await
+            .map_err(connect_error)?;
+            setup.close().await;
+            options = options.options([("search_path", schema.as_str())]);
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(config.database.max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .map_err(connect_error)?;
+        Ok(Store::Postgres(pool))
+    }
+
+    /// Applies the embedded migrations not yet applied.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(pool) => SQLITE_MIGRATIONS.run(pool).await?,
+            Store::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await?,
+        }
+        Ok(())
+    }
+
+    /// `sqlite` or `postgres`.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Store::Sqlite(_) => "sqlite",
+            Store::Postgres(_) => "postgres",
+        }
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Store::Sqlite(pool) => pool.close().await,
+            Store::Postgres(pool) => pool.close().await,
+        }
+    }
+}
+
+/// Hides a password in a database URL for messages.
+fn mask(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:****{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
