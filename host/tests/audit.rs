@@ -1,0 +1,422 @@
+//! The audit log on both backends: SQLite always, PostgreSQL when
+//! `EVHOST_TEST_POSTGRES_URL` is set (each test in its own schema). Tampering
+//! directly in the database must be caught; retention must not break verification.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use evhost::audit::{self, Audit, AuditOptions, checkpoint};
+use evhost::bus::Handling;
+use evhost::config::Config;
+use evhost::event::{Actor, Event};
+use evhost::metrics::Metrics;
+use evhost::store::Store;
+use serde_json::value::RawValue;
+use tokio_util::sync::CancellationToken;
+
+/// A database for one test, removed afterwards (PostgreSQL: its own schema).
+struct TestDb {
+    store: Store,
+    dir: tempfile::TempDir,
+    schema: Option<String>,
+    pg_url: Option<String>,
+}
+
+impl TestDb {
+    async fn all() -> Vec<TestDb> {
+        let mut dbs = vec![TestDb::sqlite().await];
+        match std::env::var("EVHOST_TEST_POSTGRES_URL") {
+            Ok(url) if !url.is_empty() => dbs.push(TestDb::postgres(&url).await),
+            _ => eprintln!(
+                "SKIPPING the PostgreSQL half of this test: EVHOST_TEST_POSTGRES_URL is not set"
+            ),
+        }
+        dbs
+    }
+
+    fn config(dir: &std::path::Path, url: Option<&str>, schema: Option<&str>) -> Config {
+        let mut env = vec![("EVHOST_DATA_DIR".to_string(), dir.display().to_string())];
+        if let Some(url) = url {
+            env.push(("EVHOST_DATABASE__URL".into(), url.into()));
+        }
+        if let Some(schema) = schema {
+            env.push(("EVHOST_DATABASE__SCHEMA".into(), schema.into()));
+        }
+        Config::load_from(None, env).unwrap()
+    }
+
+    async fn sqlite() -> TestDb {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&Self::config(dir.path(), None, None))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        TestDb {
+            store,
+            dir,
+            schema: None,
+            pg_url: None,
+        }
+    }
+
+    async fn postgres(url: &str) -> TestDb {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = format!("evhost_test_{}", uuid::Uuid::new_v4().simple());
+        let store = Store::connect(&Self::config(dir.path(), Some(url), Some(&schema)))
+            .await
+            .unwrap_or_else(|e| {
+                panic!("EVHOST_TEST_POSTGRES_URL is set but PostgreSQL is unreachable: {e}")
+            });
+        store.migrate().await.unwrap();
+        TestDb {
+            store,
+            dir,
+            schema: Some(schema),
+            pg_url: Some(url.into()),
+        }
+    }
+
+    fn options(&self) -> AuditOptions {
+        AuditOptions {
+            batch_size: 100,
+            flush_interval: Duration::from_millis(5),
+            max_backlog: 1000,
+            checkpoint_interval: Duration::from_secs(3600),
+            checkpoint_file: self.dir.path().join("checkpoints.jsonl"),
+            checkpoint_key: self.dir.path().join("checkpoint.key"),
+            retention_days: 0,
+            purge_interval: Duration::from_secs(3600),
+            refusals_per_minute: 10,
+        }
+    }
+
+    async fn audit(&self, chain: &str) -> Arc<Audit> {
+        Audit::start(
+            self.store.clone(),
+            self.options(),
+            Metrics::new(10),
+            chain.into(),
+        )
+        .await
+        .unwrap()
+    }
+
+    async fn exec(&self, sql: &str) {
+        let sql = sqlx::AssertSqlSafe(sql.to_string());
+        match &self.store {
+            Store::Sqlite(pool) => sqlx::raw_sql(sql).execute(pool).await.map(|_| ()),
+            Store::Postgres(pool) => sqlx::raw_sql(sql).execute(pool).await.map(|_| ()),
+        }
+        .unwrap();
+    }
+
+    async fn cleanup(self) {
+        self.store.close().await;
+        if let (Some(schema), Some(url)) = (&self.schema, &self.pg_url) {
+            let pool = sqlx::PgPool::connect(url).await.unwrap();
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "DROP SCHEMA \"{schema}\" CASCADE"
+            )))
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    }
+}
+
+fn event(id: &str, kind: &str, token: Option<&str>) -> Arc<Event> {
+    Arc::new(Event {
+        id: id.into(),
+        kind: kind.into(),
+        time: chrono::Utc::now(),
+        source: "/test".into(),
+        actor: Actor {
+            token: token.map(Into::into),
+            ip: Some("192.0.2.9".parse().unwrap()),
+            on_behalf_of: None,
+        },
+        data: Arc::from(RawValue::from_string(format!(r#"{{"message_id":"{id}"}}"#)).unwrap()),
+    })
+}
+
+/// Feeds events through the audit subscriber, as the bus would, then flushes.
+async fn record(audit: &Arc<Audit>, events: &[Arc<Event>]) {
+    let subscriber = audit.subscriber();
+    for e in events {
+        match subscriber.handle(e) {
+            Handling::Done(r) => r.unwrap(),
+            Handling::Later(f) => f.await.unwrap(),
+        }
+    }
+}
+
+async fn write_rows(db: &TestDb, chain: &str, n: usize) -> Arc<Audit> {
+    let audit = db.audit(chain).await;
+    let events: Vec<_> = (0..n)
+        .map(|i| event(&format!("{chain}-e{i}"), "message.received", Some("smtp")))
+        .collect();
+    record(&audit, &events).await;
+    audit
+}
+
+#[tokio::test]
+async fn each_event_is_recorded_once_and_the_log_verifies() {
+    for db in TestDb::all().await {
+        let audit = db.audit("c1").await;
+        let e1 = event("id-1", "message.received", Some("smtp"));
+        let e2 = event("id-2", "message.sent", None);
+        // The same id twice, in one batch and across batches.
+        record(&audit, &[e1.clone(), e2, e1.clone()]).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        record(&audit, &[e1]).await;
+        audit.shutdown().await;
+        assert_eq!(
+            audit::count(&db.store).await.unwrap(),
+            2,
+            "{}",
+            db.store.backend()
+        );
+        let report = audit::verify(&db.store).await.unwrap();
+        assert!(report.ok && report.rows == 2, "{report:?}");
+
+        let rows = audit::query(
+            &db.store,
+            &audit::Filter {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(rows[0].entry.event_id, "id-2", "newest first");
+        assert_eq!(rows[1].entry.actor.as_deref(), Some("smtp"));
+        assert_eq!(rows[1].entry.actor_ip.as_deref(), Some("192.0.2.9"));
+        assert_eq!(rows[1].entry.resource_type.as_deref(), Some("message"));
+        assert_eq!(rows[1].entry.resource_id.as_deref(), Some("id-1"));
+        assert_eq!(rows[0].entry.actor.as_deref(), Some("anonymous"));
+        db.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn altering_deleting_or_reordering_a_row_is_caught() {
+    let cases = [
+        (
+            "alter",
+            "UPDATE audit_log SET details = '{\"message_id\":\"forged\"}' WHERE chain_seq = 5",
+            5,
+            "changed",
+        ),
+        (
+            "delete",
+            "DELETE FROM audit_log WHERE chain_seq = 5",
+            5,
+            "missing",
+        ),
+        (
+            "reorder",
+            "UPDATE audit_log SET chain_seq = -chain_seq WHERE chain_seq IN (4, 5); \
+                     UPDATE audit_log SET chain_seq = 99 WHERE chain_seq = -4; \
+                     UPDATE audit_log SET chain_seq = 4 WHERE chain_seq = -5; \
+                     UPDATE audit_log SET chain_seq = 5 WHERE chain_seq = 99",
+            4,
+            "link",
+        ),
+        (
+            "actor",
+            "UPDATE audit_log SET actor = 'someone-else' WHERE chain_seq = 7",
+            7,
+            "changed",
+        ),
+    ];
+    for (what, sql, at, reason) in cases {
+        for db in TestDb::all().await {
+            let audit = write_rows(&db, "c1", 10).await;
+            audit.shutdown().await;
+            assert!(audit::verify(&db.store).await.unwrap().ok);
+            db.exec(sql).await;
+            let report = audit::verify(&db.store).await.unwrap();
+            let broken = report
+                .broken
+                .clone()
+                .unwrap_or_else(|| panic!("{what} not caught on {}", db.store.backend()));
+            assert!(!report.ok);
+            assert_eq!(
+                broken.chain_seq,
+                at,
+                "{what} on {}: {broken:?}",
+                db.store.backend()
+            );
+            assert!(broken.reason.contains(reason), "{what}: {}", broken.reason);
+            db.cleanup().await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn retention_purges_a_prefix_and_verification_still_holds() {
+    for db in TestDb::all().await {
+        let audit = write_rows(&db, "c1", 20).await;
+        audit.shutdown().await;
+        // Age the first eight rows past a one-day retention.
+        db.exec(
+            "UPDATE audit_log SET recorded_us = recorded_us - 200000000000 WHERE chain_seq <= 8",
+        )
+        .await;
+        let purged = audit::purge(&db.store, 1, &CancellationToken::new())
+            .await
+            .unwrap();
+        assert_eq!(purged, 8);
+        let report = audit::verify(&db.store).await.unwrap();
+        assert!(report.ok && report.rows == 12, "{report:?}");
+        // A restarted writer continues the chain after what remains.
+        let audit = db.audit("c1").await;
+        record(&audit, &[event("later", "message.received", None)]).await;
+        audit.shutdown().await;
+        let report = audit::verify(&db.store).await.unwrap();
+        assert!(report.ok && report.rows == 13, "{report:?}");
+        // Purging everything leaves an anchor to continue from.
+        db.exec("UPDATE audit_log SET recorded_us = recorded_us - 200000000000")
+            .await;
+        assert_eq!(
+            audit::purge(&db.store, 1, &CancellationToken::new())
+                .await
+                .unwrap(),
+            13
+        );
+        let audit = db.audit("c1").await;
+        record(&audit, &[event("after-all", "message.received", None)]).await;
+        audit.shutdown().await;
+        let report = audit::verify(&db.store).await.unwrap();
+        assert!(report.ok && report.rows == 1, "{report:?}");
+        db.cleanup().await;
+    }
+}
+
+/// Recomputes every hash from `from` on, as someone rewriting the chain would.
+async fn rewrite_chain(db: &TestDb, from: i64) {
+    let all = audit::query(
+        &db.store,
+        &audit::Filter {
+            limit: 1000,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut rows: Vec<_> = all.into_iter().filter(|r| r.chain == "c1").collect();
+    rows.sort_by_key(|r| r.chain_seq);
+    let mut prev = rows[(from - 2) as usize].hash.clone();
+    for row in rows.iter_mut().filter(|r| r.chain_seq >= from) {
+        if row.chain_seq == from {
+            row.entry.details = r#"{"message_id":"forged"}"#.into();
+        }
+        row.prev_hash = prev.clone();
+        row.hash = hex::encode(row.compute_hash());
+        prev = row.hash.clone();
+        db.exec(&format!(
+            "UPDATE audit_log SET details = '{}', prev_hash = '{}', hash = '{}' WHERE seq = {}",
+            row.entry.details, row.prev_hash, row.hash, row.seq
+        ))
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn signed_checkpoints_catch_a_rewritten_or_shortened_chain() {
+    for db in TestDb::all().await {
+        let audit = write_rows(&db, "c1", 10).await;
+        audit.shutdown().await;
+        let file = db.dir.path().join("checkpoints.jsonl");
+        let checkpoints = checkpoint::read_latest(&file).unwrap();
+        assert_eq!(checkpoints.len(), 1);
+        assert_eq!(checkpoints[0].chain_seq, 10);
+        let key = checkpoint::load_or_create_key(&db.dir.path().join("checkpoint.key"))
+            .unwrap()
+            .verifying_key();
+
+        let mut report = audit::verify(&db.store).await.unwrap();
+        checkpoint::verify_against(&db.store, &checkpoints, Some(&key), &mut report)
+            .await
+            .unwrap();
+        assert!(report.ok, "{report:?}");
+
+        rewrite_chain(&db, 3).await;
+        let mut report = audit::verify(&db.store).await.unwrap();
+        assert!(report.ok, "a whole rewrite passes the chain check alone");
+        checkpoint::verify_against(&db.store, &checkpoints, Some(&key), &mut report)
+            .await
+            .unwrap();
+        assert!(!report.ok);
+        assert!(
+            report.broken.as_ref().unwrap().reason.contains("rewritten"),
+            "{report:?}"
+        );
+        db.cleanup().await;
+    }
+    for db in TestDb::all().await {
+        let audit = write_rows(&db, "c1", 10).await;
+        audit.shutdown().await;
+        let checkpoints =
+            checkpoint::read_latest(&db.dir.path().join("checkpoints.jsonl")).unwrap();
+        db.exec("DELETE FROM audit_log WHERE chain_seq >= 9").await;
+        let mut report = audit::verify(&db.store).await.unwrap();
+        assert!(report.ok, "cutting the tail passes the chain check alone");
+        checkpoint::verify_against(&db.store, &checkpoints, None, &mut report)
+            .await
+            .unwrap();
+        assert!(
+            report.broken.as_ref().unwrap().reason.contains("cut short"),
+            "{report:?}"
+        );
+        db.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn two_writers_keep_two_chains_and_verify_checks_both() {
+    for db in TestDb::all().await {
+        let a = write_rows(&db, "host-a", 5).await;
+        let b = write_rows(&db, "host-b", 7).await;
+        a.shutdown().await;
+        b.shutdown().await;
+        let report = audit::verify(&db.store).await.unwrap();
+        assert!(
+            report.ok && report.chains == 2 && report.rows == 12,
+            "{report:?}"
+        );
+        db.exec("UPDATE audit_log SET event_type = 'x.y' WHERE chain = 'host-b' AND chain_seq = 3")
+            .await;
+        let report = audit::verify(&db.store).await.unwrap();
+        let broken = report.broken.unwrap();
+        assert_eq!((broken.chain.as_str(), broken.chain_seq), ("host-b", 3));
+        db.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn the_writer_retries_until_the_database_takes_the_rows() {
+    for db in TestDb::all().await {
+        let audit = db.audit("c1").await;
+        db.exec("ALTER TABLE audit_log RENAME TO audit_log_away")
+            .await;
+        let events: Vec<_> = (0..50)
+            .map(|i| event(&format!("r{i}"), "message.received", None))
+            .collect();
+        record(&audit, &events).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!audit.is_healthy(), "writes are failing, and that shows");
+        db.exec("ALTER TABLE audit_log_away RENAME TO audit_log")
+            .await;
+        audit.shutdown().await;
+        assert!(audit.is_healthy());
+        assert_eq!(
+            audit::count(&db.store).await.unwrap(),
+            50,
+            "nothing dropped on {}",
+            db.store.backend()
+        );
+        assert!(audit::verify(&db.store).await.unwrap().ok);
+        db.cleanup().await;
+    }
+}
