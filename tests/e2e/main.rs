@@ -1,6 +1,7 @@
 //! Black-box tests: each starts the built `evhost` binary on a free loopback port
 //! with its own data folder and drives it over HTTP and the CLI.
 
+mod audit;
 mod auth;
 mod cli;
 mod errors;

@@ -43,6 +43,8 @@ pub struct Daemon {
     pub dir: tempfile::TempDir,
     pub client: reqwest::Client,
     token: Option<String>,
+    options: Options,
+    port: u16,
 }
 
 /// Daemon settings for one test, as `EVHOST_…` environment variables.
@@ -66,6 +68,16 @@ impl Options {
         self
     }
 
+    /// Runs the daemon on `backend`'s database.
+    pub fn backend(self, backend: &Backend) -> Options {
+        match backend {
+            Backend::Sqlite => self,
+            Backend::Postgres { url, schema } => self
+                .env("EVHOST_DATABASE__URL", url)
+                .env("EVHOST_DATABASE__SCHEMA", schema),
+        }
+    }
+
     pub fn token(mut self, token: &str) -> Options {
         self.token = Some(token.to_string());
         self
@@ -80,7 +92,47 @@ impl Daemon {
     pub async fn start_with(options: Options) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
+        let child = spawn(&dir, port, &options);
+        let daemon = Daemon {
+            child: Some(child),
+            base: format!("http://127.0.0.1:{port}"),
+            dir,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()
+                .unwrap(),
+            token: options.token.clone(),
+            options,
+            port,
+        };
+        daemon.wait_ready().await;
+        daemon
+    }
+
+    /// Starts the daemon again on the same port, data folder and settings (after it
+    /// exited).
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the daemon before restarting it");
+        self.child = Some(spawn(&self.dir, self.port, &self.options));
+        self.wait_ready().await;
+    }
+
+    /// Kills the daemon with SIGKILL and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+}
+
+fn spawn(dir: &tempfile::TempDir, port: u16, options: &Options) -> Child {
+    {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("daemon.log"))
+            .unwrap();
         let mut command = Command::new(evhost_bin());
         command
             .arg("serve")
@@ -100,21 +152,11 @@ impl Daemon {
         for (k, v) in &options.env {
             command.env(k, v);
         }
-        let child = command.spawn().expect("start evhost");
-        let daemon = Daemon {
-            child: Some(child),
-            base: format!("http://127.0.0.1:{port}"),
-            dir,
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(20))
-                .build()
-                .unwrap(),
-            token: options.token,
-        };
-        daemon.wait_ready().await;
-        daemon
+        command.spawn().expect("start evhost")
     }
+}
 
+impl Daemon {
     async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
@@ -279,4 +321,59 @@ pub fn cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// A database for black-box tests: SQLite in the daemon's folder, or a fresh schema on
+/// the PostgreSQL server named by `EVHOST_TEST_POSTGRES_URL` (dropped afterwards).
+pub enum Backend {
+    Sqlite,
+    Postgres { url: String, schema: String },
+}
+
+impl Backend {
+    /// SQLite always; PostgreSQL too when `EVHOST_TEST_POSTGRES_URL` is set (a test
+    /// that then cannot reach it fails, it does not skip).
+    pub fn all() -> Vec<Backend> {
+        let mut all = vec![Backend::Sqlite];
+        match std::env::var("EVHOST_TEST_POSTGRES_URL") {
+            Ok(url) if !url.is_empty() => all.push(Backend::Postgres {
+                url,
+                schema: format!("evhost_e2e_{}", uuid::Uuid::new_v4().simple()),
+            }),
+            _ => eprintln!(
+                "SKIPPING the PostgreSQL run of this test: EVHOST_TEST_POSTGRES_URL is not set"
+            ),
+        }
+        all
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres { .. } => "postgres",
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        if let Backend::Postgres { url, schema } = self {
+            let (url, schema) = (url.clone(), schema.clone());
+            // Drop runs inside the test's runtime; use a thread with its own.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    if let Ok(pool) = sqlx::PgPool::connect(&url).await {
+                        let sql = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
+                        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&pool).await;
+                        pool.close().await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
 }
