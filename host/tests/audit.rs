@@ -24,6 +24,8 @@ struct TestDb {
 
 impl TestDb {
     async fn all() -> Vec<TestDb> {
+        // Writer errors are logged, not returned; show them in a failing test's output.
+        let _ = tracing_subscriber::fmt().with_test_writer().try_init();
         let mut dbs = vec![TestDb::sqlite().await];
         match std::env::var("EVHOST_TEST_POSTGRES_URL") {
             Ok(url) if !url.is_empty() => dbs.push(TestDb::postgres(&url).await),

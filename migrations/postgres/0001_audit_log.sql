@@ -24,7 +24,6 @@ CREATE INDEX audit_log_type ON audit_log (event_type, seq);
 CREATE INDEX audit_log_actor ON audit_log (actor, seq);
 CREATE INDEX audit_log_resource ON audit_log (resource_type, resource_id, seq);
 CREATE INDEX audit_log_time ON audit_log (time_us);
-CREATE INDEX audit_log_recorded ON audit_log (chain, recorded_us);
 
 -- Where a chain resumes after retention purged its oldest rows: the last purged
 -- row's position and hash, so verification of what remains still starts from a

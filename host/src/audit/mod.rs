@@ -316,15 +316,7 @@ impl Writer {
         loop {
             let started = Instant::now();
             let recorded_us = chrono::Utc::now().timestamp_micros();
-            match db::append(
-                &self.store,
-                &self.chain,
-                self.head,
-                entries.clone(),
-                recorded_us,
-            )
-            .await
-            {
+            match db::append(&self.store, &self.chain, self.head, &entries, recorded_us).await {
                 Ok((head, written)) => {
                     let took = started.elapsed();
                     self.head = head;

@@ -108,33 +108,50 @@ impl Record {
 
     /// The hash this row should have, from its own columns.
     pub fn compute_hash(&self) -> [u8; 32] {
-        fn field(h: &mut Sha256, value: Option<&str>) {
-            match value {
-                Some(v) => {
-                    h.update((v.len() as u32).to_be_bytes());
-                    h.update(v.as_bytes());
-                }
-                None => h.update(u32::MAX.to_be_bytes()),
-            }
-        }
-        let e = &self.entry;
-        let mut h = Sha256::new();
-        h.update(b"evhost-audit-v1");
-        field(&mut h, Some(&self.chain));
-        h.update(self.chain_seq.to_be_bytes());
-        field(&mut h, Some(&e.event_id));
-        field(&mut h, Some(&e.event_type));
-        field(&mut h, e.actor.as_deref());
-        field(&mut h, e.actor_token.as_deref());
-        field(&mut h, e.actor_ip.as_deref());
-        field(&mut h, e.resource_type.as_deref());
-        field(&mut h, e.resource_id.as_deref());
-        field(&mut h, Some(&e.details));
-        h.update(e.time_us.to_be_bytes());
-        h.update(self.recorded_us.to_be_bytes());
-        field(&mut h, Some(&self.prev_hash));
-        h.finalize().into()
+        row_hash(
+            &self.chain,
+            self.chain_seq,
+            &self.entry,
+            self.recorded_us,
+            &self.prev_hash,
+        )
     }
+}
+
+/// SHA-256 over a length-prefixed encoding of a row's columns (`prev_hash` as stored,
+/// in hex). `None` and `""` encode differently.
+pub fn row_hash(
+    chain: &str,
+    chain_seq: i64,
+    e: &Entry,
+    recorded_us: i64,
+    prev_hash_hex: &str,
+) -> [u8; 32] {
+    fn field(h: &mut Sha256, value: Option<&str>) {
+        match value {
+            Some(v) => {
+                h.update((v.len() as u32).to_be_bytes());
+                h.update(v.as_bytes());
+            }
+            None => h.update(u32::MAX.to_be_bytes()),
+        }
+    }
+    let mut h = Sha256::new();
+    h.update(b"evhost-audit-v1");
+    field(&mut h, Some(chain));
+    h.update(chain_seq.to_be_bytes());
+    field(&mut h, Some(&e.event_id));
+    field(&mut h, Some(&e.event_type));
+    field(&mut h, e.actor.as_deref());
+    field(&mut h, e.actor_token.as_deref());
+    field(&mut h, e.actor_ip.as_deref());
+    field(&mut h, e.resource_type.as_deref());
+    field(&mut h, e.resource_id.as_deref());
+    field(&mut h, Some(&e.details));
+    h.update(e.time_us.to_be_bytes());
+    h.update(recorded_us.to_be_bytes());
+    field(&mut h, Some(prev_hash_hex));
+    h.finalize().into()
 }
 
 /// Decodes a stored hex hash.

@@ -5,7 +5,11 @@
 //!   tokio channel moving an `Arc`'d event (the baseline, same capacity);
 //! - HTTP ingest on loopback: single-event POSTs/s and batched events/s, client and
 //!   daemon in this process, sharing the machine's cores;
-//! - idle RSS of a freshly started `evhost serve`.
+//! - idle RSS of a freshly started `evhost serve`;
+//! - the audit log ([`audit`]): batched writes against one transaction per row, on
+//!   SQLite and (with a URL) PostgreSQL.
+
+mod audit;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,6 +52,29 @@ pub struct BenchArgs {
     /// Skip the idle-RSS measurement (it starts a child daemon).
     #[arg(long)]
     skip_rss: bool,
+    /// Measure only these parts (default: all).
+    #[arg(long, value_delimiter = ',', value_enum)]
+    only: Vec<Part>,
+    /// Rows written in each audit measurement.
+    #[arg(long, default_value_t = 200_000)]
+    audit_rows: u64,
+    /// PostgreSQL to measure the audit log on as well (a scratch schema is made and dropped).
+    #[arg(long, env = "EVHOST_BENCH_POSTGRES_URL")]
+    postgres_url: Option<String>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    Bus,
+    Http,
+    Audit,
+    Rss,
+}
+
+impl BenchArgs {
+    fn wants(&self, part: Part) -> bool {
+        self.only.is_empty() || self.only.contains(&part)
+    }
 }
 
 /// A `message.received` payload of about 330 bytes, validated strictly at ingest.
@@ -71,38 +98,52 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     println!("| measurement | result | vs baseline |");
     println!("|---|---|---|");
 
-    let baseline = rt.block_on(channel_baseline(args.bus_events, args.queue_size));
-    row(
-        "bare tokio channel, Arc'd event (baseline)",
-        format!("{} events/s", thousands(baseline)),
-        "1.00".into(),
-    );
-    for subscribers in [1usize, 3] {
-        let rate = rt.block_on(bus_rate(&args, subscribers))?;
+    if args.wants(Part::Bus) {
+        let baseline = rt.block_on(channel_baseline(args.bus_events, args.queue_size));
+        row(
+            "bare tokio channel, Arc'd event (baseline)",
+            format!("{} events/s", thousands(baseline)),
+            "1.00".into(),
+        );
+        for subscribers in [1usize, 3] {
+            let rate = rt.block_on(bus_rate(&args, subscribers))?;
+            row(
+                &format!(
+                    "bus publish → dispatch, {subscribers} no-op subscriber(s), {} workers",
+                    args.workers
+                ),
+                format!("{} events/s", thousands(rate)),
+                format!("{:.2}", rate / baseline),
+            );
+        }
+    }
+    if args.wants(Part::Http) {
+        let (single, batched) = rt.block_on(http_rates(&args))?;
         row(
             &format!(
-                "bus publish → dispatch, {subscribers} no-op subscriber(s), {} workers",
-                args.workers
+                "HTTP POST /v1/events, {} connections (audit on, SQLite)",
+                args.concurrency
             ),
-            format!("{} events/s", thousands(rate)),
-            format!("{:.2}", rate / baseline),
+            format!("{} requests/s", thousands(single)),
+            "".into(),
+        );
+        row(
+            &format!(
+                "HTTP POST /v1/events/batch, {} events/batch (audit on, SQLite)",
+                args.batch_size
+            ),
+            format!("{} events/s", thousands(batched)),
+            "".into(),
         );
     }
-    let (single, batched) = rt.block_on(http_rates(&args))?;
-    row(
-        &format!("HTTP POST /v1/events, {} connections", args.concurrency),
-        format!("{} requests/s", thousands(single)),
-        "".into(),
-    );
-    row(
-        &format!(
-            "HTTP POST /v1/events/batch, {} events/batch",
-            args.batch_size
-        ),
-        format!("{} events/s", thousands(batched)),
-        "".into(),
-    );
-    if !args.skip_rss {
+    if args.wants(Part::Audit) {
+        rt.block_on(audit::report(
+            args.audit_rows,
+            args.workers,
+            args.postgres_url.as_deref(),
+        ))?;
+    }
+    if args.wants(Part::Rss) && !args.skip_rss {
         let rss = idle_rss().context("idle RSS measurement")?;
         row(
             "idle RSS of `evhost serve`",

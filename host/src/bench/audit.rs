@@ -1,0 +1,258 @@
+//! Audit log figures: sustained rows/s with batching against one transaction per
+//! row (the baseline, same code path with a batch size of 1), the highest event rate
+//! at which the writer's backlog stays flat, and what auditing costs the bus.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use super::{NoOp, template_event, thousands};
+use crate::audit::{Audit, AuditOptions};
+use crate::bus::{Bus, BusOptions, Handling, PublishError, Subscriber};
+use crate::config::Config;
+use crate::event::{Event, TypePattern};
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// A database to measure on, removed afterwards.
+struct BenchDb {
+    name: &'static str,
+    store: Store,
+    dir: tempfile::TempDir,
+    drop_schema: Option<(String, String)>,
+}
+
+async fn open(postgres: Option<&str>) -> anyhow::Result<BenchDb> {
+    let dir = tempfile::tempdir()?;
+    let mut env = vec![(
+        "EVHOST_DATA_DIR".to_string(),
+        dir.path().display().to_string(),
+    )];
+    let mut drop_schema = None;
+    if let Some(url) = postgres {
+        let schema = format!("evhost_bench_{}", uuid::Uuid::new_v4().simple());
+        env.push(("EVHOST_DATABASE__URL".into(), url.into()));
+        env.push(("EVHOST_DATABASE__SCHEMA".into(), schema.clone()));
+        drop_schema = Some((url.to_string(), schema));
+    }
+    let config = Config::load_from(None, env)?;
+    let store = Store::connect(&config).await.context("bench database")?;
+    store.migrate().await?;
+    Ok(BenchDb {
+        name: if postgres.is_some() {
+            "PostgreSQL"
+        } else {
+            "SQLite"
+        },
+        store,
+        dir,
+        drop_schema,
+    })
+}
+
+impl BenchDb {
+    fn options(&self, batch_size: usize, max_backlog: usize) -> AuditOptions {
+        AuditOptions {
+            batch_size,
+            flush_interval: Duration::from_millis(if batch_size == 1 { 0 } else { 5 }),
+            max_backlog,
+            checkpoint_interval: Duration::from_secs(3600),
+            checkpoint_file: self.dir.path().join("checkpoints.jsonl"),
+            checkpoint_key: self.dir.path().join("checkpoint.key"),
+            retention_days: 0,
+            purge_interval: Duration::from_secs(3600),
+            refusals_per_minute: 10,
+        }
+    }
+
+    async fn audit(
+        &self,
+        chain: &str,
+        batch_size: usize,
+        max_backlog: usize,
+    ) -> anyhow::Result<Arc<Audit>> {
+        Ok(Audit::start(
+            self.store.clone(),
+            self.options(batch_size, max_backlog),
+            Metrics::new(10),
+            chain.to_string(),
+        )
+        .await?)
+    }
+
+    async fn close(self) {
+        self.store.close().await;
+        if let Some((url, schema)) = self.drop_schema
+            && let Ok(pool) = sqlx::PgPool::connect(&url).await
+        {
+            let sql = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
+            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&pool).await;
+            pool.close().await;
+        }
+    }
+}
+
+fn unique_event(template: &Event, n: u64, run: &str) -> Arc<Event> {
+    let mut event = template.clone();
+    event.id = format!("{run}-{n}").into();
+    Arc::new(event)
+}
+
+async fn feed(subscriber: &Arc<dyn Subscriber>, event: &Arc<Event>) {
+    match subscriber.handle(event) {
+        Handling::Done(result) => result.expect("audit accepts"),
+        Handling::Later(future) => future.await.expect("audit accepts"),
+    }
+}
+
+/// Rows/s from the first row handed over until the last is committed.
+async fn writer_rate(db: &BenchDb, rows: u64, batch_size: usize) -> anyhow::Result<f64> {
+    let run = format!("w{batch_size}-{}", uuid::Uuid::new_v4().simple());
+    let audit = db.audit(&run, batch_size, 10_000).await?;
+    let subscriber = audit.subscriber();
+    let template = template_event();
+    let start = Instant::now();
+    for n in 0..rows {
+        feed(&subscriber, &unique_event(&template, n, &run)).await;
+    }
+    audit.shutdown().await;
+    Ok(rows as f64 / start.elapsed().as_secs_f64())
+}
+
+/// The highest of `rates` (events/s) at which the backlog does not grow over `seconds`.
+async fn flat_rate(db: &BenchDb, rates: &[u64], seconds: u64) -> anyhow::Result<Option<u64>> {
+    let template = template_event();
+    let mut best = None;
+    for &rate in rates {
+        let run = format!("flat{rate}-{}", uuid::Uuid::new_v4().simple());
+        let audit = db.audit(&run, 1000, 1_000_000).await?;
+        let subscriber = audit.subscriber();
+        let ticks = seconds * 100;
+        let per_tick = rate / 100;
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        let mut n = 0;
+        let mut backlog_mid = 0;
+        for t in 0..ticks {
+            tick.tick().await;
+            for _ in 0..per_tick {
+                feed(&subscriber, &unique_event(&template, n, &run)).await;
+                n += 1;
+            }
+            if t == ticks / 2 {
+                backlog_mid = audit.backlog();
+            }
+        }
+        let backlog_end = audit.backlog();
+        audit.shutdown().await;
+        // Flat: the second half ends with no more waiting than the middle (plus a batch).
+        if backlog_end <= backlog_mid + 1000 {
+            best = Some(rate);
+        } else {
+            break;
+        }
+    }
+    Ok(best)
+}
+
+/// Bus events/s with one no-op subscriber, with and without the audit subscriber
+/// (its writer committing to `db` concurrently, on the same cores).
+async fn bus_cost(db: &BenchDb, events: u64, workers: usize) -> anyhow::Result<(f64, f64)> {
+    let mut rates = [0.0, 0.0];
+    for (i, with_audit) in [false, true].into_iter().enumerate() {
+        let bus = Bus::start(
+            BusOptions {
+                workers,
+                queue_size: 1000,
+                handler_timeout: Duration::from_secs(5),
+            },
+            Metrics::new(10),
+        );
+        let seen = Arc::new(AtomicU64::new(0));
+        bus.subscribe(
+            vec![TypePattern::All],
+            Arc::new(NoOp {
+                id: "noop".into(),
+                seen: seen.clone(),
+            }),
+        )?;
+        let run = format!("cost-{}", uuid::Uuid::new_v4().simple());
+        let audit = if with_audit {
+            let audit = db.audit(&run, 1000, events as usize + 1).await?;
+            bus.subscribe(vec![TypePattern::All], audit.subscriber())?;
+            Some(audit)
+        } else {
+            None
+        };
+        let template = template_event();
+        let start = Instant::now();
+        for n in 0..events {
+            let mut event = (*unique_event(&template, n, &run)).clone();
+            loop {
+                match bus.publish(event) {
+                    Ok(()) => break,
+                    Err(PublishError::QueueFull { .. }) => {
+                        event = (*unique_event(&template, n, &run)).clone();
+                        tokio::task::yield_now().await;
+                    }
+                    Err(e) => anyhow::bail!("bus refused an event: {e}"),
+                }
+            }
+        }
+        bus.shutdown().await;
+        rates[i] = events as f64 / start.elapsed().as_secs_f64();
+        if let Some(audit) = audit {
+            audit.shutdown().await;
+        }
+    }
+    Ok((rates[0], rates[1]))
+}
+
+/// Prints the audit rows of the report.
+pub async fn report(rows: u64, workers: usize, postgres: Option<&str>) -> anyhow::Result<()> {
+    let mut backends = vec![None];
+    if postgres.is_some() {
+        backends.push(postgres);
+    }
+    for backend in backends {
+        let db = open(backend).await?;
+        let single = writer_rate(&db, (rows / 40).clamp(500, 5000), 1).await?;
+        let batched = writer_rate(&db, rows, 1000).await?;
+        super::row(
+            &format!(
+                "audit rows, {}: one transaction per row (baseline)",
+                db.name
+            ),
+            format!("{} rows/s", thousands(single)),
+            "1.00".into(),
+        );
+        super::row(
+            &format!("audit rows, {}: batched writer, 1000 rows/batch", db.name),
+            format!("{} rows/s", thousands(batched)),
+            format!("{:.1}", batched / single),
+        );
+        let rates = [10_000, 25_000, 50_000, 75_000, 100_000, 150_000, 200_000];
+        let flat = flat_rate(&db, &rates, 2).await?;
+        super::row(
+            &format!(
+                "audit backlog stays flat up to ({}; tried {:?}/s, 2 s each)",
+                db.name, rates
+            ),
+            flat.map(|r| format!("{} events/s", thousands(r as f64)))
+                .unwrap_or_else(|| "below the lowest rate".into()),
+            "".into(),
+        );
+        let (without, with) = bus_cost(&db, rows.min(500_000), workers).await?;
+        super::row(
+            &format!(
+                "bus with 1 no-op subscriber, without → with the audit subscriber ({})",
+                db.name
+            ),
+            format!("{} → {} events/s", thousands(without), thousands(with)),
+            format!("cost {:.0} %", (1.0 - with / without) * 100.0),
+        );
+        db.close().await;
+    }
+    Ok(())
+}
