@@ -230,7 +230,7 @@ pub fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("evhost: {e}");
+                    eprintln!("evhost: {}", crate::error_chain(&e));
                     ExitCode::from(2)
                 }
             };
@@ -271,7 +271,7 @@ fn with_config(file: Option<PathBuf>, f: impl FnOnce(Config) -> anyhow::Result<(
     let config = match Config::load(file.as_deref()) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("evhost: {e}");
+            eprintln!("evhost: {}", crate::error_chain(&e));
             return ExitCode::from(2);
         }
     };
@@ -441,7 +441,7 @@ fn serve(config_file: Option<PathBuf>) -> ExitCode {
     let config = match Config::load(config_file.as_deref()) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("evhost: {e}");
+            eprintln!("evhost: {}", crate::error_chain(&e));
             return ExitCode::from(2);
         }
     };
@@ -463,11 +463,11 @@ fn serve(config_file: Option<PathBuf>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e @ ServeError::Refused(_)) => {
-            eprintln!("evhost: {e}");
+            eprintln!("evhost: {}", crate::error_chain(&e));
             ExitCode::from(2)
         }
         Err(e) => {
-            eprintln!("evhost: {e}");
+            eprintln!("evhost: {}", crate::error_chain(&e));
             ExitCode::FAILURE
         }
     }

@@ -22,7 +22,7 @@ use serde_json::Value;
 /// what is allowed, so an operator can fix it without reading the source.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,

@@ -29,16 +29,16 @@ pub enum ServeError {
     /// The configuration does not allow a safe start (exit code 2).
     #[error("{0}")]
     Refused(String),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("HTTP server failed: {0}")]
-    Server(std::io::Error),
+    #[error("HTTP server failed")]
+    Server(#[source] std::io::Error),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
-    #[error("audit log: {0}")]
+    #[error("audit log")]
     Audit(#[from] crate::audit::AuditError),
 }
 

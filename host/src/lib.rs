@@ -17,3 +17,15 @@ pub mod event;
 pub mod ingest;
 pub mod metrics;
 pub mod store;
+
+/// An error and its causes, joined by `: `, for one-line messages and logs.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
+}

@@ -338,3 +338,78 @@ async fn a_resent_id_is_recognised_after_a_restart() {
         assert_eq!(page["rows"].as_array().unwrap().len(), 1);
     }
 }
+
+#[tokio::test]
+async fn cli_query_and_export_read_the_log() {
+    let d = Daemon::start().await;
+    let batch: Vec<_> = (0..1500)
+        .map(|i| json!({"type": "export.test", "data": {"id": format!("x{i}")}}))
+        .collect();
+    let batch = json!(batch);
+    // Two requests: batches are capped at 1000 events by default.
+    let halves = [
+        json!(batch.as_array().unwrap()[..750]),
+        json!(batch.as_array().unwrap()[750..]),
+    ];
+    for half in &halves {
+        assert_eq!(d.post_json("/v1/events/batch", half).await.0, 202);
+    }
+    let mut rows = Vec::new();
+    for _ in 0..100 {
+        rows = all_rows_open(&d, "types=export.test").await;
+        if rows.len() == 1500 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(rows.len(), 1500);
+
+    let env = [("EVHOST_URL", d.base.as_str())];
+    let (code, out, err) = cli(&["audit", "export", "--types", "export.*"], &env);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1500, "export pages through everything");
+    let ids: HashSet<_> = lines
+        .iter()
+        .map(|l| l["resource_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 1500);
+
+    let (code, out, err) = cli(
+        &["audit", "query", "--types", "export.test", "--limit", "3"],
+        &env,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("TIME"), "{out}");
+    assert_eq!(out.lines().count(), 4, "{out}");
+    assert!(err.contains("more rows"), "{err}");
+    let (code, out, _) = cli(&["audit", "query", "--resource-id", "x7", "--json"], &env);
+    assert_eq!(code, 0);
+    let row: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(row["details"]["id"], "x7");
+
+    let (code, _, err) = cli(&["audit", "query", "--since", "soon"], &env);
+    assert_eq!(code, 1);
+    assert!(err.contains("400") && err.contains("since"), "{err}");
+}
+
+async fn all_rows_open(d: &Daemon, query: &str) -> Vec<Value> {
+    let mut rows = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut path = format!("/v1/audit?limit=1000&{query}");
+        if let Some(c) = &cursor {
+            path.push_str(&format!("&cursor={c}"));
+        }
+        let (status, page) = d.get_json(&path).await;
+        assert_eq!(status, 200, "{page}");
+        rows.extend(page["rows"].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => return rows,
+        }
+    }
+}

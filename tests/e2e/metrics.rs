@@ -81,4 +81,10 @@ async fn seed_counters_follow_the_events() {
         "no subscriber failed: {m}"
     );
     assert!(m.trim_end().ends_with("# EOF"));
+    assert_eq!(v("evhost_audit_backlog_capacity"), 100000.0);
+    assert!(m.contains("evhost_audit_write_duration_seconds_count"));
+    let (status, ready) = d.get_json("/readyz").await;
+    assert_eq!(status, 200);
+    assert_eq!(ready["audit"]["healthy"], true);
+    assert_eq!(ready["audit"]["backlog_capacity"], 100000);
 }

@@ -22,7 +22,7 @@ use crate::store::Store;
 pub enum CheckpointError {
     #[error("checkpoint key {path}: {message}")]
     Key { path: PathBuf, message: String },
-    #[error("checkpoint file {path}: {source}")]
+    #[error("checkpoint file {path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
@@ -33,7 +33,7 @@ pub enum CheckpointError {
         line: usize,
         message: String,
     },
-    #[error("database error: {0}")]
+    #[error("database error")]
     Db(#[from] sqlx::Error),
 }
 

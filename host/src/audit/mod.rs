@@ -37,14 +37,14 @@ use crate::store::Store;
 /// Why the audit log could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
-    #[error("audit chain id file {path}: {source}")]
+    #[error("audit chain id file {path}")]
     ChainId {
         path: PathBuf,
         source: std::io::Error,
     },
     #[error(transparent)]
     Checkpoint(#[from] checkpoint::CheckpointError),
-    #[error("reading the audit chain head: {0}")]
+    #[error("reading the audit chain head")]
     Db(#[from] sqlx::Error),
 }
 
@@ -109,7 +109,7 @@ impl Audit {
             last_write_ms: last_write_ms.clone(),
             key,
             checkpointed: head.0,
-            last_checkpoint: Instant::now(),
+            last_checkpoint: None,
         };
         let mut tasks = vec![tokio::spawn(writer.run(stop.clone()))];
         if options.retention_days > 0 {
@@ -258,7 +258,9 @@ struct Writer {
     last_write_ms: Arc<AtomicI64>,
     key: SigningKey,
     checkpointed: i64,
-    last_checkpoint: Instant,
+    /// None until the first checkpoint, which follows the first write, so the file
+    /// exists soon after start.
+    last_checkpoint: Option<Instant>,
 }
 
 impl Writer {
@@ -301,7 +303,10 @@ impl Writer {
                 })
                 .collect();
             self.write(entries).await;
-            if self.last_checkpoint.elapsed() >= self.options.checkpoint_interval {
+            if self
+                .last_checkpoint
+                .is_none_or(|at| at.elapsed() >= self.options.checkpoint_interval)
+            {
                 self.checkpoint();
             }
         }
@@ -343,7 +348,7 @@ impl Writer {
 
     /// Signs the chain head into the checkpoint file, if it moved.
     fn checkpoint(&mut self) {
-        self.last_checkpoint = Instant::now();
+        self.last_checkpoint = Some(Instant::now());
         if self.head.0 == self.checkpointed {
             return;
         }
@@ -355,7 +360,9 @@ impl Writer {
         );
         match checkpoint::append(&self.options.checkpoint_file, &cp) {
             Ok(()) => self.checkpointed = self.head.0,
-            Err(error) => tracing::error!(%error, "cannot write the audit checkpoint"),
+            Err(error) => {
+                tracing::error!(error = %crate::error_chain(&error), "cannot write the audit checkpoint")
+            }
         }
     }
 }

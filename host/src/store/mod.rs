@@ -19,16 +19,16 @@ static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrati
 /// Why the database could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot open the database {url}: {source}")]
+    #[error("cannot open the database {url}")]
     Connect { url: String, source: sqlx::Error },
-    #[error("cannot create the data folder {path}: {source}")]
+    #[error("cannot create the data folder {path}")]
     DataDir {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
-    #[error("database migration failed: {0}")]
+    #[error("database migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("database error: {0}")]
+    #[error("database error")]
     Db(#[from] sqlx::Error),
 }
 
