@@ -232,7 +232,7 @@ pub async fn report(rows: u64, workers: usize, postgres: Option<&str>) -> anyhow
             format!("{} rows/s", thousands(batched)),
             format!("{:.1}", batched / single),
         );
-        let rates = [10_000, 25_000, 50_000, 75_000, 100_000, 150_000, 200_000];
+        let rates = [10_000, 20_000, 30_000, 40_000, 50_000, 75_000, 100_000];
         let flat = flat_rate(&db, &rates, 2).await?;
         super::row(
             &format!(

@@ -118,23 +118,30 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     }
     if args.wants(Part::Http) {
-        let (single, batched) = rt.block_on(http_rates(&args))?;
-        row(
-            &format!(
-                "HTTP POST /v1/events, {} connections (audit on, SQLite)",
-                args.concurrency
-            ),
-            format!("{} requests/s", thousands(single)),
-            "".into(),
-        );
-        row(
-            &format!(
-                "HTTP POST /v1/events/batch, {} events/batch (audit on, SQLite)",
-                args.batch_size
-            ),
-            format!("{} events/s", thousands(batched)),
-            "".into(),
-        );
+        for audit in [false, true] {
+            let (single, batched) = rt.block_on(http_rates(&args, audit))?;
+            let label = if audit {
+                "audit on, SQLite"
+            } else {
+                "audit off"
+            };
+            row(
+                &format!(
+                    "HTTP POST /v1/events, {} connections ({label})",
+                    args.concurrency
+                ),
+                format!("{} requests/s", thousands(single)),
+                "".into(),
+            );
+            row(
+                &format!(
+                    "HTTP POST /v1/events/batch, {} events/batch ({label})",
+                    args.batch_size
+                ),
+                format!("{} events/s", thousands(batched)),
+                "".into(),
+            );
+        }
     }
     if args.wants(Part::Audit) {
         rt.block_on(audit::report(
@@ -263,9 +270,10 @@ async fn bus_rate(args: &BenchArgs, subscribers: usize) -> anyhow::Result<f64> {
 }
 
 /// Starts a daemon on a free loopback port and measures single and batched ingest.
-async fn http_rates(args: &BenchArgs) -> anyhow::Result<(f64, f64)> {
+async fn http_rates(args: &BenchArgs, audit: bool) -> anyhow::Result<(f64, f64)> {
     let data_dir = std::env::temp_dir().join(format!("evhost-bench-{}", std::process::id()));
     let env = vec![
+        ("EVHOST_AUDIT__ENABLED".to_string(), audit.to_string()),
         (
             "EVHOST_SERVER__LISTEN".to_string(),
             "127.0.0.1:0".to_string(),
