@@ -21,31 +21,9 @@ fn login() -> Value {
            "user_agent": "x", "protocol": "imap", "success": true})
 }
 
-/// Every row matching `query`, following cursors with pages of `limit`.
+/// Every row matching `query`, read with the `read` token.
 async fn all_rows(d: &Daemon, query: &str, limit: u32) -> Vec<Value> {
-    let mut rows = Vec::new();
-    let mut cursor: Option<String> = None;
-    for _ in 0..1000 {
-        let mut path = format!("/v1/audit?limit={limit}&{query}");
-        if let Some(c) = &cursor {
-            path.push_str(&format!("&cursor={c}"));
-        }
-        let r = d
-            .client
-            .get(d.url(&path))
-            .bearer_auth(READER)
-            .send()
-            .await
-            .unwrap();
-        let (status, page) = status_json(r).await;
-        assert_eq!(status, 200, "{page}");
-        rows.extend(page["rows"].as_array().unwrap().iter().cloned());
-        match page["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_string()),
-            None => return rows,
-        }
-    }
-    panic!("more than 1000 pages");
+    d.audit_rows(query, limit, Some(READER)).await
 }
 
 #[tokio::test]
@@ -221,6 +199,7 @@ async fn after_sigterm_in_a_burst_the_log_holds_exactly_the_accepted_events() {
         let mut d = Daemon::start_with(
             Options::default()
                 .config_yaml(&tokens_yaml())
+                .token(SMTP)
                 .backend(&backend)
                 .env("EVHOST_EVENTS__QUEUE_SIZE", 20000),
         )
@@ -228,43 +207,11 @@ async fn after_sigterm_in_a_burst_the_log_holds_exactly_the_accepted_events() {
         let batch: Vec<_> = (0..100)
             .map(|i| json!({"type": "burst.test", "data": {"id": format!("n{i}")}}))
             .collect();
-        let body = json!(batch).to_string();
-        let mut senders = Vec::new();
-        for _ in 0..4 {
-            let (client, url, body) = (d.client.clone(), d.url("/v1/events/batch"), body.clone());
-            senders.push(tokio::spawn(async move {
-                let mut accepted = Vec::new();
-                for _ in 0..25 {
-                    let sent = client
-                        .request(Method::POST, &url)
-                        .bearer_auth(SMTP)
-                        .header("content-type", "application/json")
-                        .body(body.clone())
-                        .send()
-                        .await;
-                    if let Ok(r) = sent
-                        && r.status() == 202
-                    {
-                        let answer: Value = r.json().await.unwrap();
-                        accepted.extend(
-                            answer["ids"]
-                                .as_array()
-                                .unwrap()
-                                .iter()
-                                .map(|v| v.as_str().unwrap().to_string()),
-                        );
-                    }
-                }
-                accepted
-            }));
-        }
+        let burst = d.burst(&json!(batch), 4, 25);
         tokio::time::sleep(Duration::from_millis(150)).await;
         let status = d.terminate().await;
         assert!(status.success(), "{status:?}\n{}", d.log());
-        let mut accepted = HashSet::new();
-        for s in senders {
-            accepted.extend(s.await.unwrap());
-        }
+        let accepted: HashSet<String> = burst.await.unwrap().into_iter().collect();
         assert!(!accepted.is_empty(), "nothing accepted before SIGTERM");
 
         d.restart().await;
@@ -356,7 +303,7 @@ async fn cli_query_and_export_read_the_log() {
     }
     let mut rows = Vec::new();
     for _ in 0..100 {
-        rows = all_rows_open(&d, "types=export.test").await;
+        rows = d.audit_rows("types=export.test", 1000, None).await;
         if rows.len() == 1500 {
             break;
         }
@@ -394,22 +341,4 @@ async fn cli_query_and_export_read_the_log() {
     let (code, _, err) = cli(&["audit", "query", "--since", "soon"], &env);
     assert_eq!(code, 1);
     assert!(err.contains("400") && err.contains("since"), "{err}");
-}
-
-async fn all_rows_open(d: &Daemon, query: &str) -> Vec<Value> {
-    let mut rows = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut path = format!("/v1/audit?limit=1000&{query}");
-        if let Some(c) = &cursor {
-            path.push_str(&format!("&cursor={c}"));
-        }
-        let (status, page) = d.get_json(&path).await;
-        assert_eq!(status, 200, "{page}");
-        rows.extend(page["rows"].as_array().unwrap().iter().cloned());
-        match page["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_string()),
-            None => return rows,
-        }
-    }
 }

@@ -216,6 +216,91 @@ impl Daemon {
         .await
     }
 
+    /// Starts `connections` tasks that each POST `batch` to `/v1/events/batch`
+    /// `requests` times (with the default token). Resolves to the ids of every event
+    /// accepted; a refusal must be 503 `stopping` (or the connection closed by a
+    /// shutdown).
+    pub fn burst(
+        &self,
+        batch: &Value,
+        connections: usize,
+        requests: usize,
+    ) -> tokio::task::JoinHandle<Vec<String>> {
+        let body = batch.to_string();
+        let senders: Vec<_> = (0..connections)
+            .map(|_| {
+                let (client, url, body, token) = (
+                    self.client.clone(),
+                    self.url("/v1/events/batch"),
+                    body.clone(),
+                    self.token.clone(),
+                );
+                tokio::spawn(async move {
+                    let mut accepted = Vec::new();
+                    for _ in 0..requests {
+                        let mut request = client
+                            .post(&url)
+                            .header("content-type", "application/json")
+                            .body(body.clone());
+                        if let Some(t) = &token {
+                            request = request.bearer_auth(t);
+                        }
+                        match request.send().await {
+                            Ok(r) if r.status() == 202 => {
+                                let answer: Value = r.json().await.unwrap();
+                                accepted.extend(
+                                    answer["ids"]
+                                        .as_array()
+                                        .unwrap()
+                                        .iter()
+                                        .map(|v| v.as_str().unwrap().to_string()),
+                                );
+                            }
+                            Ok(r) => {
+                                assert_eq!(r.status(), 503);
+                                let (_, json) = status_json(r).await;
+                                assert_eq!(json["error"]["code"], "stopping", "{json}");
+                            }
+                            Err(_) => {} // the daemon closed the connection while stopping
+                        }
+                    }
+                    accepted
+                })
+            })
+            .collect();
+        tokio::spawn(async move {
+            let mut all = Vec::new();
+            for sender in senders {
+                all.extend(sender.await.unwrap());
+            }
+            all
+        })
+    }
+
+    /// Every audit row matching `query` (a query string), following cursors.
+    pub async fn audit_rows(&self, query: &str, limit: u32, token: Option<&str>) -> Vec<Value> {
+        let mut rows = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..1000 {
+            let mut path = format!("/v1/audit?limit={limit}&{query}");
+            if let Some(c) = &cursor {
+                path.push_str(&format!("&cursor={c}"));
+            }
+            let mut request = self.client.get(self.url(&path));
+            if let Some(t) = token {
+                request = request.bearer_auth(t);
+            }
+            let (status, page) = status_json(request.send().await.unwrap()).await;
+            assert_eq!(status, 200, "{page}");
+            rows.extend(page["rows"].as_array().unwrap().iter().cloned());
+            match page["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_string()),
+                None => return rows,
+            }
+        }
+        panic!("more than 1000 pages of audit rows");
+    }
+
     /// `/metrics` as text.
     pub async fn metrics(&self) -> String {
         self.client
