@@ -342,3 +342,55 @@ async fn cli_query_and_export_read_the_log() {
     assert_eq!(code, 1);
     assert!(err.contains("400") && err.contains("since"), "{err}");
 }
+
+#[tokio::test]
+async fn a_flood_of_refused_tokens_is_recorded_only_up_to_the_rate_limit() {
+    let d = Daemon::start_with(
+        Options::default()
+            .config_yaml(&tokens_yaml())
+            .env("EVHOST_AUDIT__REFUSALS_PER_MINUTE", 5),
+    )
+    .await;
+    for _ in 0..40 {
+        let r = d
+            .client
+            .get(d.url("/v1/event-types"))
+            .bearer_auth("guessing-guessing-guessing")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+    }
+    // A wrong scope is refused (403) and counts against the same address.
+    let r = d
+        .client
+        .get(d.url("/v1/event-types"))
+        .bearer_auth(SMTP)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let mut rows = Vec::new();
+    for _ in 0..100 {
+        rows = all_rows(&d, "types=auth.refused", 100).await;
+        if rows.len() >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let rows = if rows.len() >= 5 {
+        all_rows(&d, "types=auth.refused", 100).await
+    } else {
+        rows
+    };
+    assert_eq!(rows.len(), 5, "{rows:?}");
+    assert!(
+        rows.iter()
+            .all(|r| r["actor_ip"] == "127.0.0.1" && r["resource_id"] == "/v1/event-types")
+    );
+    assert_eq!(
+        d.metric("evhost_audit_refusals_suppressed_total").await,
+        36.0
+    );
+}
