@@ -49,11 +49,11 @@ async fn stop_during_a_burst_dispatches_every_accepted_event_once() {
             stop.cancelled_owned(),
             move |running| {
                 running.bus.subscribe(vec![TypePattern::All], seen).unwrap();
-                ready_tx.send(running.addr).unwrap();
+                let _ = ready_tx.send((running.addr, running.metrics.clone()));
             },
         ))
     };
-    let addr = ready_rx.await.unwrap();
+    let (addr, metrics) = ready_rx.await.unwrap();
     let client = reqwest::Client::new();
     let batch: Vec<_> = (0..100)
         .map(|i| serde_json::json!({"type": "burst.test", "data": {"n": i}}))
@@ -89,7 +89,16 @@ async fn stop_during_a_burst_dispatches_every_accepted_event_once() {
             accepted
         }));
     }
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Stop once the burst is under way, however fast or slow this machine is.
+    for _ in 0..500 {
+        if !metrics
+            .encode()
+            .contains("evhost_events_accepted_total{family=\"custom\"} 0")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(30), daemon)
         .await

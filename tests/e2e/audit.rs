@@ -208,7 +208,8 @@ async fn after_sigterm_in_a_burst_the_log_holds_exactly_the_accepted_events() {
             .map(|i| json!({"type": "burst.test", "data": {"id": format!("n{i}")}}))
             .collect();
         let burst = d.burst(&json!(batch), 4, 25);
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        d.wait_for_metric("evhost_events_accepted_total{family=\"custom\"}")
+            .await;
         let status = d.terminate().await;
         assert!(status.success(), "{status:?}\n{}", d.log());
         let accepted: HashSet<String> = burst.await.unwrap().into_iter().collect();

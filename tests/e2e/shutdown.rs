@@ -1,5 +1,3 @@
-use std::time::Duration;
-
 use evhost_e2e::*;
 
 /// SIGTERM in the middle of a 10,000-event burst: the daemon stops taking events
@@ -12,7 +10,9 @@ async fn sigterm_during_a_burst_exits_cleanly() {
         .map(|_| json!({"type": "message.received", "data": received("example.com", false)}))
         .collect();
     let burst = d.burst(&json!(batch), 4, 25);
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    // Signal once the burst is under way (not on a fixed delay, which a slow machine would miss).
+    d.wait_for_metric("evhost_events_accepted_total{family=\"message\"}")
+        .await;
     let status = d.terminate().await;
     let accepted = burst.await.unwrap().len();
     assert!(

@@ -318,6 +318,17 @@ impl Daemon {
         metric_value(&self.metrics().await, sample)
     }
 
+    /// Waits (at most 10 s) until `sample` in `/metrics` is above zero.
+    pub async fn wait_for_metric(&self, sample: &str) {
+        for _ in 0..500 {
+            if self.metric(sample).await > 0.0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("{sample} stayed at 0 for 10 s");
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub async fn terminate(&mut self) -> ExitStatus {
         signal(self.pid(), nix::sys::signal::Signal::SIGTERM);
