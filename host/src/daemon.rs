@@ -99,7 +99,7 @@ pub async fn serve(
     let audit = if config.audit.enabled {
         let audit = Audit::start(
             store.clone(),
-            audit_options(&config),
+            AuditOptions::from_config(&config),
             metrics.clone(),
             crate::audit::chain_id(&config.data_dir)?,
         )
@@ -221,20 +221,6 @@ pub async fn serve(
     store.close().await;
     tracing::info!("evhost stopped; every accepted event was dispatched");
     Ok(())
-}
-
-fn audit_options(config: &Config) -> AuditOptions {
-    AuditOptions {
-        batch_size: config.audit.batch_size,
-        flush_interval: config.audit.flush_interval,
-        max_backlog: config.audit.max_backlog,
-        checkpoint_interval: config.audit.checkpoint_interval,
-        checkpoint_file: config.checkpoint_file(),
-        checkpoint_key: config.checkpoint_key(),
-        retention_days: config.audit.retention_days,
-        purge_interval: config.audit.purge_interval,
-        refusals_per_minute: config.audit.refusals_per_minute,
-    }
 }
 
 /// The subscribers every daemon has.

@@ -83,12 +83,8 @@ impl TestDb {
             batch_size: 100,
             flush_interval: Duration::from_millis(5),
             max_backlog: 1000,
-            checkpoint_interval: Duration::from_secs(3600),
-            checkpoint_file: self.dir.path().join("checkpoints.jsonl"),
-            checkpoint_key: self.dir.path().join("checkpoint.key"),
             retention_days: 0,
-            purge_interval: Duration::from_secs(3600),
-            refusals_per_minute: 10,
+            ..AuditOptions::from_config(&Self::config(self.dir.path(), None, None))
         }
     }
 
@@ -329,11 +325,11 @@ async fn signed_checkpoints_catch_a_rewritten_or_shortened_chain() {
     for db in TestDb::all().await {
         let audit = write_rows(&db, "c1", 10).await;
         audit.shutdown().await;
-        let file = db.dir.path().join("checkpoints.jsonl");
+        let file = db.dir.path().join("audit-checkpoints.jsonl");
         let checkpoints = checkpoint::read_latest(&file).unwrap();
         assert_eq!(checkpoints.len(), 1);
         assert_eq!(checkpoints[0].chain_seq, 10);
-        let key = checkpoint::load_or_create_key(&db.dir.path().join("checkpoint.key"))
+        let key = checkpoint::load_or_create_key(&db.dir.path().join("audit-checkpoint.key"))
             .unwrap()
             .verifying_key();
 
@@ -360,7 +356,7 @@ async fn signed_checkpoints_catch_a_rewritten_or_shortened_chain() {
         let audit = write_rows(&db, "c1", 10).await;
         audit.shutdown().await;
         let checkpoints =
-            checkpoint::read_latest(&db.dir.path().join("checkpoints.jsonl")).unwrap();
+            checkpoint::read_latest(&db.dir.path().join("audit-checkpoints.jsonl")).unwrap();
         db.exec("DELETE FROM audit_log WHERE chain_seq >= 9").await;
         let mut report = audit::verify(&db.store).await.unwrap();
         assert!(report.ok, "cutting the tail passes the chain check alone");

@@ -62,6 +62,23 @@ pub struct AuditOptions {
     pub refusals_per_minute: u32,
 }
 
+impl AuditOptions {
+    /// The options `audit.*` (and `data_dir`) give.
+    pub fn from_config(config: &crate::config::Config) -> AuditOptions {
+        AuditOptions {
+            batch_size: config.audit.batch_size,
+            flush_interval: config.audit.flush_interval,
+            max_backlog: config.audit.max_backlog,
+            checkpoint_interval: config.audit.checkpoint_interval,
+            checkpoint_file: config.checkpoint_file(),
+            checkpoint_key: config.checkpoint_key(),
+            retention_days: config.audit.retention_days,
+            purge_interval: config.audit.purge_interval,
+            refusals_per_minute: config.audit.refusals_per_minute,
+        }
+    }
+}
+
 enum Item {
     Event(Arc<Event>),
     Action(Entry),

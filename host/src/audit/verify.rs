@@ -56,31 +56,26 @@ pub async fn verify(store: &Store) -> Result<Report, sqlx::Error> {
             }
             let full = page.len() as i64 == PAGE;
             for record in &page {
-                if record.chain_seq != expected_seq {
+                let problem = if record.chain_seq != expected_seq {
+                    Some(format!(
+                        "row {expected_seq} of the chain is missing (found {} instead)",
+                        record.chain_seq
+                    ))
+                } else if record.prev_hash != prev_hash {
+                    Some("does not link to the row before it (a row was removed, inserted or reordered)".into())
+                } else if hex::encode(record.compute_hash()) != record.hash {
+                    Some("its contents do not match its hash (the row was changed)".into())
+                } else {
+                    None
+                };
+                if let Some(reason) = problem {
                     return Ok(broken(
                         rows,
                         chains.len(),
                         chain,
                         expected_seq,
                         Some(record),
-                        format!(
-                            "row {expected_seq} of the chain is missing (found {} instead)",
-                            record.chain_seq
-                        ),
-                    ));
-                }
-                if record.prev_hash != prev_hash {
-                    return Ok(broken(rows, chains.len(), chain, expected_seq, Some(record),
-                        "does not link to the row before it (a row was removed, inserted or reordered)".into()));
-                }
-                if hex::encode(record.compute_hash()) != record.hash {
-                    return Ok(broken(
-                        rows,
-                        chains.len(),
-                        chain,
-                        expected_seq,
-                        Some(record),
-                        "its contents do not match its hash (the row was changed)".into(),
+                        reason,
                     ));
                 }
                 rows += 1;

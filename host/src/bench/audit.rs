@@ -54,16 +54,20 @@ async fn open(postgres: Option<&str>) -> anyhow::Result<BenchDb> {
 
 impl BenchDb {
     fn options(&self, batch_size: usize, max_backlog: usize) -> AuditOptions {
+        let config = Config::load_from(
+            None,
+            [(
+                "EVHOST_DATA_DIR".to_string(),
+                self.dir.path().display().to_string(),
+            )],
+        )
+        .expect("the default config loads");
         AuditOptions {
             batch_size,
             flush_interval: Duration::from_millis(if batch_size == 1 { 0 } else { 5 }),
             max_backlog,
-            checkpoint_interval: Duration::from_secs(3600),
-            checkpoint_file: self.dir.path().join("checkpoints.jsonl"),
-            checkpoint_key: self.dir.path().join("checkpoint.key"),
             retention_days: 0,
-            purge_interval: Duration::from_secs(3600),
-            refusals_per_minute: 10,
+            ..AuditOptions::from_config(&config)
         }
     }
 
