@@ -126,6 +126,24 @@ pub struct WebhooksConfig {
     /// Delay before each retry, in order; the last one repeats if `max_retries` is larger.
     #[serde(with = "duration_list")]
     pub retry_delays: Vec<Duration>,
+    /// Networks (CIDRs) that webhook URLs may reach although they are loopback,
+    /// private, link-local or otherwise refused, such as `10.1.0.0/16`.
+    pub allowed_networks: Vec<ipnet::IpNet>,
+    /// Attempts in flight at once to one endpoint.
+    pub concurrency: usize,
+    /// Failed deliveries in a row (retries exhausted) that disable an endpoint; 0 never.
+    pub disable_after_failures: u32,
+    /// How long a rotated-out secret keeps signing beside the new one.
+    #[serde(with = "duration")]
+    pub secret_overlap: Duration,
+    /// How often a daemon looks for due deliveries it was not told about (retries,
+    /// work left by a stopped daemon) and reloads endpoints changed by other daemons.
+    #[serde(with = "duration")]
+    pub poll_interval: Duration,
+    /// Delivery rows written per outbox transaction, at most.
+    pub batch_size: usize,
+    /// Events waiting for the outbox writer before the bus is held.
+    pub max_backlog: usize,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -285,6 +303,13 @@ impl Default for WebhooksConfig {
                 .into_iter()
                 .map(Duration::from_secs)
                 .collect(),
+            allowed_networks: Vec::new(),
+            concurrency: 32,
+            disable_after_failures: 10,
+            secret_overlap: Duration::from_secs(24 * 3600),
+            poll_interval: Duration::from_secs(1),
+            batch_size: 500,
+            max_backlog: 20_000,
         }
     }
 }
@@ -421,6 +446,36 @@ impl Config {
             return Err(invalid(
                 "webhooks.timeout",
                 "0s is not allowed; give a positive duration such as 30s".into(),
+            ));
+        }
+        if self.webhooks.concurrency == 0 || self.webhooks.concurrency > 1024 {
+            return Err(invalid(
+                "webhooks.concurrency",
+                format!(
+                    "{} is out of range; allowed: 1 to 1024",
+                    self.webhooks.concurrency
+                ),
+            ));
+        }
+        if self.webhooks.poll_interval.is_zero() {
+            return Err(invalid(
+                "webhooks.poll_interval",
+                "0s is not allowed; give a positive duration such as 1s".into(),
+            ));
+        }
+        if self.webhooks.batch_size == 0 || self.webhooks.batch_size > 2000 {
+            return Err(invalid(
+                "webhooks.batch_size",
+                format!(
+                    "{} is out of range; allowed: 1 to 2000",
+                    self.webhooks.batch_size
+                ),
+            ));
+        }
+        if self.webhooks.max_backlog == 0 {
+            return Err(invalid(
+                "webhooks.max_backlog",
+                "0 is not allowed; allowed: at least 1".into(),
             ));
         }
         if self.metrics.max_domains == 0 {

@@ -22,6 +22,7 @@ use crate::event::{Catalog, Event, TypePattern};
 use crate::ingest::Ingest;
 use crate::metrics::{EventMetrics, Metrics};
 use crate::store::Store;
+use crate::webhooks::{WebhookOptions, Webhooks};
 
 /// Why the daemon could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +41,13 @@ pub enum ServeError {
     Store(#[from] crate::store::StoreError),
     #[error("audit log")]
     Audit(#[from] crate::audit::AuditError),
+    #[error("webhooks")]
+    Webhooks(#[from] crate::webhooks::WebhookError),
+    #[error("cannot write to the data folder {path}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// A running daemon's parts, for callers that embed it (tests, the benchmark).
@@ -64,7 +72,7 @@ pub async fn serve(
     check_listen(&auth, &config.server.listen).map_err(ServeError::Refused)?;
 
     let metrics = Metrics::new(config.metrics.max_domains);
-    let catalog = Arc::new(Catalog::new(
+    let catalog: Arc<Catalog> = Arc::new(Catalog::new(
         config.events.allow_custom_types,
         config.events.allow_unknown_fields,
     ));
@@ -88,7 +96,7 @@ pub async fn serve(
     subscribe_builtins(&bus, &metrics, &tail);
 
     let ingest = Arc::new(Ingest::new(
-        catalog,
+        catalog.clone(),
         bus.clone(),
         config.events.dedup_window,
         config.events.dedup_capacity,
@@ -129,9 +137,30 @@ pub async fn serve(
     } else {
         None
     };
+    let webhooks = if config.webhooks.enabled {
+        let owner =
+            crate::webhooks::owner_id(&config.data_dir).map_err(|source| ServeError::DataDir {
+                path: config.data_dir.clone(),
+                source,
+            })?;
+        let webhooks = Webhooks::start(
+            store.clone(),
+            WebhookOptions::from_config(&config, owner),
+            metrics.clone(),
+            bus.clone(),
+            catalog.clone(),
+        )
+        .await?;
+        bus.subscribe(vec![TypePattern::All], webhooks.subscriber())
+            .expect("built-in subscriber ids are unique");
+        Some(webhooks)
+    } else {
+        None
+    };
     tracing::info!(
         backend = store.backend(),
         audit = audit.is_some(),
+        webhooks = webhooks.is_some(),
         "database ready"
     );
     let shutdown = CancellationToken::new();
@@ -147,6 +176,7 @@ pub async fn serve(
         shutdown: shutdown.clone(),
         audit: audit.clone(),
         store: Some(store.clone()),
+        webhooks: webhooks.clone(),
     });
 
     let hostname = hostname();
@@ -215,6 +245,9 @@ pub async fn serve(
         },
     );
     bus.shutdown().await;
+    if let Some(webhooks) = &webhooks {
+        webhooks.shutdown().await;
+    }
     if let Some(audit) = &audit {
         audit.shutdown().await;
     }

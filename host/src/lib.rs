@@ -17,6 +17,7 @@ pub mod event;
 pub mod ingest;
 pub mod metrics;
 pub mod store;
+pub mod webhooks;
 
 /// An error and its causes, joined by `: `, for one-line messages and logs.
 pub fn error_chain(error: &dyn std::error::Error) -> String {

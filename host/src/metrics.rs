@@ -100,6 +100,7 @@ const FAMILIES: &[&str] = &[
     "queue",
     "delivery",
     "server",
+    "webhook",
 ];
 
 /// Position of a family's counter in `Metrics::accepted_by_family` (`custom` last).
@@ -127,6 +128,83 @@ pub struct Metrics {
     user_logins: Family<ProtocolSuccess, Counter>,
     domains: DomainGuard,
     pub audit: AuditMetrics,
+    pub webhooks: WebhookMetrics,
+}
+
+/// What webhook delivery counts.
+pub struct WebhookMetrics {
+    /// Attempts by outcome: `success`, `http_error`, `timeout`, `connect_error`,
+    /// `refused`.
+    pub attempts: Family<OutcomeLabel, Counter>,
+    pub attempt_seconds: Histogram,
+    pub pending: Gauge,
+    pub failed: Counter,
+    pub endpoints_disabled: Gauge,
+    pub oldest_due_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub outbox_backlog: Gauge,
+    pub write_errors: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
+impl WebhookMetrics {
+    fn register(registry: &mut Registry) -> WebhookMetrics {
+        let m = WebhookMetrics {
+            attempts: Family::default(),
+            // 500 µs … ~130 s
+            attempt_seconds: Histogram::new(exponential_buckets(0.000_5, 2.0, 19)),
+            pending: Gauge::default(),
+            failed: Counter::default(),
+            endpoints_disabled: Gauge::default(),
+            oldest_due_seconds: Gauge::default(),
+            outbox_backlog: Gauge::default(),
+            write_errors: Counter::default(),
+        };
+        registry.register(
+            "evhost_webhook_attempts",
+            "Webhook delivery attempts by outcome (success, http_error, timeout, connect_error, refused)",
+            m.attempts.clone(),
+        );
+        registry.register(
+            "evhost_webhook_attempt_duration_seconds",
+            "Time from sending a webhook request to its response",
+            m.attempt_seconds.clone(),
+        );
+        registry.register(
+            "evhost_webhook_deliveries_pending",
+            "Webhook deliveries not yet succeeded or failed (sampled from the outbox)",
+            m.pending.clone(),
+        );
+        registry.register(
+            "evhost_webhook_deliveries_failed",
+            "Webhook deliveries that failed after their last retry",
+            m.failed.clone(),
+        );
+        registry.register(
+            "evhost_webhook_endpoints_disabled",
+            "Webhook endpoints currently disabled",
+            m.endpoints_disabled.clone(),
+        );
+        registry.register(
+            "evhost_webhook_outbox_oldest_due_seconds",
+            "How long the oldest due, unclaimed delivery has waited (0 when none is due)",
+            m.oldest_due_seconds.clone(),
+        );
+        registry.register(
+            "evhost_webhook_outbox_backlog",
+            "Events waiting for the outbox writer",
+            m.outbox_backlog.clone(),
+        );
+        registry.register(
+            "evhost_webhook_write_errors",
+            "Failed outbox or attempt-record writes (each is retried)",
+            m.write_errors.clone(),
+        );
+        m
+    }
 }
 
 /// What the audit writer counts.
@@ -261,6 +339,7 @@ impl Metrics {
         );
 
         let audit = AuditMetrics::register(&mut registry);
+        let webhooks = WebhookMetrics::register(&mut registry);
         let accepted_by_family = FAMILIES
             .iter()
             .chain(std::iter::once(&"custom"))
@@ -281,6 +360,7 @@ impl Metrics {
             user_logins,
             domains: DomainGuard::new(max_domains),
             audit,
+            webhooks,
         })
     }
 

@@ -231,7 +231,7 @@ async fn event_types_health_and_openapi() {
     let (status, body) = d.get_json("/v1/event-types").await;
     assert_eq!(status, 200);
     let types = body["event_types"].as_array().unwrap();
-    assert_eq!(types.len(), 27);
+    assert_eq!(types.len(), 33);
     let login = types.iter().find(|t| t["name"] == "user.login").unwrap();
     assert_eq!(login["schema"]["properties"]["protocol"]["type"], "string");
 

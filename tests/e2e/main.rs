@@ -9,3 +9,4 @@ mod ingest;
 mod metrics;
 mod shutdown;
 mod stream;
+mod webhooks;

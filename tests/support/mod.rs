@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 pub use serde_json::{Value, json};
 
+pub mod receiver;
+
 /// The `evhost` binary: `$EVHOST_BIN`, or the one cargo built beside this test.
 pub fn evhost_bin() -> PathBuf {
     if let Some(path) = std::env::var_os("EVHOST_BIN") {
@@ -76,6 +78,15 @@ impl Options {
                 .env("EVHOST_DATABASE__URL", url)
                 .env("EVHOST_DATABASE__SCHEMA", schema),
         }
+    }
+
+    /// Webhook settings for tests: receivers on 127.0.0.1 allowed, short polls,
+    /// retries in milliseconds.
+    pub fn webhooks_local(self) -> Options {
+        self.env("EVHOST_WEBHOOKS__ALLOWED_NETWORKS", "[127.0.0.0/8]")
+            .env("EVHOST_WEBHOOKS__POLL_INTERVAL", "100ms")
+            .env("EVHOST_WEBHOOKS__RETRY_DELAYS", "[100ms, 300ms]")
+            .env("EVHOST_WEBHOOKS__TIMEOUT", "2s")
     }
 
     pub fn token(mut self, token: &str) -> Options {
@@ -299,6 +310,56 @@ impl Daemon {
             }
         }
         panic!("more than 1000 pages of audit rows");
+    }
+
+    /// Adds a webhook endpoint; returns its id and secret.
+    pub async fn add_webhook(&self, body: &Value) -> (String, String) {
+        let (status, answer) = self.post_json("/v1/webhooks", body).await;
+        assert_eq!(status, 201, "{answer}");
+        (
+            answer["id"].as_str().unwrap().to_string(),
+            answer["secret"].as_str().unwrap().to_string(),
+        )
+    }
+
+    /// Publishes one event; returns its id.
+    pub async fn publish(&self, kind: &str, data: &Value) -> String {
+        let (status, answer) = self
+            .post_json("/v1/events", &json!({"type": kind, "data": data}))
+            .await;
+        assert_eq!(status, 202, "{answer}");
+        answer["id"].as_str().unwrap().to_string()
+    }
+
+    /// Waits (up to `limit`) until the endpoint has `n` deliveries in `status`;
+    /// returns them.
+    pub async fn wait_deliveries(
+        &self,
+        webhook: &str,
+        status: &str,
+        n: usize,
+        limit: Duration,
+    ) -> Vec<Value> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let (code, page) = self
+                .get_json(&format!(
+                    "/v1/webhooks/{webhook}/deliveries?status={status}&limit=1000"
+                ))
+                .await;
+            assert_eq!(code, 200, "{page}");
+            let rows = page["deliveries"].as_array().unwrap().clone();
+            if rows.len() >= n {
+                return rows;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} {status} deliveries of {webhook} within {limit:?}, expected {n}; log:\n{}",
+                rows.len(),
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 
     /// `/metrics` as text.

@@ -15,7 +15,7 @@ mod payloads;
 mod resource;
 
 pub use payloads::*;
-pub use resource::{Resource, resource_of};
+pub use resource::{Resource, mail_domain_of, resource_of};
 
 /// Every event type the platform defines, as `(name, description)` pairs, in the
 /// plan's order. [`visit`] gives the payload type of each.
@@ -47,6 +47,12 @@ pub mod types {
     pub const DELIVERY_FAILED: &str = "delivery.failed";
     pub const SERVER_STARTED: &str = "server.started";
     pub const SERVER_STOPPED: &str = "server.stopped";
+    pub const WEBHOOK_CREATED: &str = "webhook.created";
+    pub const WEBHOOK_UPDATED: &str = "webhook.updated";
+    pub const WEBHOOK_DELETED: &str = "webhook.deleted";
+    pub const WEBHOOK_ENABLED: &str = "webhook.enabled";
+    pub const WEBHOOK_DISABLED: &str = "webhook.disabled";
+    pub const WEBHOOK_SECRET_ROTATED: &str = "webhook.secret_rotated";
 }
 
 /// What every catalog payload is: plain serde data (and, with the `schema` feature,
@@ -140,10 +146,22 @@ pub fn visit<V: Visitor>(visitor: &mut V) {
         SERVER_STOPPED,
         "A platform server (evhost itself included) stopped.",
     );
+    visitor.visit::<WebhookChanged>(WEBHOOK_CREATED, "A webhook endpoint was added.");
+    visitor.visit::<WebhookChanged>(WEBHOOK_UPDATED, "A webhook endpoint was changed.");
+    visitor.visit::<WebhookChanged>(WEBHOOK_DELETED, "A webhook endpoint was removed.");
+    visitor.visit::<WebhookChanged>(WEBHOOK_ENABLED, "A webhook endpoint was enabled.");
+    visitor.visit::<WebhookChanged>(
+        WEBHOOK_DISABLED,
+        "A webhook endpoint was disabled, by an operator or by evhost (410 Gone, or a run of failed deliveries).",
+    );
+    visitor.visit::<WebhookChanged>(
+        WEBHOOK_SECRET_ROTATED,
+        "A webhook endpoint's signing secret was replaced.",
+    );
 }
 
 /// The number of event types in the catalog.
-pub const COUNT: usize = 27;
+pub const COUNT: usize = 33;
 
 /// The mail domain of an address: the part after the last `@`, lowercased.
 pub fn domain_of(address: &str) -> Option<String> {

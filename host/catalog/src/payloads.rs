@@ -285,4 +285,21 @@ payloads! {
         /// Why it stopped: `signal`, `shutdown`, `error`, …
         pub reason: String,
     }
+
+    /// `webhook.created`, `webhook.updated`, `webhook.deleted`, `webhook.enabled`,
+    /// `webhook.disabled` and `webhook.secret_rotated`: a webhook endpoint changed.
+    /// Never carries the secret.
+    pub struct WebhookChanged {
+        pub webhook_id: String,
+        pub name: String,
+        pub url: String,
+        pub events: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub domain: Option<String>,
+        pub enabled: bool,
+        /// Why it changed, when evhost did it itself: `gone` (the receiver answered
+        /// 410), `failing` (a run of failed deliveries).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub reason: Option<String>,
+    }
 }

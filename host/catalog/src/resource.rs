@@ -36,6 +36,12 @@ struct Names<'a> {
     hostname: Option<Cow<'a, str>>,
     #[serde(borrow)]
     id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    webhook_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    email: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    from: Option<Cow<'a, str>>,
 }
 
 /// The resource of an event of type `kind` with payload `data` (JSON text). Catalog
@@ -65,6 +71,7 @@ pub fn resource_of(kind: &str, data: &str) -> Option<Resource> {
         ("domain", _) => pick("domain", &names.domain).or_else(|| pick("domain", &names.domain_id)),
         ("certificate", _) => pick("certificate", &names.domain),
         ("queue" | "delivery", _) => pick("queue", &names.queue_id),
+        ("webhook", _) => pick("webhook", &names.webhook_id),
         ("server", _) => {
             let server = names.server.as_deref()?;
             let host = names.hostname.as_deref().unwrap_or("");
@@ -75,6 +82,21 @@ pub fn resource_of(kind: &str, data: &str) -> Option<Resource> {
         }
         (_, _) => pick("resource", &names.id),
     }
+}
+
+/// The mail domain an event belongs to (lowercased): its `domain` field, else the
+/// domain of its `email`, else of its sender (`from`). Webhook endpoints scoped to a
+/// domain receive only the events this names.
+pub fn mail_domain_of(data: &str) -> Option<String> {
+    let names: Names = serde_json::from_str(data).ok()?;
+    if let Some(domain) = names.domain.as_deref().filter(|d| !d.trim().is_empty()) {
+        return Some(domain.trim().to_ascii_lowercase());
+    }
+    names
+        .email
+        .as_deref()
+        .or(names.from.as_deref())
+        .and_then(crate::domain_of)
 }
 
 #[cfg(test)]
@@ -134,5 +156,27 @@ mod tests {
         );
         assert_eq!(r("billing.paid", r#"{"amount":1}"#), None);
         assert_eq!(r("billing.paid", "[1,2]"), None);
+        assert_eq!(
+            r("webhook.created", r#"{"webhook_id":"wh1","name":"n"}"#),
+            s("webhook", "wh1")
+        );
+    }
+
+    #[test]
+    fn mail_domain_comes_from_domain_email_or_sender() {
+        assert_eq!(
+            mail_domain_of(r#"{"domain":"Example.ORG","email":"a@b.c"}"#).as_deref(),
+            Some("example.org")
+        );
+        assert_eq!(
+            mail_domain_of(r#"{"email":"a@Mail.Example"}"#).as_deref(),
+            Some("mail.example")
+        );
+        assert_eq!(
+            mail_domain_of(r#"{"from":"<x@y.z>","to":["q@r.s"]}"#).as_deref(),
+            Some("y.z")
+        );
+        assert_eq!(mail_domain_of(r#"{"queue_id":"q"}"#), None);
+        assert_eq!(mail_domain_of("[]"), None);
     }
 }

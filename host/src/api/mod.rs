@@ -8,6 +8,7 @@ pub mod error;
 mod events;
 mod openapi;
 pub mod stream;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -48,6 +49,8 @@ pub struct AppState {
     /// The audit log, unless `audit.enabled` is off.
     pub audit: Option<Arc<crate::audit::Audit>>,
     pub store: Option<crate::store::Store>,
+    /// Webhooks, unless `webhooks.enabled` is off.
+    pub webhooks: Option<Arc<crate::webhooks::Webhooks>>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -59,6 +62,24 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/event-types", get(event_types))
         .route("/v1/audit", get(audit::query))
         .route("/v1/audit/verify", get(audit::verify))
+        .route("/v1/webhooks", post(webhooks::create).get(webhooks::list))
+        .route(
+            "/v1/webhooks/{id}",
+            get(webhooks::get)
+                .patch(webhooks::update)
+                .delete(webhooks::delete),
+        )
+        .route("/v1/webhooks/{id}/enable", post(webhooks::enable))
+        .route("/v1/webhooks/{id}/disable", post(webhooks::disable))
+        .route(
+            "/v1/webhooks/{id}/rotate-secret",
+            post(webhooks::rotate_secret),
+        )
+        .route("/v1/webhooks/{id}/test", post(webhooks::test))
+        .route("/v1/webhooks/{id}/deliveries", get(webhooks::deliveries))
+        .route("/v1/webhooks/{id}/replay", post(webhooks::replay))
+        .route("/v1/deliveries/{id}", get(webhooks::delivery))
+        .route("/v1/deliveries/{id}/retry", post(webhooks::retry))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -8,17 +8,7 @@ use sqlx::QueryBuilder;
 
 use super::record::{Entry, Record, parse_hash};
 use crate::event::TypePattern;
-use crate::store::Store;
-
-/// Runs `$body` with `$pool` bound to the backend's pool.
-macro_rules! dispatch {
-    ($store:expr, |$pool:ident| $body:expr) => {
-        match $store {
-            Store::Sqlite($pool) => $body,
-            Store::Postgres($pool) => $body,
-        }
-    };
-}
+use crate::store::{Store, dispatch};
 
 const COLUMNS: &str = "seq, chain, chain_seq, event_id, event_type, actor, actor_token, actor_ip, \
                        resource_type, resource_id, details, time_us, recorded_us, prev_hash, hash";

@@ -79,6 +79,11 @@ impl Catalog {
         &self.infos
     }
 
+    /// Whether types outside the catalog may be published (`events.allow_custom_types`).
+    pub fn allows_custom_types(&self) -> bool {
+        self.allow_custom_types
+    }
+
     pub fn is_known(&self, kind: &str) -> bool {
         self.validators.contains_key(kind)
     }

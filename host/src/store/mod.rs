@@ -16,6 +16,19 @@ use crate::config::Config;
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
+/// Runs `$body` with `$pool` bound to the backend's pool: the body is written once
+/// and compiled for each backend, so one query text serves both (sqlx writes `$1`
+/// placeholders for SQLite too).
+macro_rules! dispatch {
+    ($store:expr, |$pool:ident| $body:expr) => {
+        match $store {
+            $crate::store::Store::Sqlite($pool) => $body,
+            $crate::store::Store::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use dispatch;
+
 /// Why the database could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -12,6 +12,8 @@ use anyhow::{Context, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 use futures_util::StreamExt;
 
+mod webhooks;
+
 use crate::config::{Config, LogFormat};
 use crate::daemon::{self, ServeError};
 
@@ -51,6 +53,9 @@ enum Command {
     /// Verify, query and export the audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Manage webhook endpoints and look at their deliveries.
+    #[command(subcommand)]
+    Webhooks(webhooks::WebhooksCommand),
 }
 
 #[derive(Subcommand)]
@@ -154,7 +159,7 @@ enum ConfigCommand {
 }
 
 #[derive(Args)]
-struct ClientArgs {
+pub(crate) struct ClientArgs {
     /// The daemon's base URL.
     #[arg(long, env = "EVHOST_URL", default_value = "http://127.0.0.1:8080")]
     url: String,
@@ -256,6 +261,7 @@ pub fn main() -> ExitCode {
         Command::Audit(AuditCommand::Export(args)) => {
             runtime().and_then(|rt| rt.block_on(audit_export(args)))
         }
+        Command::Webhooks(command) => runtime().and_then(|rt| rt.block_on(webhooks::run(command))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -497,7 +503,7 @@ fn init_logging(config: &Config) {
     }
 }
 
-fn client() -> anyhow::Result<reqwest::Client> {
+pub(crate) fn client() -> anyhow::Result<reqwest::Client> {
     reqwest::Client::builder()
         .user_agent(concat!("evhost-cli/", env!("CARGO_PKG_VERSION")))
         .build()
@@ -505,7 +511,7 @@ fn client() -> anyhow::Result<reqwest::Client> {
 }
 
 /// Turns a non-success answer into an error that quotes the daemon's message.
-async fn check(response: reqwest::Response) -> anyhow::Result<serde_json::Value> {
+pub(crate) async fn check(response: reqwest::Response) -> anyhow::Result<serde_json::Value> {
     let status = response.status();
     let body = response.text().await.unwrap_or_default();
     let json: serde_json::Value = serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
@@ -635,7 +641,7 @@ async fn tail(args: TailArgs) -> anyhow::Result<()> {
 }
 
 /// Percent-encodes a query value (patterns only hold a few special characters).
-fn urlencode(s: &str) -> String {
+pub(crate) fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {

@@ -1,0 +1,666 @@
+//! The webhook tables' SQL, for SQLite and PostgreSQL. Most statements are one text
+//! for both backends (see [`dispatch`]); claiming and batch updates differ, because
+//! PostgreSQL must skip rows another daemon holds (`FOR UPDATE SKIP LOCKED`) and
+//! takes a batch best as one statement over arrays (`UNNEST`).
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use sqlx::QueryBuilder;
+
+use super::endpoint::{Endpoint, Format};
+use crate::store::{Store, dispatch};
+
+/// Delivery states, as stored.
+pub const PENDING: &str = "pending";
+pub const SUCCEEDED: &str = "succeeded";
+pub const FAILED: &str = "failed";
+
+const ENDPOINT_COLUMNS: &str = "id, name, url, events, domain, format, enabled, disabled_reason, secret, \
+     previous_secret, previous_secret_until_us, failure_count, last_triggered_us, created_us, updated_us";
+
+type EndpointRow = (
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    String,
+    bool,
+    Option<String>,
+    String,
+    Option<String>,
+    Option<i64>,
+    i64,
+    Option<i64>,
+    i64,
+    i64,
+);
+
+pub fn time_of(us: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(us).unwrap_or_default()
+}
+
+fn endpoint_of(r: EndpointRow) -> Endpoint {
+    let now = Utc::now().timestamp_micros();
+    Endpoint {
+        id: r.0,
+        name: r.1,
+        url: r.2,
+        events: serde_json::from_str(&r.3).unwrap_or_default(),
+        domain: r.4,
+        format: Format::parse(&r.5).unwrap_or_default(),
+        enabled: r.6,
+        disabled_reason: r.7,
+        secret: r.8,
+        rotating: r.9.is_some() && r.10.is_some_and(|until| until > now),
+        previous_secret: r.9,
+        previous_secret_until_us: r.10,
+        failure_count: r.11,
+        last_triggered_at: r.12.map(time_of),
+        created_at: time_of(r.13),
+        updated_at: time_of(r.14),
+    }
+}
+
+pub async fn insert_endpoint(store: &Store, e: &Endpoint) -> Result<(), sqlx::Error> {
+    let events = serde_json::to_string(&e.events).expect("strings serialize");
+    dispatch!(store, |pool| {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO webhook_endpoints ({ENDPOINT_COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+        )))
+        .bind(&e.id)
+        .bind(&e.name)
+        .bind(&e.url)
+        .bind(&events)
+        .bind(&e.domain)
+        .bind(e.format.as_str())
+        .bind(e.enabled)
+        .bind(&e.disabled_reason)
+        .bind(&e.secret)
+        .bind(&e.previous_secret)
+        .bind(e.previous_secret_until_us)
+        .bind(e.failure_count)
+        .bind(e.last_triggered_at.map(|t| t.timestamp_micros()))
+        .bind(e.created_at.timestamp_micros())
+        .bind(e.updated_at.timestamp_micros())
+        .execute(pool)
+        .await?;
+    });
+    Ok(())
+}
+
+/// Writes every field an operator or the dispatcher may change.
+pub async fn update_endpoint(store: &Store, e: &Endpoint) -> Result<bool, sqlx::Error> {
+    let events = serde_json::to_string(&e.events).expect("strings serialize");
+    let done = dispatch!(store, |pool| {
+        sqlx::query(
+            "UPDATE webhook_endpoints SET name = $2, url = $3, events = $4, domain = $5, format = $6, \
+             enabled = $7, disabled_reason = $8, secret = $9, previous_secret = $10, \
+             previous_secret_until_us = $11, failure_count = $12, updated_us = $13 WHERE id = $1",
+        )
+        .bind(&e.id)
+        .bind(&e.name)
+        .bind(&e.url)
+        .bind(&events)
+        .bind(&e.domain)
+        .bind(e.format.as_str())
+        .bind(e.enabled)
+        .bind(&e.disabled_reason)
+        .bind(&e.secret)
+        .bind(&e.previous_secret)
+        .bind(e.previous_secret_until_us)
+        .bind(e.failure_count)
+        .bind(e.updated_at.timestamp_micros())
+        .execute(pool)
+        .await?
+        .rows_affected()
+    });
+    Ok(done == 1)
+}
+
+pub async fn list_endpoints(store: &Store) -> Result<Vec<Endpoint>, sqlx::Error> {
+    let rows: Vec<EndpointRow> = dispatch!(store, |pool| {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints ORDER BY created_us, id"
+        )))
+        .fetch_all(pool)
+        .await?
+    });
+    Ok(rows.into_iter().map(endpoint_of).collect())
+}
+
+pub async fn get_endpoint(store: &Store, id: &str) -> Result<Option<Endpoint>, sqlx::Error> {
+    let row: Option<EndpointRow> = dispatch!(store, |pool| {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(pool)
+        .await?
+    });
+    Ok(row.map(endpoint_of))
+}
+
+/// Removes an endpoint with its deliveries and their attempts.
+pub async fn delete_endpoint(store: &Store, id: &str) -> Result<bool, sqlx::Error> {
+    let done = dispatch!(store, |pool| {
+        let mut tx = pool.begin().await?;
+        sqlx::query(
+            "DELETE FROM webhook_attempts WHERE delivery_id IN \
+             (SELECT id FROM webhook_deliveries WHERE endpoint_id = $1)",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM webhook_deliveries WHERE endpoint_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let n = sqlx::query("DELETE FROM webhook_endpoints WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        n
+    });
+    Ok(done == 1)
+}
+
+/// An event's bodies, stored once for all its deliveries.
+pub struct NewMessage {
+    pub id: String,
+    pub event_type: String,
+    pub body: String,
+    pub cloudevent: Option<String>,
+}
+
+/// A delivery row to create. `owner` set means this daemon sends it from memory
+/// at once, holding a lease until `next_attempt_us`.
+pub struct NewDelivery {
+    pub id: String,
+    pub endpoint_id: String,
+    pub message_id: String,
+    pub event_type: String,
+    pub next_attempt_us: i64,
+    pub owner: Option<String>,
+}
+
+/// Writes messages and deliveries in one transaction.
+pub async fn enqueue(
+    store: &Store,
+    messages: &[NewMessage],
+    deliveries: &[NewDelivery],
+    now_us: i64,
+) -> Result<(), sqlx::Error> {
+    dispatch!(store, |pool| {
+        let mut tx = pool.begin().await?;
+        for chunk in messages.chunks(500) {
+            let mut q = QueryBuilder::new(
+                "INSERT INTO webhook_messages (id, event_type, body, cloudevent, created_us) ",
+            );
+            q.push_values(chunk, |mut b, m| {
+                b.push_bind(m.id.as_str())
+                    .push_bind(m.event_type.as_str())
+                    .push_bind(m.body.as_str())
+                    .push_bind(m.cloudevent.as_deref())
+                    .push_bind(now_us);
+            });
+            q.push(" ON CONFLICT (id) DO NOTHING");
+            q.build().execute(&mut *tx).await?;
+        }
+        for chunk in deliveries.chunks(500) {
+            let mut q = QueryBuilder::new(
+                "INSERT INTO webhook_deliveries (id, endpoint_id, message_id, event_type, status, attempts, \
+                 next_attempt_us, owner, created_us, updated_us) ",
+            );
+            q.push_values(chunk, |mut b, d| {
+                b.push_bind(d.id.as_str())
+                    .push_bind(d.endpoint_id.as_str())
+                    .push_bind(d.message_id.as_str())
+                    .push_bind(d.event_type.as_str())
+                    .push_bind(PENDING)
+                    .push_bind(0i64)
+                    .push_bind(d.next_attempt_us)
+                    .push_bind(d.owner.as_deref())
+                    .push_bind(now_us)
+                    .push_bind(now_us);
+            });
+            q.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+    });
+    Ok(())
+}
+
+/// A delivery claimed for sending.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub id: String,
+    pub message_id: String,
+    pub event_type: String,
+    /// Attempts made before this one.
+    pub attempts: i64,
+}
+
+/// Claims up to `limit` due deliveries of one endpoint for `owner` until `lease_us`.
+/// On PostgreSQL rows another daemon is claiming are skipped, not waited for.
+pub async fn claim(
+    store: &Store,
+    endpoint_id: &str,
+    owner: &str,
+    now_us: i64,
+    lease_us: i64,
+    limit: i64,
+) -> Result<Vec<Claimed>, sqlx::Error> {
+    const SQLITE: &str = "UPDATE webhook_deliveries SET owner = $1, next_attempt_us = $2 WHERE id IN \
+         (SELECT id FROM webhook_deliveries WHERE endpoint_id = $3 AND status = 'pending' \
+          AND next_attempt_us <= $4 ORDER BY next_attempt_us LIMIT $5) \
+         RETURNING id, message_id, event_type, attempts";
+    const POSTGRES: &str = "UPDATE webhook_deliveries SET owner = $1, next_attempt_us = $2 WHERE id IN \
+         (SELECT id FROM webhook_deliveries WHERE endpoint_id = $3 AND status = 'pending' \
+          AND next_attempt_us <= $4 ORDER BY next_attempt_us LIMIT $5 FOR UPDATE SKIP LOCKED) \
+         RETURNING id, message_id, event_type, attempts";
+    let rows: Vec<(String, String, String, i64)> = match store {
+        Store::Sqlite(pool) => {
+            sqlx::query_as(SQLITE)
+                .bind(owner)
+                .bind(lease_us)
+                .bind(endpoint_id)
+                .bind(now_us)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+        }
+        Store::Postgres(pool) => {
+            sqlx::query_as(POSTGRES)
+                .bind(owner)
+                .bind(lease_us)
+                .bind(endpoint_id)
+                .bind(now_us)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+        }
+    };
+    Ok(rows
+        .into_iter()
+        .map(|(id, message_id, event_type, attempts)| Claimed {
+            id,
+            message_id,
+            event_type,
+            attempts,
+        })
+        .collect())
+}
+
+/// The bodies of messages: id → (body, cloudevent).
+pub async fn bodies(
+    store: &Store,
+    ids: &[&str],
+) -> Result<HashMap<String, (String, Option<String>)>, sqlx::Error> {
+    let mut out = HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(500) {
+        let rows: Vec<(String, String, Option<String>)> = dispatch!(store, |pool| {
+            let mut q = QueryBuilder::new(
+                "SELECT id, body, cloudevent FROM webhook_messages WHERE id IN (",
+            );
+            let mut list = q.separated(", ");
+            for id in chunk {
+                list.push_bind(*id);
+            }
+            q.push(")");
+            q.build_query_as().fetch_all(pool).await?
+        });
+        out.extend(rows.into_iter().map(|(id, b, c)| (id, (b, c))));
+    }
+    Ok(out)
+}
+
+/// Gives back every lease `owner` holds: its deliveries are due at once.
+pub async fn release_leases(store: &Store, owner: &str, now_us: i64) -> Result<u64, sqlx::Error> {
+    Ok(dispatch!(store, |pool| {
+        sqlx::query(
+            "UPDATE webhook_deliveries SET owner = NULL, next_attempt_us = $2 \
+             WHERE owner = $1 AND status = 'pending'",
+        )
+        .bind(owner)
+        .bind(now_us)
+        .execute(pool)
+        .await?
+        .rows_affected()
+    }))
+}
+
+/// The result of one attempt, or of a claim given back unsent.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    pub delivery_id: String,
+    /// This attempt's number (1 for the first); 0 when nothing was sent.
+    pub attempt: i64,
+    pub time_us: i64,
+    pub status_code: Option<i64>,
+    pub latency_us: i64,
+    pub error: Option<String>,
+    pub response: Option<String>,
+    /// The delivery's state afterwards.
+    pub status: &'static str,
+    pub next_attempt_us: i64,
+}
+
+/// Changes to an endpoint's counters from one batch of results.
+#[derive(Debug, Clone)]
+pub struct EndpointTally {
+    pub endpoint_id: String,
+    /// A success in this batch: the run of failures restarts from `failures`.
+    pub reset: bool,
+    /// Failed deliveries (retries exhausted) after the batch's last success.
+    pub failures: i64,
+    pub last_success_us: Option<i64>,
+}
+
+/// Records a batch of results in one transaction: attempt rows, delivery states, and
+/// endpoint counters. Returns each tallied endpoint's failure count afterwards.
+pub async fn record(
+    store: &Store,
+    records: &[AttemptRecord],
+    tallies: &[EndpointTally],
+    now_us: i64,
+) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    let sent: Vec<&AttemptRecord> = records.iter().filter(|r| r.attempt > 0).collect();
+    let mut counts = Vec::with_capacity(tallies.len());
+    macro_rules! tally_and_commit {
+        ($tx:ident) => {{
+            for t in tallies {
+                let (count,): (i64,) = sqlx::query_as(
+                    "UPDATE webhook_endpoints SET \
+                     failure_count = CASE WHEN $2 THEN $3 ELSE failure_count + $3 END, \
+                     last_triggered_us = COALESCE($4, last_triggered_us) \
+                     WHERE id = $1 RETURNING failure_count",
+                )
+                .bind(&t.endpoint_id)
+                .bind(t.reset)
+                .bind(t.failures)
+                .bind(t.last_success_us)
+                .fetch_optional(&mut *$tx)
+                .await?
+                .unwrap_or((0,));
+                counts.push((t.endpoint_id.clone(), count));
+            }
+            $tx.commit().await?;
+        }};
+    }
+    match store {
+        Store::Sqlite(pool) => {
+            let mut tx = pool.begin().await?;
+            for chunk in sent.chunks(500) {
+                let mut q = QueryBuilder::new(
+                    "INSERT OR IGNORE INTO webhook_attempts (delivery_id, attempt, time_us, status_code, \
+                     latency_us, error, response) ",
+                );
+                q.push_values(chunk, |mut b, r| {
+                    b.push_bind(r.delivery_id.as_str())
+                        .push_bind(r.attempt)
+                        .push_bind(r.time_us)
+                        .push_bind(r.status_code)
+                        .push_bind(r.latency_us)
+                        .push_bind(r.error.as_deref())
+                        .push_bind(r.response.as_deref());
+                });
+                q.build().execute(&mut *tx).await?;
+            }
+            for r in records {
+                if r.attempt > 0 {
+                    sqlx::query(
+                        "UPDATE webhook_deliveries SET status = $2, attempts = $3, next_attempt_us = $4, \
+                         owner = NULL, last_status = $5, last_error = $6, updated_us = $7 WHERE id = $1",
+                    )
+                    .bind(&r.delivery_id)
+                    .bind(r.status)
+                    .bind(r.attempt)
+                    .bind(r.next_attempt_us)
+                    .bind(r.status_code)
+                    .bind(&r.error)
+                    .bind(now_us)
+                    .execute(&mut *tx)
+                    .await?;
+                } else {
+                    sqlx::query(
+                        "UPDATE webhook_deliveries SET next_attempt_us = $2, owner = NULL WHERE id = $1",
+                    )
+                    .bind(&r.delivery_id)
+                    .bind(r.next_attempt_us)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+            tally_and_commit!(tx);
+        }
+        Store::Postgres(pool) => {
+            let mut tx = pool.begin().await?;
+            if !sent.is_empty() {
+                sqlx::query(
+                    "INSERT INTO webhook_attempts (delivery_id, attempt, time_us, status_code, latency_us, error, response) \
+                     SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::text[], $7::text[]) \
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(sent.iter().map(|r| r.delivery_id.as_str()).collect::<Vec<_>>())
+                .bind(sent.iter().map(|r| r.attempt).collect::<Vec<_>>())
+                .bind(sent.iter().map(|r| r.time_us).collect::<Vec<_>>())
+                .bind(sent.iter().map(|r| r.status_code).collect::<Vec<_>>())
+                .bind(sent.iter().map(|r| r.latency_us).collect::<Vec<_>>())
+                .bind(sent.iter().map(|r| r.error.as_deref()).collect::<Vec<_>>())
+                .bind(sent.iter().map(|r| r.response.as_deref()).collect::<Vec<_>>())
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "UPDATE webhook_deliveries AS d SET status = u.status, attempts = u.attempt, \
+                     next_attempt_us = u.next, owner = NULL, last_status = u.code, last_error = u.error, updated_us = $7 \
+                     FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[], $6::text[]) \
+                     AS u(id, status, attempt, next, code, error) WHERE d.id = u.id",
+                )
+                .bind(sent.iter().map(|r| r.delivery_id.as_str()).collect::<Vec<_>>())
+                .bind(sent.iter().map(|r| r.status).collect::<Vec<_>>())
+                .bind(sent.iter().map(|r| r.attempt).collect::<Vec<_>>())
+                .bind(sent.iter().map(|r| r.next_attempt_us).collect::<Vec<_>>())
+                .bind(sent.iter().map(|r| r.status_code).collect::<Vec<_>>())
+                .bind(sent.iter().map(|r| r.error.as_deref()).collect::<Vec<_>>())
+                .bind(now_us)
+                .execute(&mut *tx)
+                .await?;
+            }
+            let unsent: Vec<&AttemptRecord> = records.iter().filter(|r| r.attempt == 0).collect();
+            if !unsent.is_empty() {
+                sqlx::query(
+                    "UPDATE webhook_deliveries AS d SET next_attempt_us = u.next, owner = NULL \
+                     FROM UNNEST($1::text[], $2::int8[]) AS u(id, next) WHERE d.id = u.id",
+                )
+                .bind(
+                    unsent
+                        .iter()
+                        .map(|r| r.delivery_id.as_str())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(unsent.iter().map(|r| r.next_attempt_us).collect::<Vec<_>>())
+                .execute(&mut *tx)
+                .await?;
+            }
+            tally_and_commit!(tx);
+        }
+    }
+    Ok(counts)
+}
+
+/// A delivery as the API shows it.
+#[derive(Debug, Clone)]
+pub struct DeliveryRow {
+    pub id: String,
+    pub endpoint_id: String,
+    pub message_id: String,
+    pub event_type: String,
+    pub status: String,
+    pub attempts: i64,
+    pub next_attempt_us: i64,
+    pub last_status: Option<i64>,
+    pub last_error: Option<String>,
+    pub created_us: i64,
+    pub updated_us: i64,
+}
+
+const DELIVERY_COLUMNS: &str = "id, endpoint_id, message_id, event_type, status, attempts, \
+     next_attempt_us, last_status, last_error, created_us, updated_us";
+
+type DeliveryTuple = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    i64,
+    Option<i64>,
+    Option<String>,
+    i64,
+    i64,
+);
+
+fn delivery_of(r: DeliveryTuple) -> DeliveryRow {
+    DeliveryRow {
+        id: r.0,
+        endpoint_id: r.1,
+        message_id: r.2,
+        event_type: r.3,
+        status: r.4,
+        attempts: r.5,
+        next_attempt_us: r.6,
+        last_status: r.7,
+        last_error: r.8,
+        created_us: r.9,
+        updated_us: r.10,
+    }
+}
+
+/// An endpoint's deliveries, newest first, optionally in one state, before the
+/// delivery id `before` (ids are time-ordered).
+pub async fn list_deliveries(
+    store: &Store,
+    endpoint_id: &str,
+    status: Option<&str>,
+    before: Option<&str>,
+    limit: i64,
+) -> Result<Vec<DeliveryRow>, sqlx::Error> {
+    let rows: Vec<DeliveryTuple> = dispatch!(store, |pool| {
+        let mut q = QueryBuilder::new(format!(
+            "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE endpoint_id = "
+        ));
+        q.push_bind(endpoint_id);
+        if let Some(status) = status {
+            q.push(" AND status = ").push_bind(status);
+        }
+        if let Some(before) = before {
+            q.push(" AND id < ").push_bind(before);
+        }
+        q.push(" ORDER BY id DESC LIMIT ").push_bind(limit);
+        q.build_query_as().fetch_all(pool).await?
+    });
+    Ok(rows.into_iter().map(delivery_of).collect())
+}
+
+pub async fn get_delivery(store: &Store, id: &str) -> Result<Option<DeliveryRow>, sqlx::Error> {
+    let row: Option<DeliveryTuple> = dispatch!(store, |pool| {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(pool)
+        .await?
+    });
+    Ok(row.map(delivery_of))
+}
+
+/// One recorded attempt.
+#[derive(Debug, Clone)]
+pub struct AttemptRow {
+    pub attempt: i64,
+    pub time_us: i64,
+    pub status_code: Option<i64>,
+    pub latency_us: i64,
+    pub error: Option<String>,
+    pub response: Option<String>,
+}
+
+pub async fn attempts(store: &Store, delivery_id: &str) -> Result<Vec<AttemptRow>, sqlx::Error> {
+    type Row = (i64, i64, Option<i64>, i64, Option<String>, Option<String>);
+    let rows: Vec<Row> = dispatch!(store, |pool| {
+        sqlx::query_as(
+            "SELECT attempt, time_us, status_code, latency_us, error, response FROM webhook_attempts \
+             WHERE delivery_id = $1 ORDER BY attempt",
+        )
+        .bind(delivery_id)
+        .fetch_all(pool)
+        .await?
+    });
+    Ok(rows
+        .into_iter()
+        .map(|r| AttemptRow {
+            attempt: r.0,
+            time_us: r.1,
+            status_code: r.2,
+            latency_us: r.3,
+            error: r.4,
+            response: r.5,
+        })
+        .collect())
+}
+
+/// Makes a finished delivery due again now (one more attempt). Returns its endpoint,
+/// or `None` when it is still pending or does not exist.
+pub async fn retry(store: &Store, id: &str, now_us: i64) -> Result<Option<String>, sqlx::Error> {
+    let row: Option<(String,)> = dispatch!(store, |pool| {
+        sqlx::query_as(
+            "UPDATE webhook_deliveries SET status = 'pending', next_attempt_us = $2, owner = NULL, \
+             updated_us = $2 WHERE id = $1 AND status <> 'pending' RETURNING endpoint_id",
+        )
+        .bind(id)
+        .bind(now_us)
+        .fetch_optional(pool)
+        .await?
+    });
+    Ok(row.map(|(e,)| e))
+}
+
+/// Makes an endpoint's failed deliveries created since `since_us` due again now.
+pub async fn replay(
+    store: &Store,
+    endpoint_id: &str,
+    since_us: i64,
+    now_us: i64,
+) -> Result<u64, sqlx::Error> {
+    Ok(dispatch!(store, |pool| {
+        sqlx::query(
+            "UPDATE webhook_deliveries SET status = 'pending', next_attempt_us = $3, owner = NULL, \
+             updated_us = $3 WHERE endpoint_id = $1 AND status = 'failed' AND created_us >= $2",
+        )
+        .bind(endpoint_id)
+        .bind(since_us)
+        .bind(now_us)
+        .execute(pool)
+        .await?
+        .rows_affected()
+    }))
+}
+
+/// Outbox figures for the metrics: pending deliveries, and the earliest due time of
+/// an unclaimed one.
+pub async fn outbox_stats(store: &Store) -> Result<(i64, Option<i64>), sqlx::Error> {
+    Ok(dispatch!(store, |pool| {
+        sqlx::query_as(
+            "SELECT COUNT(*), MIN(CASE WHEN owner IS NULL THEN next_attempt_us END) \
+             FROM webhook_deliveries WHERE status = 'pending'",
+        )
+        .fetch_one(pool)
+        .await?
+    }))
+}

@@ -1,0 +1,533 @@
+//! One endpoint's lane: its own task, queue and concurrency limit, and the HTTP
+//! attempt itself.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use chrono::Utc;
+use futures_util::StreamExt;
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use super::db::{self, AttemptRecord};
+use super::endpoint::{Endpoint, Format};
+use super::recorder::{Outcome, Recorded};
+use super::{Shared, WebhookError, sign};
+use crate::event::TypePattern;
+
+/// How much of a response body is kept with the attempt.
+pub const RESPONSE_EXCERPT_BYTES: usize = 1024;
+
+/// What the dispatcher matches on, swapped whole when the endpoint changes.
+pub struct Route {
+    pub endpoint: Endpoint,
+    pub patterns: Vec<TypePattern>,
+}
+
+/// A delivery ready to send, body included.
+pub struct Job {
+    pub delivery_id: String,
+    pub event_type: Arc<str>,
+    /// Attempts made before this one.
+    pub attempts: i64,
+    pub body: Bytes,
+}
+
+pub struct Lane {
+    id: String,
+    route: ArcSwap<Route>,
+    queue: mpsc::Sender<Job>,
+    wake: Notify,
+    /// The earliest time a delivery of this endpoint is known to be due (µs).
+    next_due: AtomicI64,
+    stop: CancellationToken,
+    task: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Lane {
+    pub fn start(shared: &Arc<Shared>, endpoint: Endpoint) -> Arc<Lane> {
+        let (tx, rx) = mpsc::channel(shared.options.concurrency * 4);
+        let lane = Arc::new(Lane {
+            id: endpoint.id.clone(),
+            route: ArcSwap::from_pointee(Route::of(endpoint)),
+            queue: tx,
+            wake: Notify::new(),
+            next_due: AtomicI64::new(0),
+            stop: shared.stop.child_token(),
+            task: std::sync::Mutex::new(None),
+        });
+        let task = tokio::spawn(run(shared.clone(), lane.clone(), rx));
+        *lane.task.lock().expect("not poisoned") = Some(task);
+        lane
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn route(&self) -> arc_swap::Guard<Arc<Route>> {
+        self.route.load()
+    }
+
+    pub fn update(&self, endpoint: Endpoint) {
+        self.route.store(Arc::new(Route::of(endpoint)));
+        self.wake.notify_one();
+    }
+
+    /// Deliveries are due at `at_us`: look for them then (or now, if sooner).
+    pub fn due_at(&self, at_us: i64) {
+        self.next_due.fetch_min(at_us, Ordering::Relaxed);
+        self.wake.notify_one();
+    }
+
+    /// A place in this lane's memory queue, if it has room: the writer then inserts
+    /// the delivery leased to this daemon and hands it over after the commit.
+    pub fn try_reserve(&self) -> Option<mpsc::OwnedPermit<Job>> {
+        self.queue.clone().try_reserve_owned().ok()
+    }
+
+    /// Stops taking work and waits for attempts in flight (bounded by the timeout).
+    pub async fn stop(&self) {
+        self.stop.cancel();
+        let task = self.task.lock().expect("not poisoned").take();
+        if let Some(task) = task
+            && let Err(e) = task.await
+        {
+            tracing::error!(error = %e, webhook = %self.id, "webhook lane ended abnormally");
+        }
+    }
+}
+
+impl Route {
+    fn of(endpoint: Endpoint) -> Route {
+        Route {
+            patterns: endpoint.patterns(),
+            endpoint,
+        }
+    }
+
+    pub fn matches(&self, event_type: &str) -> bool {
+        self.patterns.iter().any(|p| p.matches(event_type))
+    }
+}
+
+async fn run(shared: Arc<Shared>, lane: Arc<Lane>, mut rx: mpsc::Receiver<Job>) {
+    let options = &shared.options;
+    let slots = Arc::new(Semaphore::new(options.concurrency));
+    let mut in_flight = JoinSet::new();
+    let mut next_poll = tokio::time::Instant::now();
+    loop {
+        while in_flight.try_join_next().is_some() {}
+        let permit = tokio::select! {
+            biased;
+            () = lane.stop.cancelled() => break,
+            permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+        };
+        let enabled = lane.route().endpoint.enabled;
+        let wake_at = if enabled {
+            let due = lane.next_due.load(Ordering::Relaxed);
+            let until_due =
+                Duration::from_micros((due - Utc::now().timestamp_micros()).max(0) as u64);
+            next_poll.min(tokio::time::Instant::now() + until_due)
+        } else {
+            tokio::time::Instant::now() + Duration::from_secs(3600)
+        };
+        tokio::select! {
+            biased;
+            () = lane.stop.cancelled() => break,
+            job = rx.recv() => match job {
+                Some(job) => {
+                    in_flight.spawn(attempt_and_record(shared.clone(), lane.clone(), job, permit));
+                }
+                None => break,
+            },
+            () = lane.wake.notified() => continue,
+            () = tokio::time::sleep_until(wake_at) => {
+                next_poll = tokio::time::Instant::now() + options.poll_interval;
+                let now_us = Utc::now().timestamp_micros();
+                if lane.next_due.load(Ordering::Relaxed) <= now_us {
+                    lane.next_due.store(i64::MAX, Ordering::Relaxed);
+                }
+                let room = slots.available_permits() + 1;
+                match claim(&shared, &lane, room).await {
+                    Ok(jobs) => {
+                        if jobs.len() == room {
+                            // More may be due: look again as soon as a slot frees.
+                            next_poll = tokio::time::Instant::now();
+                        }
+                        let mut permit = Some(permit);
+                        for job in jobs {
+                            let permit = match permit.take() {
+                                Some(p) => p,
+                                None => slots.clone().try_acquire_owned().expect("room was counted"),
+                            };
+                            in_flight.spawn(attempt_and_record(shared.clone(), lane.clone(), job, permit));
+                        }
+                    }
+                    Err(error) => {
+                        shared.metrics.webhooks.write_errors.inc();
+                        tracing::warn!(%error, webhook = %lane.id, "could not claim due webhook deliveries; trying again");
+                    }
+                }
+            }
+        }
+    }
+    // Jobs still queued keep their lease; shutdown gives the leases back.
+    rx.close();
+    let grace = options.timeout + Duration::from_secs(1);
+    if tokio::time::timeout(grace, async {
+        while in_flight.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        tracing::warn!(webhook = %lane.id, "webhook attempts still running at shutdown were abandoned; they will be sent again");
+    }
+}
+
+/// Claims due deliveries from the table and loads their bodies.
+async fn claim(shared: &Shared, lane: &Lane, room: usize) -> Result<Vec<Job>, sqlx::Error> {
+    let now = Utc::now().timestamp_micros();
+    let lease = now + shared.options.lease().as_micros() as i64;
+    let claimed = db::claim(
+        &shared.store,
+        &lane.id,
+        &shared.options.owner,
+        now,
+        lease,
+        room as i64,
+    )
+    .await?;
+    if claimed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<&str> = claimed.iter().map(|c| c.message_id.as_str()).collect();
+    let mut bodies = db::bodies(&shared.store, &ids).await?;
+    let format = lane.route().endpoint.format;
+    Ok(claimed
+        .into_iter()
+        .map(|c| {
+            let body = match bodies.remove(&c.message_id) {
+                Some((esp, ce)) => match (format, ce) {
+                    (Format::Cloudevents, Some(ce)) => Bytes::from(ce),
+                    // Written before the endpoint switched to CloudEvents: the plain
+                    // body is the one evhost has.
+                    _ => Bytes::from(esp),
+                },
+                None => Bytes::new(),
+            };
+            Job {
+                delivery_id: c.id,
+                event_type: c.event_type.into(),
+                attempts: c.attempts,
+                body,
+            }
+        })
+        .collect())
+}
+
+async fn attempt_and_record(
+    shared: Arc<Shared>,
+    lane: Arc<Lane>,
+    job: Job,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let route = lane.route.load_full();
+    let recorded = attempt(&shared, &route.endpoint, &job, false).await;
+    // Holding the slot until the recorder has room keeps memory bounded when the
+    // database falls behind.
+    if shared.recorder.send(recorded).await.is_err() {
+        tracing::error!(delivery = %job.delivery_id, "the webhook recorder has stopped; the attempt is not recorded (the delivery will be sent again)");
+    }
+    drop(permit);
+}
+
+/// Sends one delivery and classifies the answer. Nothing is sent for a disabled
+/// endpoint unless `even_if_disabled` (the test ping).
+pub async fn attempt(
+    shared: &Shared,
+    endpoint: &Endpoint,
+    job: &Job,
+    even_if_disabled: bool,
+) -> Recorded {
+    let now = Utc::now();
+    let now_us = now.timestamp_micros();
+    let mut record = AttemptRecord {
+        delivery_id: job.delivery_id.clone(),
+        attempt: 0,
+        time_us: now_us,
+        status_code: None,
+        latency_us: 0,
+        error: None,
+        response: None,
+        status: db::PENDING,
+        next_attempt_us: now_us,
+    };
+    if !endpoint.enabled && !even_if_disabled {
+        return Recorded {
+            record,
+            endpoint_id: endpoint.id.clone(),
+            outcome: Outcome::Released,
+            ack: None,
+        };
+    }
+    record.attempt = job.attempts + 1;
+    let started = Instant::now();
+    let result = send(shared, endpoint, job, now).await;
+    let latency = started.elapsed();
+    record.latency_us = latency.as_micros() as i64;
+    let (outcome, retry_after) = match result {
+        Ok(answer) => {
+            record.status_code = Some(i64::from(answer.status));
+            record.response = Some(answer.excerpt);
+            shared
+                .metrics
+                .webhooks
+                .attempt_seconds
+                .observe(latency.as_secs_f64());
+            match answer.status {
+                200..=299 => (Outcome::Success, None),
+                410 => (Outcome::Gone, None),
+                code => {
+                    record.error = Some(format!("the receiver answered {code}"));
+                    (Outcome::HttpError, answer.retry_after)
+                }
+            }
+        }
+        Err((outcome, message)) => {
+            record.error = Some(message);
+            (outcome, None)
+        }
+    };
+    match outcome {
+        Outcome::Success => {
+            record.status = db::SUCCEEDED;
+        }
+        Outcome::Gone => {
+            record.status = db::FAILED;
+        }
+        _ => match shared.options.retry_delay(record.attempt, retry_after) {
+            Some(delay) => {
+                record.status = db::PENDING;
+                record.next_attempt_us = Utc::now().timestamp_micros() + delay.as_micros() as i64;
+            }
+            None => record.status = db::FAILED,
+        },
+    }
+    Recorded {
+        record,
+        endpoint_id: endpoint.id.clone(),
+        outcome,
+        ack: None,
+    }
+}
+
+struct Answer {
+    status: u16,
+    excerpt: String,
+    retry_after: Option<Duration>,
+}
+
+async fn send(
+    shared: &Shared,
+    endpoint: &Endpoint,
+    job: &Job,
+    now: chrono::DateTime<Utc>,
+) -> Result<Answer, (Outcome, String)> {
+    let url = reqwest::Url::parse(&endpoint.url).map_err(|e| {
+        (
+            Outcome::Refused,
+            format!("the stored URL is not valid: {e}"),
+        )
+    })?;
+    // Names are checked by the client's resolver; literal addresses here.
+    if let Some(ip) = super::egress::literal_ip(&url) {
+        shared
+            .options
+            .egress
+            .check(ip)
+            .map_err(|e| (Outcome::Refused, e.to_string()))?;
+    }
+    let secrets = endpoint.signing_secrets(now.timestamp_micros());
+    let timestamp = now.timestamp();
+    let standard: Vec<String> = secrets
+        .iter()
+        .map(|s| sign::standard_signature(s, &job.delivery_id, timestamp, &job.body))
+        .collect();
+    let content_type = match endpoint.format {
+        Format::Esp => "application/json",
+        Format::Cloudevents => "application/cloudevents+json",
+    };
+    let mut request = shared
+        .client
+        .post(url)
+        .header(reqwest::header::CONTENT_TYPE, content_type)
+        .header("X-ESP-Event", &*job.event_type)
+        .header("X-ESP-Delivery", &job.delivery_id)
+        .header(
+            "X-ESP-Signature",
+            sign::esp_signature(secrets[0], &job.body),
+        )
+        .header("webhook-id", &job.delivery_id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header("webhook-signature", standard.join(" "));
+    if let Some(previous) = secrets.get(1) {
+        request = request.header(
+            "X-ESP-Signature-Previous",
+            sign::esp_signature(previous, &job.body),
+        );
+    }
+    let response = request
+        .body(job.body.clone())
+        .send()
+        .await
+        .map_err(classify)?;
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after);
+    // Read no more than the excerpt; the rest is never buffered.
+    let mut excerpt = Vec::new();
+    let mut stream = response.bytes_stream();
+    while excerpt.len() < RESPONSE_EXCERPT_BYTES {
+        match stream.next().await {
+            Some(Ok(chunk)) => {
+                let room = RESPONSE_EXCERPT_BYTES - excerpt.len();
+                excerpt.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            // The status counts; a body cut short does not change the outcome.
+            Some(Err(_)) | None => break,
+        }
+    }
+    Ok(Answer {
+        status,
+        excerpt: String::from_utf8_lossy(&excerpt).into_owned(),
+        retry_after,
+    })
+}
+
+/// A failed request's outcome and message (without the URL, which may carry
+/// tokens in its query).
+fn classify(error: reqwest::Error) -> (Outcome, String) {
+    let outcome = if error.is_timeout() {
+        Outcome::Timeout
+    } else if is_refused(&error) {
+        Outcome::Refused
+    } else {
+        Outcome::ConnectError
+    };
+    let error = error.without_url();
+    let message = if outcome == Outcome::Timeout {
+        "no answer within webhooks.timeout".to_string()
+    } else {
+        crate::error_chain(&error)
+    };
+    (outcome, message)
+}
+
+fn is_refused(error: &reqwest::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if e.is::<super::egress::Refused>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// `Retry-After`: delay-seconds or an HTTP date.
+fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let when = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    (when.with_timezone(&Utc) - Utc::now()).to_std().ok()
+}
+
+/// Writes and sends a `webhook.test` ping to one endpoint (enabled or not), waits
+/// until its attempt is recorded, and returns the delivery id.
+pub async fn send_test(shared: &Arc<Shared>, endpoint: &Endpoint) -> Result<String, WebhookError> {
+    if shared.stop.is_cancelled() {
+        return Err(WebhookError::Stopping);
+    }
+    let now = Utc::now();
+    let message_id = uuid::Uuid::now_v7().to_string();
+    let data = serde_json::json!({
+        "webhook_id": endpoint.id,
+        "name": endpoint.name,
+        "message": "A test delivery from evhost: the endpoint is reachable and the signature can be checked.",
+    });
+    let body = super::outbox::body_esp(&message_id, "webhook.test", now, &data.to_string());
+    let cloudevent = super::outbox::body_cloudevent(
+        &message_id,
+        "webhook.test",
+        "/evhost",
+        now,
+        &data.to_string(),
+    );
+    let delivery_id = uuid::Uuid::now_v7().to_string();
+    let now_us = now.timestamp_micros();
+    db::enqueue(
+        &shared.store,
+        &[db::NewMessage {
+            id: message_id.clone(),
+            event_type: "webhook.test".into(),
+            body: body.clone(),
+            cloudevent: Some(cloudevent.clone()),
+        }],
+        &[db::NewDelivery {
+            id: delivery_id.clone(),
+            endpoint_id: endpoint.id.clone(),
+            message_id,
+            event_type: "webhook.test".into(),
+            next_attempt_us: now_us + shared.options.lease().as_micros() as i64,
+            owner: Some(shared.options.owner.clone()),
+        }],
+        now_us,
+    )
+    .await?;
+    let job = Job {
+        delivery_id: delivery_id.clone(),
+        event_type: "webhook.test".into(),
+        attempts: 0,
+        body: Bytes::from(match endpoint.format {
+            Format::Esp => body,
+            Format::Cloudevents => cloudevent,
+        }),
+    };
+    let mut recorded = attempt(shared, endpoint, &job, true).await;
+    let (ack, recorded_signal) = oneshot::channel();
+    recorded.ack = Some(ack);
+    shared
+        .recorder
+        .send(recorded)
+        .await
+        .map_err(|_| WebhookError::Stopping)?;
+    recorded_signal.await.map_err(|_| WebhookError::Stopping)?;
+    Ok(delivery_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_takes_seconds_or_a_date() {
+        assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
+        let later = (Utc::now() + chrono::Duration::seconds(120)).to_rfc2822();
+        let d = parse_retry_after(&later).unwrap();
+        assert!(
+            d > Duration::from_secs(100) && d <= Duration::from_secs(120),
+            "{d:?}"
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+}

@@ -1,0 +1,669 @@
+//! Webhooks: endpoints managed over the API, a durable outbox, signed deliveries
+//! with retries.
+//!
+//! The shape, from an accepted event to a receiver:
+//!
+//! 1. [`outbox`]: the bus subscriber matches the event against the enabled
+//!    endpoints held in memory (no database read on the bus) and hands it to the
+//!    outbox writer, which serializes the body once and writes a message row and one
+//!    delivery row per endpoint in one transaction. Only after the commit is anything
+//!    sent.
+//! 2. [`lane`]: each endpoint has its own lane: a task with its own concurrency
+//!    limit, so a slow or dead endpoint only ever holds up itself. Fresh deliveries
+//!    reach the lane straight from the writer (inserted already leased to this
+//!    daemon); retries, deliveries left by a stopped daemon and the overflow of a busy
+//!    lane are claimed from the table (`FOR UPDATE SKIP LOCKED` on PostgreSQL, so
+//!    several daemons share the work).
+//! 3. [`recorder`]: every attempt's result is written in batches: the attempt row, the
+//!    delivery's new state and next attempt time, and the endpoint's failure run,
+//!    which may disable it.
+//!
+//! A lease (the row's `owner` and a `next_attempt_us` in the future) marks a
+//! delivery being sent. If the daemon dies, the lease runs out and any daemon sends
+//! it again with the same `webhook-id`; a restarted daemon gives back its own leases
+//! at once.
+
+pub mod db;
+pub mod egress;
+pub mod endpoint;
+mod lane;
+mod outbox;
+mod recorder;
+pub mod sign;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use chrono::Utc;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use db::{AttemptRow, DeliveryRow};
+pub use egress::Egress;
+pub use endpoint::{Endpoint, EndpointPatch, FieldError, Format, NewEndpoint};
+
+use crate::bus::{Bus, Subscriber};
+use crate::event::{Actor, Catalog, Event};
+use crate::metrics::Metrics;
+use crate::store::Store;
+use lane::Lane;
+
+/// Why a webhook operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("no webhook endpoint has the id {0:?}")]
+    NoEndpoint(String),
+    #[error("no delivery has the id {0:?}")]
+    NoDelivery(String),
+    #[error("delivery {0} is still pending; it will be attempted on its schedule")]
+    StillPending(String),
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
+    #[error(transparent)]
+    Url(#[from] egress::UrlError),
+    #[error("the webhook database failed")]
+    Db(#[from] sqlx::Error),
+    #[error("evhost is shutting down")]
+    Stopping,
+}
+
+/// Webhook settings (from `webhooks.*`).
+#[derive(Debug, Clone)]
+pub struct WebhookOptions {
+    pub timeout: Duration,
+    pub max_retries: u32,
+    pub retry_delays: Vec<Duration>,
+    pub concurrency: usize,
+    pub disable_after_failures: u32,
+    pub secret_overlap: Duration,
+    pub poll_interval: Duration,
+    pub batch_size: usize,
+    pub max_backlog: usize,
+    pub egress: Egress,
+    /// This daemon's name on the leases it holds.
+    pub owner: String,
+}
+
+impl WebhookOptions {
+    /// The options `webhooks.*` give, with `owner` from [`owner_id`].
+    pub fn from_config(config: &crate::config::Config, owner: String) -> WebhookOptions {
+        let w = &config.webhooks;
+        WebhookOptions {
+            timeout: w.timeout,
+            max_retries: w.max_retries,
+            retry_delays: w.retry_delays.clone(),
+            concurrency: w.concurrency,
+            disable_after_failures: w.disable_after_failures,
+            secret_overlap: w.secret_overlap,
+            poll_interval: w.poll_interval,
+            batch_size: w.batch_size,
+            max_backlog: w.max_backlog,
+            egress: Egress::new(w.allowed_networks.clone()),
+            owner,
+        }
+    }
+
+    /// How long a claim holds a delivery. In-memory queues hold at most a few rounds
+    /// of the lane's concurrency, so a lease covers several attempt timeouts.
+    fn lease(&self) -> Duration {
+        self.timeout * 5 + Duration::from_secs(30)
+    }
+
+    /// When attempt `attempt` (1 for the first) failed, the delay before the next
+    /// one, or `None` when the retries are used up. Every configured delay is used
+    /// in order (the last repeats); jitter adds up to a tenth; a receiver's
+    /// `Retry-After` lengthens it (to a day at most).
+    pub fn retry_delay(&self, attempt: i64, retry_after: Option<Duration>) -> Option<Duration> {
+        if attempt > i64::from(self.max_retries) || self.retry_delays.is_empty() {
+            return None;
+        }
+        let index = (attempt as usize - 1).min(self.retry_delays.len() - 1);
+        let base = self.retry_delays[index];
+        let jitter = base.mul_f64(random_fraction() * 0.1);
+        let delay = base + jitter;
+        Some(match retry_after {
+            Some(wanted) if wanted > delay => wanted.min(Duration::from_secs(86_400)),
+            _ => delay,
+        })
+    }
+}
+
+fn random_fraction() -> f64 {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).expect("the operating system's random source works");
+    (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// The name this daemon puts on its leases, kept in `data_dir/webhook-owner-id` so a
+/// restarted daemon recognises (and gives back) the leases it held.
+pub fn owner_id(data_dir: &Path) -> std::io::Result<String> {
+    let path: PathBuf = data_dir.join("webhook-owner-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_string()),
+        _ => {
+            std::fs::create_dir_all(data_dir)?;
+            let id = format!("{}-{}", crate::daemon::hostname(), uuid::Uuid::now_v7());
+            std::fs::write(&path, &id)?;
+            Ok(id)
+        }
+    }
+}
+
+/// What the dispatcher matches events against: the enabled endpoints' lanes.
+type Routes = Vec<Arc<Lane>>;
+
+/// Shared by the subscriber, the writer, the lanes and the recorder.
+pub(crate) struct Shared {
+    store: Store,
+    options: WebhookOptions,
+    metrics: Arc<Metrics>,
+    bus: Bus,
+    client: reqwest::Client,
+    routes: ArcSwap<Routes>,
+    lanes: Mutex<HashMap<String, Arc<Lane>>>,
+    recorder: mpsc::Sender<recorder::Recorded>,
+    recorder_stop: CancellationToken,
+    stop: CancellationToken,
+    /// Serializes route reloads, so two cannot interleave.
+    reload: tokio::sync::Mutex<()>,
+}
+
+/// The running webhook system. Call [`Webhooks::shutdown`] after the bus drained.
+pub struct Webhooks {
+    shared: Arc<Shared>,
+    outbox: mpsc::Sender<outbox::Item>,
+    catalog: Arc<Catalog>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    recorder_task: Mutex<Option<JoinHandle<()>>>,
+    outbox_stop: CancellationToken,
+}
+
+impl Webhooks {
+    /// Loads the endpoints, gives back this daemon's old leases, and starts the
+    /// writer, the lanes, the recorder and the upkeep task.
+    pub async fn start(
+        store: Store,
+        options: WebhookOptions,
+        metrics: Arc<Metrics>,
+        bus: Bus,
+        catalog: Arc<Catalog>,
+    ) -> Result<Arc<Webhooks>, WebhookError> {
+        let released =
+            db::release_leases(&store, &options.owner, Utc::now().timestamp_micros()).await?;
+        if released > 0 {
+            tracing::info!(
+                deliveries = released,
+                "took back deliveries this daemon was sending when it stopped; they are sent again"
+            );
+        }
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .timeout(options.timeout)
+            .connect_timeout(options.timeout.min(Duration::from_secs(10)))
+            .pool_max_idle_per_host(options.concurrency)
+            .user_agent(format!("evhost/{}", crate::daemon::VERSION))
+            .dns_resolver(Arc::new(egress::GuardedResolver {
+                egress: options.egress.clone(),
+            }))
+            .build()
+            .expect("the webhook HTTP client configuration is valid");
+        let (recorder_tx, recorder_rx) = mpsc::channel(options.batch_size.max(64) * 4);
+        let (outbox_tx, outbox_rx) = mpsc::channel(options.max_backlog);
+        let shared = Arc::new(Shared {
+            store,
+            options,
+            metrics,
+            bus,
+            client,
+            routes: ArcSwap::from_pointee(Vec::new()),
+            lanes: Mutex::new(HashMap::new()),
+            recorder: recorder_tx,
+            recorder_stop: CancellationToken::new(),
+            stop: CancellationToken::new(),
+            reload: tokio::sync::Mutex::new(()),
+        });
+        shared.reload().await?;
+        let outbox_stop = CancellationToken::new();
+        let recorder_task = tokio::spawn(recorder::run(shared.clone(), recorder_rx));
+        let tasks = vec![
+            tokio::spawn(outbox::run_writer(
+                shared.clone(),
+                outbox_rx,
+                outbox_stop.clone(),
+            )),
+            tokio::spawn(upkeep(shared.clone())),
+        ];
+        Ok(Arc::new(Webhooks {
+            shared,
+            outbox: outbox_tx,
+            catalog,
+            tasks: Mutex::new(tasks),
+            recorder_task: Mutex::new(Some(recorder_task)),
+            outbox_stop,
+        }))
+    }
+
+    /// The bus subscriber that turns matching events into deliveries.
+    pub fn subscriber(&self) -> Arc<dyn Subscriber> {
+        Arc::new(outbox::Dispatcher {
+            shared: self.shared.clone(),
+            tx: self.outbox.clone(),
+        })
+    }
+
+    fn store(&self) -> &Store {
+        &self.shared.store
+    }
+
+    /// Creates an endpoint; the answer carries its secret, the only time it is shown.
+    pub async fn create(&self, new: NewEndpoint, actor: &Actor) -> Result<Endpoint, WebhookError> {
+        let name = endpoint::check_name(&new.name)?;
+        let events = endpoint::check_events(&new.events, &self.catalog)?;
+        let domain = new
+            .domain
+            .as_deref()
+            .map(endpoint::check_domain)
+            .transpose()?;
+        let url = self.shared.options.egress.check_url(new.url.trim()).await?;
+        let now = Utc::now();
+        let enabled = new.enabled.unwrap_or(true);
+        let endpoint = Endpoint {
+            id: format!("wh_{}", uuid::Uuid::now_v7().simple()),
+            name,
+            url: url.to_string(),
+            events,
+            domain,
+            format: new.format.unwrap_or_default(),
+            enabled,
+            disabled_reason: (!enabled).then(|| "operator".to_string()),
+            failure_count: 0,
+            last_triggered_at: None,
+            created_at: now,
+            updated_at: now,
+            rotating: false,
+            secret: sign::new_secret(),
+            previous_secret: None,
+            previous_secret_until_us: None,
+        };
+        db::insert_endpoint(self.store(), &endpoint).await?;
+        self.shared.reload().await?;
+        self.shared
+            .announce(
+                evhost_catalog::types::WEBHOOK_CREATED,
+                &endpoint,
+                None,
+                actor,
+            )
+            .await;
+        Ok(endpoint)
+    }
+
+    pub async fn list(&self) -> Result<Vec<Endpoint>, WebhookError> {
+        Ok(db::list_endpoints(self.store()).await?)
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Endpoint, WebhookError> {
+        db::get_endpoint(self.store(), id)
+            .await?
+            .ok_or_else(|| WebhookError::NoEndpoint(id.to_string()))
+    }
+
+    /// Changes the given fields. Enabling also clears the failure run.
+    pub async fn update(
+        &self,
+        id: &str,
+        patch: EndpointPatch,
+        actor: &Actor,
+    ) -> Result<Endpoint, WebhookError> {
+        let mut e = self.get(id).await?;
+        let was_enabled = e.enabled;
+        if let Some(name) = &patch.name {
+            e.name = endpoint::check_name(name)?;
+        }
+        if let Some(events) = &patch.events {
+            e.events = endpoint::check_events(events, &self.catalog)?;
+        }
+        if let Some(domain) = &patch.domain {
+            e.domain = domain.as_deref().map(endpoint::check_domain).transpose()?;
+        }
+        if let Some(url) = &patch.url {
+            e.url = self
+                .shared
+                .options
+                .egress
+                .check_url(url.trim())
+                .await?
+                .to_string();
+        }
+        if let Some(format) = patch.format {
+            e.format = format;
+        }
+        if let Some(enabled) = patch.enabled {
+            set_enabled(&mut e, enabled, "operator");
+        }
+        e.updated_at = Utc::now();
+        if !db::update_endpoint(self.store(), &e).await? {
+            return Err(WebhookError::NoEndpoint(id.to_string()));
+        }
+        self.shared.reload().await?;
+        let kind = match (was_enabled, e.enabled) {
+            (false, true) => evhost_catalog::types::WEBHOOK_ENABLED,
+            (true, false) => evhost_catalog::types::WEBHOOK_DISABLED,
+            _ => evhost_catalog::types::WEBHOOK_UPDATED,
+        };
+        let reason = (kind == evhost_catalog::types::WEBHOOK_DISABLED).then_some("operator");
+        self.shared.announce(kind, &e, reason, actor).await;
+        Ok(e)
+    }
+
+    pub async fn delete(&self, id: &str, actor: &Actor) -> Result<(), WebhookError> {
+        let e = self.get(id).await?;
+        if !db::delete_endpoint(self.store(), id).await? {
+            return Err(WebhookError::NoEndpoint(id.to_string()));
+        }
+        self.shared.reload().await?;
+        self.shared
+            .announce(evhost_catalog::types::WEBHOOK_DELETED, &e, None, actor)
+            .await;
+        Ok(())
+    }
+
+    /// Replaces the secret; the old one keeps signing for `webhooks.secret_overlap`.
+    /// The answer carries the new secret.
+    pub async fn rotate_secret(&self, id: &str, actor: &Actor) -> Result<Endpoint, WebhookError> {
+        let mut e = self.get(id).await?;
+        let now = Utc::now();
+        let overlap = chrono::Duration::from_std(self.shared.options.secret_overlap)
+            .unwrap_or(chrono::Duration::MAX);
+        e.previous_secret = Some(std::mem::replace(&mut e.secret, sign::new_secret()));
+        e.previous_secret_until_us = Some((now + overlap).timestamp_micros());
+        e.rotating = !self.shared.options.secret_overlap.is_zero();
+        e.updated_at = now;
+        if !db::update_endpoint(self.store(), &e).await? {
+            return Err(WebhookError::NoEndpoint(id.to_string()));
+        }
+        self.shared.reload().await?;
+        self.shared
+            .announce(
+                evhost_catalog::types::WEBHOOK_SECRET_ROTATED,
+                &e,
+                None,
+                actor,
+            )
+            .await;
+        Ok(e)
+    }
+
+    /// Sends a signed `webhook.test` ping now (through the outbox, so it is
+    /// recorded like any delivery) and returns the attempt.
+    pub async fn test(&self, id: &str) -> Result<(DeliveryRow, Vec<AttemptRow>), WebhookError> {
+        let e = self.get(id).await?;
+        let delivery_id = lane::send_test(&self.shared, &e).await?;
+        self.delivery(&delivery_id).await
+    }
+
+    /// An endpoint's deliveries, newest first.
+    pub async fn deliveries(
+        &self,
+        endpoint_id: &str,
+        status: Option<&str>,
+        before: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<DeliveryRow>, WebhookError> {
+        self.get(endpoint_id).await?;
+        Ok(db::list_deliveries(self.store(), endpoint_id, status, before, limit).await?)
+    }
+
+    /// A delivery with its attempts.
+    pub async fn delivery(&self, id: &str) -> Result<(DeliveryRow, Vec<AttemptRow>), WebhookError> {
+        let row = db::get_delivery(self.store(), id)
+            .await?
+            .ok_or_else(|| WebhookError::NoDelivery(id.to_string()))?;
+        let attempts = db::attempts(self.store(), id).await?;
+        Ok((row, attempts))
+    }
+
+    /// Makes a finished delivery due now, for one more attempt.
+    pub async fn retry(&self, id: &str) -> Result<DeliveryRow, WebhookError> {
+        let now = Utc::now().timestamp_micros();
+        match db::retry(self.store(), id, now).await? {
+            Some(endpoint_id) => self.shared.wake(&endpoint_id, now),
+            None => {
+                return match db::get_delivery(self.store(), id).await? {
+                    Some(_) => Err(WebhookError::StillPending(id.to_string())),
+                    None => Err(WebhookError::NoDelivery(id.to_string())),
+                };
+            }
+        }
+        Ok(self.delivery(id).await?.0)
+    }
+
+    /// Makes an endpoint's failed deliveries created since `since` due now.
+    pub async fn replay(
+        &self,
+        endpoint_id: &str,
+        since: chrono::DateTime<Utc>,
+    ) -> Result<u64, WebhookError> {
+        self.get(endpoint_id).await?;
+        let now = Utc::now().timestamp_micros();
+        let n = db::replay(self.store(), endpoint_id, since.timestamp_micros(), now).await?;
+        self.shared.wake(endpoint_id, now);
+        Ok(n)
+    }
+
+    /// Writes every queued event's deliveries, lets attempts in flight finish (up to
+    /// the attempt timeout), records them, and gives back the leases of deliveries
+    /// not yet sent. Call after the bus has drained.
+    pub async fn shutdown(&self) {
+        self.outbox_stop.cancel();
+        let tasks = std::mem::take(&mut *self.tasks.lock().expect("not poisoned"));
+        self.shared.stop.cancel();
+        for task in tasks {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "webhook task ended abnormally");
+            }
+        }
+        let lanes: Vec<Arc<Lane>> = self
+            .shared
+            .lanes
+            .lock()
+            .expect("not poisoned")
+            .drain()
+            .map(|(_, lane)| lane)
+            .collect();
+        for lane in &lanes {
+            lane.stop().await;
+        }
+        drop(lanes);
+        // Every sender of results is gone once the lanes are; the recorder drains.
+        self.shared.routes.store(Arc::new(Vec::new()));
+        let recorder = self.recorder_task.lock().expect("not poisoned").take();
+        if let Some(recorder) = recorder {
+            recorder::close(&self.shared);
+            if let Err(e) = recorder.await {
+                tracing::error!(error = %e, "webhook recorder ended abnormally");
+            }
+        }
+        match db::release_leases(
+            &self.shared.store,
+            &self.shared.options.owner,
+            Utc::now().timestamp_micros(),
+        )
+        .await
+        {
+            Ok(n) if n > 0 => {
+                tracing::info!(deliveries = n, "webhook deliveries left for the next start")
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::error!(%error, "could not give back webhook leases; they expire on their own")
+            }
+        }
+        tracing::info!("webhooks stopped");
+    }
+}
+
+/// Enables or disables, recording why.
+fn set_enabled(e: &mut Endpoint, enabled: bool, reason: &str) {
+    if enabled && !e.enabled {
+        e.failure_count = 0;
+    }
+    e.enabled = enabled;
+    e.disabled_reason = (!enabled).then(|| reason.to_string());
+}
+
+impl Shared {
+    /// Reloads the endpoints from the database: starts lanes for new ones, updates
+    /// changed ones, stops removed ones, and swaps in the new routes.
+    async fn reload(self: &Arc<Self>) -> Result<(), sqlx::Error> {
+        let _one_at_a_time = self.reload.lock().await;
+        let endpoints = db::list_endpoints(&self.store).await?;
+        let mut routes = Vec::new();
+        let mut gone = Vec::new();
+        let disabled = endpoints.iter().filter(|e| !e.enabled).count();
+        {
+            let mut lanes = self.lanes.lock().expect("not poisoned");
+            let mut keep = std::collections::HashSet::new();
+            for e in endpoints {
+                keep.insert(e.id.clone());
+                let enabled = e.enabled;
+                let lane = match lanes.get(&e.id) {
+                    Some(lane) => {
+                        lane.update(e);
+                        lane.clone()
+                    }
+                    None => {
+                        let lane = Lane::start(self, e);
+                        lanes.insert(lane.id().to_string(), lane.clone());
+                        lane
+                    }
+                };
+                if enabled {
+                    routes.push(lane);
+                }
+            }
+            lanes.retain(|id, lane| {
+                let stays = keep.contains(id);
+                if !stays {
+                    gone.push(lane.clone());
+                }
+                stays
+            });
+        }
+        self.routes.store(Arc::new(routes));
+        self.metrics
+            .webhooks
+            .endpoints_disabled
+            .set(disabled as i64);
+        for lane in gone {
+            lane.stop().await;
+        }
+        Ok(())
+    }
+
+    /// Tells an endpoint's lane that deliveries are due at `at_us`.
+    fn wake(&self, endpoint_id: &str, at_us: i64) {
+        if let Some(lane) = self.lanes.lock().expect("not poisoned").get(endpoint_id) {
+            lane.due_at(at_us);
+        }
+    }
+
+    /// Publishes a `webhook.*` event (which the audit log records). Management
+    /// changes are rare: wait a little for room rather than lose the event.
+    async fn announce(&self, kind: &str, e: &Endpoint, reason: Option<&str>, actor: &Actor) {
+        let change = e.change(reason);
+        for _ in 0..50 {
+            let mut event = match Event::from_daemon(kind, &change) {
+                Ok(event) => event,
+                Err(error) => {
+                    tracing::error!(%error, "cannot encode a webhook event");
+                    return;
+                }
+            };
+            event.actor = actor.clone();
+            match self.bus.publish(event) {
+                Ok(()) => return,
+                Err(crate::bus::PublishError::QueueFull { .. }) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(error) => {
+                    tracing::error!(%error, event_type = kind, webhook = %e.id, "could not publish a webhook event");
+                    return;
+                }
+            }
+        }
+        tracing::error!(event_type = kind, webhook = %e.id, "the bus stayed full; a webhook event was not published");
+    }
+
+    /// Disables an endpoint on evhost's own account (`gone`, `failing`).
+    async fn disable(self: &Arc<Self>, endpoint_id: &str, reason: &str) {
+        let result = async {
+            let Some(mut e) = db::get_endpoint(&self.store, endpoint_id).await? else {
+                return Ok(None);
+            };
+            if !e.enabled {
+                return Ok(None);
+            }
+            set_enabled(&mut e, false, reason);
+            e.updated_at = Utc::now();
+            db::update_endpoint(&self.store, &e).await?;
+            self.reload().await?;
+            Ok::<_, sqlx::Error>(Some(e))
+        }
+        .await;
+        match result {
+            Ok(Some(e)) => {
+                tracing::warn!(webhook = %e.id, url = %e.url, reason, "webhook endpoint disabled");
+                self.announce(
+                    evhost_catalog::types::WEBHOOK_DISABLED,
+                    &e,
+                    Some(reason),
+                    &Actor::default(),
+                )
+                .await;
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::error!(%error, webhook = endpoint_id, "could not disable a webhook endpoint")
+            }
+        }
+    }
+}
+
+/// Reloads endpoints changed by other daemons and samples the outbox for the
+/// metrics, every poll interval.
+async fn upkeep(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(shared.options.poll_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_stats = std::time::Instant::now() - Duration::from_secs(60);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shared.stop.cancelled() => return,
+        }
+        if let Err(error) = shared.reload().await {
+            tracing::warn!(%error, "could not reload webhook endpoints");
+        }
+        if last_stats.elapsed() >= Duration::from_secs(2) {
+            last_stats = std::time::Instant::now();
+            match db::outbox_stats(&shared.store).await {
+                Ok((pending, oldest)) => {
+                    let now = Utc::now().timestamp_micros();
+                    let m = &shared.metrics.webhooks;
+                    m.pending.set(pending);
+                    let waited = oldest.map_or(0, |due| (now - due).max(0));
+                    m.oldest_due_seconds.set(waited as f64 / 1e6);
+                }
+                Err(error) => tracing::warn!(%error, "could not sample the webhook outbox"),
+            }
+        }
+    }
+}
+
+/// A oneshot answer type used by the test ping.
+pub(crate) type Ack = oneshot::Sender<()>;
