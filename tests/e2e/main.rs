@@ -9,4 +9,5 @@ mod ingest;
 mod metrics;
 mod shutdown;
 mod stream;
+mod webhook_durability;
 mod webhooks;

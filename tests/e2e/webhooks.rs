@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use evhost_e2e::receiver::{Receiver, Reply};
-use evhost_e2e::{Daemon, Options, json, received};
+use evhost_e2e::{Backend, Daemon, Options, json, received};
 
 const ADMIN: &str = "admin-token-0123456789";
 const PUBLISHER: &str = "publish-token-0123456789";
@@ -17,7 +17,12 @@ fn tokens() -> String {
 }
 
 async fn daemon(extra: &[(&str, &str)]) -> Daemon {
+    daemon_on(&Backend::Sqlite, extra).await
+}
+
+async fn daemon_on(backend: &Backend, extra: &[(&str, &str)]) -> Daemon {
     let mut options = Options::default()
+        .backend(backend)
         .webhooks_local()
         .config_yaml(&tokens())
         .token(ADMIN);
@@ -283,48 +288,54 @@ async fn deliveries_are_signed_for_both_kinds_of_receiver() {
 
 #[tokio::test]
 async fn failed_attempts_are_retried_after_each_delay_in_order_with_one_webhook_id() {
-    let d = daemon(&[("EVHOST_WEBHOOKS__RETRY_DELAYS", "[200ms, 600ms]")]).await;
-    let rx = Receiver::start().await;
-    rx.script(vec![Reply::status(500), Reply::status(500)]);
-    let (id, secret) = d
-        .add_webhook(&json!({"name": "flaky", "url": rx.url("/"), "events": ["message.*"]}))
+    for backend in Backend::all() {
+        let d = daemon_on(
+            &backend,
+            &[("EVHOST_WEBHOOKS__RETRY_DELAYS", "[200ms, 600ms]")],
+        )
         .await;
-    d.publish("message.received", &received("example.org", false))
-        .await;
-    let requests = rx.wait_for(3, Duration::from_secs(10)).await;
-    let gap1 = requests[1].at - requests[0].at;
-    let gap2 = requests[2].at - requests[1].at;
-    assert!(
-        gap1 >= Duration::from_millis(200) && gap1 < Duration::from_millis(600),
-        "{gap1:?}"
-    );
-    assert!(
-        gap2 >= Duration::from_millis(600) && gap2 < Duration::from_millis(1500),
-        "{gap2:?}"
-    );
-    let ids: Vec<String> = requests.iter().map(|r| r.webhook_id()).collect();
-    assert!(ids.iter().all(|i| i == &ids[0]), "{ids:?}");
-    for r in &requests {
-        r.verify_standard(&secret).unwrap();
+        let rx = Receiver::start().await;
+        rx.script(vec![Reply::status(500), Reply::status(500)]);
+        let (id, secret) = d
+            .add_webhook(&json!({"name": "flaky", "url": rx.url("/"), "events": ["message.*"]}))
+            .await;
+        d.publish("message.received", &received("example.org", false))
+            .await;
+        let requests = rx.wait_for(3, Duration::from_secs(10)).await;
+        let gap1 = requests[1].at - requests[0].at;
+        let gap2 = requests[2].at - requests[1].at;
+        assert!(
+            gap1 >= Duration::from_millis(200) && gap1 < Duration::from_millis(600),
+            "{gap1:?}"
+        );
+        assert!(
+            gap2 >= Duration::from_millis(600) && gap2 < Duration::from_millis(1500),
+            "{gap2:?}"
+        );
+        let ids: Vec<String> = requests.iter().map(|r| r.webhook_id()).collect();
+        assert!(ids.iter().all(|i| i == &ids[0]), "{ids:?}");
+        for r in &requests {
+            r.verify_standard(&secret).unwrap();
+        }
+        let rows = d
+            .wait_deliveries(&id, "succeeded", 1, Duration::from_secs(5))
+            .await;
+        let (_, delivery) = d
+            .get_json(&format!(
+                "/v1/deliveries/{}",
+                rows[0]["id"].as_str().unwrap()
+            ))
+            .await;
+        assert_eq!(delivery["attempts"], 3);
+        let codes: Vec<i64> = delivery["attempt_log"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["status_code"].as_i64().unwrap())
+            .collect();
+        assert_eq!(codes, [500, 500, 200]);
+        assert_eq!(delivery["attempt_log"][0]["response"], "answer 500");
     }
-    let rows = d
-        .wait_deliveries(&id, "succeeded", 1, Duration::from_secs(5))
-        .await;
-    let (_, delivery) = d
-        .get_json(&format!(
-            "/v1/deliveries/{}",
-            rows[0]["id"].as_str().unwrap()
-        ))
-        .await;
-    assert_eq!(delivery["attempts"], 3);
-    let codes: Vec<i64> = delivery["attempt_log"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["status_code"].as_i64().unwrap())
-        .collect();
-    assert_eq!(codes, [500, 500, 200]);
-    assert_eq!(delivery["attempt_log"][0]["response"], "answer 500");
 }
 
 #[tokio::test]
@@ -382,78 +393,85 @@ async fn timeouts_and_refused_connections_fail_after_the_last_retry() {
 
 #[tokio::test]
 async fn gone_disables_at_once_and_a_failing_run_disables_too() {
-    let d = daemon(&[
-        ("EVHOST_WEBHOOKS__MAX_RETRIES", "0"),
-        ("EVHOST_WEBHOOKS__DISABLE_AFTER_FAILURES", "2"),
-    ])
-    .await;
-    let gone = Receiver::start_with(Reply::status(410)).await;
-    let broken = Receiver::start_with(Reply::status(500)).await;
-    let (gone_id, _) = d
-        .add_webhook(&json!({"name": "gone", "url": gone.url("/"), "events": ["message.*"]}))
+    for backend in Backend::all() {
+        let d = daemon_on(
+            &backend,
+            &[
+                ("EVHOST_WEBHOOKS__MAX_RETRIES", "0"),
+                ("EVHOST_WEBHOOKS__DISABLE_AFTER_FAILURES", "2"),
+            ],
+        )
         .await;
-    let (broken_id, _) = d
-        .add_webhook(&json!({"name": "broken", "url": broken.url("/"), "events": ["message.*"]}))
-        .await;
-    d.publish("message.received", &received("example.org", false))
-        .await;
-    gone.wait_for(1, Duration::from_secs(5)).await;
-    broken.wait_for(1, Duration::from_secs(5)).await;
-    d.wait_deliveries(&broken_id, "failed", 1, Duration::from_secs(5))
-        .await;
-    // One failure: still enabled. The second in a row disables it.
-    let (_, e) = d.get_json(&format!("/v1/webhooks/{broken_id}")).await;
-    assert_eq!(e["enabled"], true, "{e}");
-    assert_eq!(e["failure_count"], 1);
-    d.publish("message.received", &received("example.org", false))
-        .await;
-    broken.wait_for(2, Duration::from_secs(5)).await;
-    for (id, reason) in [(&gone_id, "gone"), (&broken_id, "failing")] {
-        let mut e = json!(null);
+        let gone = Receiver::start_with(Reply::status(410)).await;
+        let broken = Receiver::start_with(Reply::status(500)).await;
+        let (gone_id, _) = d
+            .add_webhook(&json!({"name": "gone", "url": gone.url("/"), "events": ["message.*"]}))
+            .await;
+        let (broken_id, _) = d
+            .add_webhook(
+                &json!({"name": "broken", "url": broken.url("/"), "events": ["message.*"]}),
+            )
+            .await;
+        d.publish("message.received", &received("example.org", false))
+            .await;
+        gone.wait_for(1, Duration::from_secs(5)).await;
+        broken.wait_for(1, Duration::from_secs(5)).await;
+        d.wait_deliveries(&broken_id, "failed", 1, Duration::from_secs(5))
+            .await;
+        // One failure: still enabled. The second in a row disables it.
+        let (_, e) = d.get_json(&format!("/v1/webhooks/{broken_id}")).await;
+        assert_eq!(e["enabled"], true, "{e}");
+        assert_eq!(e["failure_count"], 1);
+        d.publish("message.received", &received("example.org", false))
+            .await;
+        broken.wait_for(2, Duration::from_secs(5)).await;
+        for (id, reason) in [(&gone_id, "gone"), (&broken_id, "failing")] {
+            let mut e = json!(null);
+            for _ in 0..100 {
+                e = d.get_json(&format!("/v1/webhooks/{id}")).await.1;
+                if e["enabled"] == false {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert_eq!(e["enabled"], false, "{e}");
+            assert_eq!(e["disabled_reason"], reason, "{e}");
+        }
+        // Nothing more goes to a disabled endpoint.
+        d.publish("message.received", &received("example.org", false))
+            .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(gone.count(), 1);
+        assert_eq!(broken.count(), 2);
+        // Each disabling was announced (and so audited).
+        let mut rows = Vec::new();
         for _ in 0..100 {
-            e = d.get_json(&format!("/v1/webhooks/{id}")).await.1;
-            if e["enabled"] == false {
+            rows = d
+                .audit_rows("types=webhook.disabled", 100, Some(ADMIN))
+                .await;
+            if rows.len() == 2 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert_eq!(e["enabled"], false, "{e}");
-        assert_eq!(e["disabled_reason"], reason, "{e}");
-    }
-    // Nothing more goes to a disabled endpoint.
-    d.publish("message.received", &received("example.org", false))
-        .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(gone.count(), 1);
-    assert_eq!(broken.count(), 2);
-    // Each disabling was announced (and so audited).
-    let mut rows = Vec::new();
-    for _ in 0..100 {
-        rows = d
-            .audit_rows("types=webhook.disabled", 100, Some(ADMIN))
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        let reasons: Vec<&str> = rows
+            .iter()
+            .map(|r| r["details"]["reason"].as_str().unwrap())
+            .collect();
+        assert!(
+            reasons.contains(&"gone") && reasons.contains(&"failing"),
+            "{reasons:?}"
+        );
+        assert_eq!(d.metric("evhost_webhook_endpoints_disabled").await, 2.0);
+        // Enabling clears the failure run.
+        let (status, e) = d
+            .post_json(&format!("/v1/webhooks/{broken_id}/enable"), &json!({}))
             .await;
-        if rows.len() == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(status, 200);
+        assert_eq!(e["failure_count"], 0);
+        assert!(e.get("disabled_reason").is_none());
     }
-    assert_eq!(rows.len(), 2, "{rows:?}");
-    let reasons: Vec<&str> = rows
-        .iter()
-        .map(|r| r["details"]["reason"].as_str().unwrap())
-        .collect();
-    assert!(
-        reasons.contains(&"gone") && reasons.contains(&"failing"),
-        "{reasons:?}"
-    );
-    assert_eq!(d.metric("evhost_webhook_endpoints_disabled").await, 2.0);
-    // Enabling clears the failure run.
-    let (status, e) = d
-        .post_json(&format!("/v1/webhooks/{broken_id}/enable"), &json!({}))
-        .await;
-    assert_eq!(status, 200);
-    assert_eq!(e["failure_count"], 0);
-    assert!(e.get("disabled_reason").is_none());
 }
 
 #[tokio::test]
@@ -603,56 +621,58 @@ async fn private_and_metadata_addresses_are_refused_unless_allow_listed() {
 
 #[tokio::test]
 async fn failed_deliveries_can_be_retried_and_replayed() {
-    let d = daemon(&[("EVHOST_WEBHOOKS__MAX_RETRIES", "0")]).await;
-    let rx = Receiver::start_with(Reply::status(500)).await;
-    let (id, _) = d
-        .add_webhook(&json!({"name": "r", "url": rx.url("/"), "events": ["message.*"]}))
-        .await;
-    let since = chrono_now();
-    for _ in 0..3 {
-        d.publish("message.received", &received("example.org", false))
+    for backend in Backend::all() {
+        let d = daemon_on(&backend, &[("EVHOST_WEBHOOKS__MAX_RETRIES", "0")]).await;
+        let rx = Receiver::start_with(Reply::status(500)).await;
+        let (id, _) = d
+            .add_webhook(&json!({"name": "r", "url": rx.url("/"), "events": ["message.*"]}))
             .await;
+        let since = chrono_now();
+        for _ in 0..3 {
+            d.publish("message.received", &received("example.org", false))
+                .await;
+        }
+        let failed = d
+            .wait_deliveries(&id, "failed", 3, Duration::from_secs(5))
+            .await;
+        rx.set_default(Reply::status(200));
+        // A pending delivery cannot be retried; a failed one can.
+        let first = failed[0]["id"].as_str().unwrap();
+        let r = d
+            .request(
+                reqwest::Method::POST,
+                &format!("/v1/deliveries/{first}/retry"),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        d.wait_deliveries(&id, "succeeded", 1, Duration::from_secs(5))
+            .await;
+        let (_, delivery) = d.get_json(&format!("/v1/deliveries/{first}")).await;
+        assert_eq!(delivery["attempts"], 2);
+        let (status, _) = d.post_json("/v1/deliveries/nope/retry", &json!({})).await;
+        assert_eq!(status, 404);
+        // Replay the rest.
+        let (status, answer) = d
+            .post_json(
+                &format!("/v1/webhooks/{id}/replay?since={since}"),
+                &json!({}),
+            )
+            .await;
+        assert_eq!(status, 202, "{answer}");
+        assert_eq!(answer["replayed"], 2);
+        d.wait_deliveries(&id, "succeeded", 3, Duration::from_secs(5))
+            .await;
+        let (status, answer) = d
+            .post_json(&format!("/v1/webhooks/{id}/replay"), &json!({}))
+            .await;
+        assert_eq!(status, 400, "{answer}");
+        let (status, answer) = d
+            .get_json(&format!("/v1/webhooks/{id}/deliveries?status=sent"))
+            .await;
+        assert_eq!(status, 400, "{answer}");
     }
-    let failed = d
-        .wait_deliveries(&id, "failed", 3, Duration::from_secs(5))
-        .await;
-    rx.set_default(Reply::status(200));
-    // A pending delivery cannot be retried; a failed one can.
-    let first = failed[0]["id"].as_str().unwrap();
-    let r = d
-        .request(
-            reqwest::Method::POST,
-            &format!("/v1/deliveries/{first}/retry"),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    d.wait_deliveries(&id, "succeeded", 1, Duration::from_secs(5))
-        .await;
-    let (_, delivery) = d.get_json(&format!("/v1/deliveries/{first}")).await;
-    assert_eq!(delivery["attempts"], 2);
-    let (status, _) = d.post_json("/v1/deliveries/nope/retry", &json!({})).await;
-    assert_eq!(status, 404);
-    // Replay the rest.
-    let (status, answer) = d
-        .post_json(
-            &format!("/v1/webhooks/{id}/replay?since={since}"),
-            &json!({}),
-        )
-        .await;
-    assert_eq!(status, 202, "{answer}");
-    assert_eq!(answer["replayed"], 2);
-    d.wait_deliveries(&id, "succeeded", 3, Duration::from_secs(5))
-        .await;
-    let (status, answer) = d
-        .post_json(&format!("/v1/webhooks/{id}/replay"), &json!({}))
-        .await;
-    assert_eq!(status, 400, "{answer}");
-    let (status, answer) = d
-        .get_json(&format!("/v1/webhooks/{id}/deliveries?status=sent"))
-        .await;
-    assert_eq!(status, 400, "{answer}");
 }
 
 fn chrono_now() -> String {

@@ -62,11 +62,11 @@ pub struct IdArgs {
 
 #[derive(Args)]
 pub struct AddArgs {
+    /// Where to POST, http:// or https://.
+    #[arg(id = "endpoint_url", value_name = "URL")]
+    url: String,
     #[arg(long)]
     name: String,
-    /// Where to POST, http:// or https://.
-    #[arg(long)]
-    url: String,
     /// Type patterns, comma-separated: message.received,user.*
     #[arg(long, value_delimiter = ',', required = true)]
     events: Vec<String>,
@@ -88,7 +88,8 @@ pub struct UpdateArgs {
     id: String,
     #[arg(long)]
     name: Option<String>,
-    #[arg(long)]
+    /// The new URL to POST to.
+    #[arg(long = "endpoint-url", id = "endpoint_url", value_name = "URL")]
     url: Option<String>,
     #[arg(long, value_delimiter = ',')]
     events: Option<Vec<String>>,
@@ -241,7 +242,7 @@ pub async fn run(command: WebhooksCommand) -> anyhow::Result<()> {
             }
             if body.as_object().is_some_and(|o| o.is_empty()) {
                 bail!(
-                    "nothing to change: give --name, --url, --events, --domain, --no-domain or --format"
+                    "nothing to change: give --name, --endpoint-url, --events, --domain, --no-domain or --format"
                 );
             }
             let path = format!("/v1/webhooks/{}", a.id);
