@@ -7,9 +7,12 @@
 //!   daemon in this process, sharing the machine's cores;
 //! - idle RSS of a freshly started `evhost serve`;
 //! - the audit log ([`audit`]): batched writes against one transaction per row, on
-//!   SQLite and (with a URL) PostgreSQL.
+//!   SQLite and (with a URL) PostgreSQL;
+//! - webhooks ([`webhooks`]): deliveries/s (1 and 50 endpoints) and publish → receive
+//!   latency at 5,000 events/s, against a bare loopback POST loop.
 
 mod audit;
+mod webhooks;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -68,6 +71,7 @@ pub enum Part {
     Bus,
     Http,
     Audit,
+    Webhooks,
     Rss,
 }
 
@@ -148,6 +152,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             args.audit_rows,
             args.workers,
             args.postgres_url.as_deref(),
+        ))?;
+    }
+    if args.wants(Part::Webhooks) {
+        rt.block_on(webhooks::report(
+            args.postgres_url.as_deref(),
+            args.http_seconds,
         ))?;
     }
     if args.wants(Part::Rss) && !args.skip_rss {

@@ -1,0 +1,395 @@
+//! Webhook delivery figures: deliveries/s to a fast local receiver (1 and 50
+//! endpoints, every request signed), and publish → receive latency at a fixed rate;
+//! against a bare loopback POST loop to the same receiver (the baseline). The
+//! daemon runs in this process with its defaults except: audit off (measured
+//! separately), 127.0.0.0/8 allowed, and the backend under test.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::json;
+
+use super::{PAYLOAD, row, thousands};
+use crate::config::Config;
+
+/// The receiver: answers 200 at once, counts, and notes when each event id arrived.
+struct Receiver {
+    addr: SocketAddr,
+    count: Arc<AtomicU64>,
+    arrivals: Arc<Mutex<HashMap<String, Instant>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Receiver {
+    async fn start() -> anyhow::Result<Receiver> {
+        let count = Arc::new(AtomicU64::new(0));
+        let arrivals = Arc::new(Mutex::new(HashMap::new()));
+        let c = count.clone();
+        let app = axum::Router::new().fallback(move || {
+            let c = c.clone();
+            async move {
+                c.fetch_add(1, Ordering::Relaxed);
+                "ok"
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Receiver {
+            addr,
+            count,
+            arrivals,
+            task,
+        })
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A receiver that parses the body's `id` and notes the arrival time.
+async fn timing_receiver() -> anyhow::Result<Receiver> {
+    let count = Arc::new(AtomicU64::new(0));
+    let arrivals: Arc<Mutex<HashMap<String, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
+    let (c, a) = (count.clone(), arrivals.clone());
+    let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
+        let (c, a) = (c.clone(), a.clone());
+        async move {
+            let at = Instant::now();
+            c.fetch_add(1, Ordering::Relaxed);
+            #[derive(serde::Deserialize)]
+            struct Id<'a> {
+                #[serde(borrow)]
+                id: &'a str,
+            }
+            if let Ok(Id { id }) = serde_json::from_slice::<Id>(&body) {
+                a.lock().expect("not poisoned").insert(id.to_string(), at);
+            }
+            "ok"
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(Receiver {
+        addr,
+        count,
+        arrivals,
+        task,
+    })
+}
+
+/// A bare loop of `concurrency` clients POSTing the payload for `seconds`.
+async fn baseline(addr: SocketAddr, concurrency: usize, seconds: u64) -> anyhow::Result<f64> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()?;
+    let done = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (client, done) = (client.clone(), done.clone());
+        let url = format!("http://{addr}/");
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < deadline {
+                let r = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(PAYLOAD)
+                    .send()
+                    .await?;
+                r.bytes().await?;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<(), anyhow::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+}
+
+struct Daemon {
+    addr: SocketAddr,
+    /// A scratch PostgreSQL schema, dropped at stop: (url, schema).
+    scratch: Option<(String, String)>,
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), crate::daemon::ServeError>>,
+    client: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts a daemon on SQLite in a fresh folder, or on a fresh schema of the
+/// PostgreSQL at `postgres`.
+async fn start_daemon(postgres: Option<&str>) -> anyhow::Result<Daemon> {
+    let dir = tempfile::tempdir()?;
+    let mut env = vec![
+        (
+            "EVHOST_DATA_DIR".to_string(),
+            dir.path().display().to_string(),
+        ),
+        ("EVHOST_SERVER__LISTEN".into(), "127.0.0.1:0".into()),
+        ("EVHOST_AUDIT__ENABLED".into(), "false".into()),
+        ("EVHOST_EVENTS__QUEUE_SIZE".into(), "100000".into()),
+        ("EVHOST_SERVER__MAX_BATCH_EVENTS".into(), "1000".into()),
+        (
+            "EVHOST_SERVER__MAX_BODY_BYTES".into(),
+            (16 << 20).to_string(),
+        ),
+        (
+            "EVHOST_WEBHOOKS__ALLOWED_NETWORKS".into(),
+            "[127.0.0.0/8]".into(),
+        ),
+        ("EVHOST_WEBHOOKS__MAX_BACKLOG".into(), "200000".into()),
+    ];
+    let scratch = postgres.map(|url| {
+        let schema = format!("evhost_bench_{}", uuid::Uuid::new_v4().simple());
+        env.push(("EVHOST_DATABASE__URL".into(), url.into()));
+        env.push(("EVHOST_DATABASE__SCHEMA".into(), schema.clone()));
+        (url.to_string(), schema)
+    });
+    let config = Config::load_from(None, env)?;
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = {
+        let stop = stop.clone();
+        tokio::spawn(crate::daemon::serve(
+            config,
+            stop.cancelled_owned(),
+            move |r| {
+                let _ = ready_tx.send(r.addr);
+            },
+        ))
+    };
+    let addr = ready_rx.await.context("the daemon did not start")?;
+    Ok(Daemon {
+        addr,
+        scratch,
+        stop,
+        task,
+        client: reqwest::Client::new(),
+        _dir: dir,
+    })
+}
+
+impl Daemon {
+    async fn add_endpoints(&self, receiver: SocketAddr, n: usize) -> anyhow::Result<()> {
+        for i in 0..n {
+            let r = self
+                .client
+                .post(format!("http://{}/v1/webhooks", self.addr))
+                .json(&json!({"name": format!("bench-{i}"), "url": format!("http://{receiver}/hook/{i}"), "events": ["message.*"]}))
+                .send()
+                .await?;
+            if r.status() != 201 {
+                bail!("adding an endpoint failed: {}", r.text().await?);
+            }
+        }
+        Ok(())
+    }
+
+    async fn publish_batch(&self, body: String) -> anyhow::Result<()> {
+        loop {
+            let r = self
+                .client
+                .post(format!("http://{}/v1/events/batch", self.addr))
+                .header("content-type", "application/json")
+                .body(body.clone())
+                .send()
+                .await?;
+            match r.status().as_u16() {
+                202 => return Ok(()),
+                503 => tokio::time::sleep(Duration::from_millis(5)).await,
+                s => bail!("publishing failed: {s} {}", r.text().await?),
+            }
+        }
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        self.task.await??;
+        if let Some((url, schema)) = self.scratch
+            && let Ok(pool) = sqlx::PgPool::connect(&url).await
+        {
+            let sql = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
+            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&pool).await;
+            pool.close().await;
+        }
+        Ok(())
+    }
+}
+
+fn batch_body(ids: impl Iterator<Item = String>) -> String {
+    let events: Vec<String> = ids
+        .map(|id| format!(r#"{{"id":"{id}","type":"message.received","data":{PAYLOAD}}}"#))
+        .collect();
+    format!("[{}]", events.join(","))
+}
+
+/// Deliveries/s: publish `events` (in batches of 500) to `endpoints` endpoints and
+/// time until the receiver has every delivery.
+async fn throughput(
+    postgres: Option<&str>,
+    endpoints: usize,
+    events: usize,
+) -> anyhow::Result<f64> {
+    let receiver = Receiver::start().await?;
+    let daemon = start_daemon(postgres).await?;
+    daemon.add_endpoints(receiver.addr, endpoints).await?;
+    let run = uuid::Uuid::now_v7().simple().to_string();
+    let want = (events * endpoints) as u64;
+    let start = Instant::now();
+    for chunk in 0..events.div_ceil(500) {
+        let ids = (chunk * 500..((chunk + 1) * 500).min(events)).map(|n| format!("tp-{run}-{n}"));
+        daemon.publish_batch(batch_body(ids)).await?;
+    }
+    let limit = Duration::from_secs(300);
+    while receiver.count.load(Ordering::Relaxed) < want {
+        if start.elapsed() > limit {
+            bail!(
+                "only {} of {want} deliveries arrived within {limit:?}",
+                receiver.count.load(Ordering::Relaxed)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let rate = want as f64 / start.elapsed().as_secs_f64();
+    daemon.stop().await?;
+    Ok(rate)
+}
+
+/// Publish → receive latency (p50, p99) at `rate` events/s for `seconds`, one
+/// endpoint; events go out in batches of 5 every millisecond.
+async fn latency(
+    postgres: Option<&str>,
+    rate: u64,
+    seconds: u64,
+) -> anyhow::Result<(f64, f64, f64)> {
+    let receiver = timing_receiver().await?;
+    let daemon = Arc::new(start_daemon(postgres).await?);
+    daemon.add_endpoints(receiver.addr, 1).await?;
+    let run = uuid::Uuid::now_v7().simple().to_string();
+    let per_tick = 5u64;
+    let ticks = rate * seconds / per_tick;
+    let interval = Duration::from_secs_f64(per_tick as f64 / rate as f64);
+    let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let start = Instant::now();
+    let mut inflight = tokio::task::JoinSet::new();
+    for t in 0..ticks {
+        ticker.tick().await;
+        let ids: Vec<String> = (0..per_tick)
+            .map(|i| format!("lat-{run}-{t}-{i}"))
+            .collect();
+        let at = Instant::now();
+        {
+            let mut sent = sent.lock().expect("not poisoned");
+            for id in &ids {
+                sent.insert(id.clone(), at);
+            }
+        }
+        let daemon = daemon.clone();
+        inflight.spawn(async move { daemon.publish_batch(batch_body(ids.into_iter())).await });
+        while let Some(done) = inflight.try_join_next() {
+            done??;
+        }
+    }
+    while let Some(done) = inflight.join_next().await {
+        done??;
+    }
+    let achieved = (ticks * per_tick) as f64 / start.elapsed().as_secs_f64();
+    let want = ticks * per_tick;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while receiver.count.load(Ordering::Relaxed) < want && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let arrivals = receiver.arrivals.lock().expect("not poisoned").clone();
+    let sent = sent.lock().expect("not poisoned").clone();
+    let mut waits: Vec<f64> = sent
+        .iter()
+        .filter_map(|(id, at)| {
+            arrivals
+                .get(id)
+                .map(|got| got.duration_since(*at).as_secs_f64() * 1e3)
+        })
+        .collect();
+    if waits.len() as u64 != want {
+        let metrics = daemon
+            .client
+            .get(format!("http://{}/metrics", daemon.addr))
+            .send()
+            .await?
+            .text()
+            .await?;
+        let attempts: Vec<&str> = metrics
+            .lines()
+            .filter(|l| l.starts_with("evhost_webhook_") && !l.contains("_bucket"))
+            .collect();
+        bail!(
+            "only {} of {want} paced events arrived; {}",
+            waits.len(),
+            attempts.join("; ")
+        );
+    }
+    waits.sort_by(f64::total_cmp);
+    let pct = |p: f64| waits[((waits.len() as f64 * p) as usize).min(waits.len() - 1)];
+    let (p50, p99) = (pct(0.50), pct(0.99));
+    Arc::try_unwrap(daemon)
+        .map_err(|_| anyhow::anyhow!("publisher tasks still hold the daemon"))?
+        .stop()
+        .await?;
+    Ok((p50, p99, achieved))
+}
+
+/// Prints the webhook rows of the report.
+pub async fn report(postgres_url: Option<&str>, seconds: u64) -> anyhow::Result<()> {
+    let receiver = Receiver::start().await?;
+    let bare = baseline(receiver.addr, 64, seconds).await?;
+    drop(receiver);
+    row(
+        "bare loopback POST loop to the same receiver, 64 connections (baseline)",
+        format!("{} requests/s", thousands(bare)),
+        "1.00".into(),
+    );
+    let mut backends = vec![("SQLite", None)];
+    if let Some(url) = postgres_url {
+        backends.push(("PostgreSQL", Some(url)));
+    }
+    for (name, pg) in backends {
+        for (endpoints, events) in [(1usize, 40_000usize), (50, 1_000)] {
+            let rate = throughput(pg, endpoints, events).await?;
+            row(
+                &format!(
+                    "webhook deliveries, signed, {endpoints} endpoint(s), {} deliveries ({name})",
+                    endpoints * events
+                ),
+                format!("{} deliveries/s", thousands(rate)),
+                format!("{:.2}", rate / bare),
+            );
+        }
+        let (p50, p99, achieved) = latency(pg, 5_000, seconds.max(3)).await?;
+        row(
+            &format!(
+                "publish → receive at {} events/s paced, 1 endpoint ({name})",
+                thousands(achieved)
+            ),
+            format!("p50 {p50:.1} ms, p99 {p99:.1} ms"),
+            "".into(),
+        );
+    }
+    Ok(())
+}
