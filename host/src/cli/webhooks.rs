@@ -188,7 +188,7 @@ pub async fn run(command: WebhooksCommand) -> anyhow::Result<()> {
             }
             writeln!(
                 out,
-                "{:<30} {:<20} {:<9} {:<8} {:<40} EVENTS",
+                "{:<35} {:<20} {:<9} {:<8} {:<40} EVENTS",
                 "ID", "NAME", "ENABLED", "FAILURES", "URL"
             )?;
             for h in &hooks {
@@ -205,7 +205,7 @@ pub async fn run(command: WebhooksCommand) -> anyhow::Result<()> {
                 };
                 writeln!(
                     out,
-                    "{:<30} {:<20} {:<9} {:<8} {:<40} {}",
+                    "{:<35} {:<20} {:<9} {:<8} {:<40} {}",
                     h["id"].as_str().unwrap_or("-"),
                     h["name"].as_str().unwrap_or("-"),
                     enabled,
