@@ -264,7 +264,8 @@ async fn a_resent_id_is_recognised_after_a_restart() {
         let event =
             json!({"type": "billing.invoice_paid", "id": "inv-2026-0001", "data": {"amount": 12}});
         assert_eq!(d.post_json("/v1/events", &event).await.0, 202);
-        assert!(d.terminate().await.success());
+        let status = d.terminate().await;
+        assert!(status.success(), "{status:?}; log:\n{}", d.log());
         d.restart().await;
         let r = d
             .request(Method::POST, "/v1/events")

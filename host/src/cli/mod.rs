@@ -459,7 +459,11 @@ fn serve(config_file: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = rt.block_on(daemon::serve(config, stop_signal(), |running| {
+    let stop = {
+        let _runtime = rt.enter();
+        stop_signal()
+    };
+    let result = rt.block_on(daemon::serve(config, stop, |running| {
         eprintln!(
             "evhost {} listening on http://{}",
             daemon::VERSION,
@@ -480,12 +484,18 @@ fn serve(config_file: Option<PathBuf>) -> ExitCode {
 }
 
 /// Completes on SIGINT or SIGTERM.
-async fn stop_signal() {
+/// Installs the SIGTERM and SIGINT handlers now (before the daemon answers anything,
+/// so a signal sent right after start-up is never met by the default action, which
+/// would kill the process without draining) and resolves when either arrives.
+fn stop_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("can install a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let mut int = signal(SignalKind::interrupt()).expect("can install a SIGINT handler");
+    async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
     }
 }
 
