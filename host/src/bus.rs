@@ -68,12 +68,54 @@ impl<'a> Handling<'a> {
     ) -> Handling<'a> {
         Handling::Later(Box::pin(future))
     }
+
+    /// Hands `item` to a durable sink's bounded queue (`sink` names it in errors):
+    /// at once when there is room, else by waiting for room. Waiting holds this bus
+    /// worker, so the bus queue fills and publishers are pushed back; nothing is
+    /// dropped. Such a subscriber's [`Subscriber::time_limit`] is `None`.
+    pub fn hand_off<T: Send + 'a>(
+        tx: &'a mpsc::Sender<T>,
+        item: T,
+        sink: &'static str,
+    ) -> Handling<'a> {
+        match tx.try_send(item) {
+            Ok(()) => Handling::ok(),
+            Err(mpsc::error::TrySendError::Full(item)) => Handling::later(async move {
+                tx.send(item)
+                    .await
+                    .map_err(|_| format!("{sink} has stopped").into())
+            }),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                Handling::Done(Err(format!("{sink} has stopped").into()))
+            }
+        }
+    }
 }
 
 impl From<Result<(), HandlerError>> for Handling<'_> {
     fn from(result: Result<(), HandlerError>) -> Self {
         Handling::Done(result)
     }
+}
+
+/// Receives the next batch (up to `limit` items) of a sink's queue into `buf`. Once
+/// `stop` fires the queue is closed and what is still in it keeps coming, batch by
+/// batch; false when it is closed and empty. The loop of every batching writer.
+pub async fn recv_batch<T>(
+    rx: &mut mpsc::Receiver<T>,
+    buf: &mut Vec<T>,
+    limit: usize,
+    stop: &CancellationToken,
+) -> bool {
+    if !stop.is_cancelled() {
+        tokio::select! {
+            biased;
+            n = rx.recv_many(buf, limit) => return n > 0,
+            () = stop.cancelled() => {}
+        }
+    }
+    rx.close();
+    rx.recv_many(buf, limit).await > 0
 }
 
 /// Why the bus did not take an event.

@@ -43,7 +43,7 @@ pub enum ServeError {
     Audit(#[from] crate::audit::AuditError),
     #[error("webhooks")]
     Webhooks(#[from] crate::webhooks::WebhookError),
-    #[error("cannot write to the data folder {path}")]
+    #[error("cannot read or write {path}")]
     DataDir {
         path: std::path::PathBuf,
         source: std::io::Error,
@@ -138,11 +138,10 @@ pub async fn serve(
         None
     };
     let webhooks = if config.webhooks.enabled {
-        let owner =
-            crate::webhooks::owner_id(&config.data_dir).map_err(|source| ServeError::DataDir {
-                path: config.data_dir.clone(),
-                source,
-            })?;
+        // Named like the audit chain, in its own file, so a restarted daemon knows
+        // (and gives back) the leases it held.
+        let path = config.data_dir.join("webhook-owner-id");
+        let owner = local_id(&path).map_err(|source| ServeError::DataDir { path, source })?;
         let webhooks = Webhooks::start(
             store.clone(),
             WebhookOptions::from_config(&config, owner),
@@ -278,6 +277,25 @@ fn publish_own<T: serde::Serialize>(bus: &Bus, kind: &str, data: &T) {
         .and_then(|event| bus.publish(event).map_err(|e| e.to_string()));
     if let Err(error) = result {
         tracing::error!(event_type = kind, %error, "could not publish the daemon's own event");
+    }
+}
+
+/// A name for this daemon that survives restarts: read from `path`, or made
+/// (`<hostname>-<random>`) and written there on first use. The audit chain and the
+/// webhook leases are named this way, each in its own file.
+pub fn local_id(path: &std::path::Path) -> std::io::Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_string()),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let suffix = uuid::Uuid::new_v4().simple().to_string();
+            let id = format!("{}-{}", hostname(), &suffix[..8]);
+            std::fs::write(path, &id)?;
+            Ok(id)
+        }
     }
 }
 

@@ -9,18 +9,15 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::AppState;
 use super::error::ApiError;
+use super::{AppState, page_limit, rfc3339_us};
 use crate::audit::{self, Filter, Record};
 use crate::config::Scope;
 use crate::event::TypePattern;
-
-/// Largest page.
-pub const MAX_LIMIT: i64 = 1000;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -62,13 +59,6 @@ pub struct AuditRow {
     hash: String,
 }
 
-fn rfc3339(us: i64) -> String {
-    Utc.timestamp_micros(us)
-        .single()
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
-        .unwrap_or_default()
-}
-
 impl From<Record> for AuditRow {
     fn from(r: Record) -> AuditRow {
         let e = r.entry;
@@ -85,8 +75,8 @@ impl From<Record> for AuditRow {
             actor_ip: e.actor_ip,
             resource_type: e.resource_type,
             resource_id: e.resource_id,
-            time: rfc3339(e.time_us),
-            recorded_at: rfc3339(r.recorded_us),
+            time: rfc3339_us(e.time_us),
+            recorded_at: rfc3339_us(r.recorded_us),
             prev_hash: r.prev_hash,
             hash: r.hash,
         }
@@ -102,7 +92,7 @@ pub struct AuditPage {
 }
 
 fn bad(message: String) -> ApiError {
-    ApiError::bad_request("bad_query", message)
+    ApiError::bad_query(message)
 }
 
 fn parse_time(name: &str, value: &Option<String>) -> Result<Option<i64>, ApiError> {
@@ -137,17 +127,7 @@ fn decode_cursor(cursor: &str) -> Result<i64, ApiError> {
 
 impl AuditQuery {
     fn filter(&self) -> Result<Filter, ApiError> {
-        let limit = match self.limit.as_deref() {
-            None => 100,
-            Some(l) => match l.parse::<i64>() {
-                Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
-                _ => {
-                    return Err(bad(format!(
-                        "`limit` {l:?} is out of range; allowed: 1 to {MAX_LIMIT}"
-                    )));
-                }
-            },
-        };
+        let limit = page_limit(self.limit.as_deref())?;
         let since_us = parse_time("since", &self.since)?;
         let until_us = parse_time("until", &self.until)?;
         if let (Some(s), Some(u)) = (since_us, until_us)

@@ -46,6 +46,11 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, code, message)
     }
 
+    /// A bad query-string parameter.
+    pub fn bad_query(message: impl Into<String>) -> ApiError {
+        ApiError::bad_request("bad_query", message)
+    }
+
     pub fn not_found(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
     }

@@ -30,6 +30,29 @@ use auth::Auth;
 use error::ApiError;
 use stream::Tail;
 
+/// The largest page a list route returns.
+pub const MAX_PAGE: i64 = 1000;
+
+/// A page size from `?limit=`: 100 when absent, else 1 to [`MAX_PAGE`].
+fn page_limit(value: Option<&str>) -> Result<i64, ApiError> {
+    match value {
+        None => Ok(100),
+        Some(l) => match l.parse::<i64>() {
+            Ok(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+            _ => Err(ApiError::bad_query(format!(
+                "`limit` {l:?} is out of range; allowed: 1 to {MAX_PAGE}"
+            ))),
+        },
+    }
+}
+
+/// A stored time (microseconds since the epoch) as the API shows times.
+fn rfc3339_us(us: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(us)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+        .unwrap_or_default()
+}
+
 /// Request size limits.
 #[derive(Debug, Clone)]
 pub struct Limits {

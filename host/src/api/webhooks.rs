@@ -9,21 +9,18 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::AppState;
 use super::error::ApiError;
+use super::{AppState, page_limit, rfc3339_us};
 use crate::config::Scope;
 use crate::event::Actor;
 use crate::webhooks::egress::UrlError;
 use crate::webhooks::{
     AttemptRow, DeliveryRow, Endpoint, EndpointPatch, NewEndpoint, WebhookError, Webhooks, db,
 };
-
-/// Largest page of deliveries.
-pub const MAX_LIMIT: i64 = 1000;
 
 impl From<WebhookError> for ApiError {
     fn from(e: WebhookError) -> ApiError {
@@ -72,7 +69,8 @@ fn webhooks(state: &AppState) -> Result<&Arc<Webhooks>, ApiError> {
     })
 }
 
-fn actor(state: &AppState, headers: &HeaderMap, peer: SocketAddr) -> Result<Actor, ApiError> {
+/// Checks the admin scope; the actor the change is recorded under.
+fn admin(state: &AppState, headers: &HeaderMap, peer: SocketAddr) -> Result<Actor, ApiError> {
     let principal = state.auth.authorize(headers, Scope::Admin)?;
     Ok(Actor {
         token: principal.name,
@@ -91,10 +89,6 @@ fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
         )),
         Err(e) => Err(ApiError::bad_request("invalid_body", e.body_text())),
     }
-}
-
-fn rfc3339(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 /// An endpoint with its secret: only in the answers to create and rotate-secret.
@@ -123,7 +117,7 @@ pub async fn create(
     headers: HeaderMap,
     new: Result<Json<NewEndpoint>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let actor = actor(&state, &headers, peer)?;
+    let actor = admin(&state, &headers, peer)?;
     let webhooks = webhooks(&state)?;
     let new = body(new)?;
     let endpoint = webhooks.create(new, &actor).await?;
@@ -143,7 +137,7 @@ pub async fn list(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Result<Json<EndpointList>, ApiError> {
-    actor(&state, &headers, peer)?;
+    admin(&state, &headers, peer)?;
     Ok(Json(EndpointList {
         webhooks: webhooks(&state)?.list().await?,
     }))
@@ -159,7 +153,7 @@ pub async fn get(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<Endpoint>, ApiError> {
-    actor(&state, &headers, peer)?;
+    admin(&state, &headers, peer)?;
     Ok(Json(webhooks(&state)?.get(&id).await?))
 }
 
@@ -174,7 +168,7 @@ pub async fn update(
     headers: HeaderMap,
     patch: Result<Json<EndpointPatch>, JsonRejection>,
 ) -> Result<Json<Endpoint>, ApiError> {
-    let actor = actor(&state, &headers, peer)?;
+    let actor = admin(&state, &headers, peer)?;
     let webhooks = webhooks(&state)?;
     let patch = body(patch)?;
     Ok(Json(webhooks.update(&id, patch, &actor).await?))
@@ -190,7 +184,7 @@ pub async fn delete(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    let actor = actor(&state, &headers, peer)?;
+    let actor = admin(&state, &headers, peer)?;
     webhooks(&state)?.delete(&id, &actor).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -202,7 +196,7 @@ async fn set_enabled(
     id: &str,
     enabled: bool,
 ) -> Result<Json<Endpoint>, ApiError> {
-    let actor = actor(state, headers, peer)?;
+    let actor = admin(state, headers, peer)?;
     let patch = EndpointPatch {
         enabled: Some(enabled),
         ..EndpointPatch::default()
@@ -247,7 +241,7 @@ pub async fn rotate_secret(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<EndpointWithSecret>, ApiError> {
-    let actor = actor(&state, &headers, peer)?;
+    let actor = admin(&state, &headers, peer)?;
     let endpoint = webhooks(&state)?.rotate_secret(&id, &actor).await?;
     let secret = endpoint.secret.clone();
     Ok(Json(EndpointWithSecret { endpoint, secret }))
@@ -263,7 +257,7 @@ pub async fn test(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<DeliveryView>, ApiError> {
-    actor(&state, &headers, peer)?;
+    admin(&state, &headers, peer)?;
     let (row, attempts) = webhooks(&state)?.test(&id).await?;
     Ok(Json(DeliveryView::of(row, Some(attempts))))
 }
@@ -309,8 +303,7 @@ pub struct DeliveryView {
 impl DeliveryView {
     fn of(r: DeliveryRow, attempts: Option<Vec<AttemptRow>>) -> DeliveryView {
         DeliveryView {
-            next_attempt_at: (r.status == db::PENDING)
-                .then(|| rfc3339(db::time_of(r.next_attempt_us))),
+            next_attempt_at: (r.status == db::PENDING).then(|| rfc3339_us(r.next_attempt_us)),
             id: r.id,
             webhook_id: r.endpoint_id,
             event_id: r.message_id,
@@ -319,13 +312,13 @@ impl DeliveryView {
             attempts: r.attempts,
             last_status_code: r.last_status,
             last_error: r.last_error,
-            created_at: rfc3339(db::time_of(r.created_us)),
-            updated_at: rfc3339(db::time_of(r.updated_us)),
+            created_at: rfc3339_us(r.created_us),
+            updated_at: rfc3339_us(r.updated_us),
             attempt_log: attempts.map(|a| {
                 a.into_iter()
                     .map(|a| AttemptView {
                         attempt: a.attempt,
-                        at: rfc3339(db::time_of(a.time_us)),
+                        at: rfc3339_us(a.time_us),
                         status_code: a.status_code,
                         latency_ms: a.latency_us as f64 / 1000.0,
                         error: a.error,
@@ -355,10 +348,6 @@ pub struct DeliveryPage {
     next_cursor: Option<String>,
 }
 
-fn bad(message: String) -> ApiError {
-    ApiError::bad_request("bad_query", message)
-}
-
 /// An endpoint's deliveries, newest first.
 #[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks", params(DeliveriesQuery),
     responses((status = 200, body = DeliveryPage), (status = 400, description = "Bad status, limit or cursor"), (status = 404, description = "No such endpoint")),
@@ -370,34 +359,24 @@ pub async fn deliveries(
     headers: HeaderMap,
     query: Result<Query<DeliveriesQuery>, QueryRejection>,
 ) -> Result<Json<DeliveryPage>, ApiError> {
-    actor(&state, &headers, peer)?;
+    admin(&state, &headers, peer)?;
     let webhooks = webhooks(&state)?;
-    let Query(q) = query.map_err(|e| bad(e.body_text()))?;
+    let Query(q) = query.map_err(|e| ApiError::bad_query(e.body_text()))?;
     let status = match q.status.as_deref() {
         None => None,
         Some(s @ (db::PENDING | db::SUCCEEDED | db::FAILED)) => Some(s),
         Some(other) => {
-            return Err(bad(format!(
+            return Err(ApiError::bad_query(format!(
                 "`status` {other:?} is not one of pending, succeeded, failed"
             )));
         }
     };
-    let limit = match q.limit.as_deref() {
-        None => 100,
-        Some(l) => match l.parse::<i64>() {
-            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
-            _ => {
-                return Err(bad(format!(
-                    "`limit` {l:?} is out of range; allowed: 1 to {MAX_LIMIT}"
-                )));
-            }
-        },
-    };
+    let limit = page_limit(q.limit.as_deref())?;
     if let Some(c) = &q.cursor
         && uuid::Uuid::parse_str(c).is_err()
     {
-        return Err(bad(
-            "`cursor` is not a cursor this API gave out; start again without it".into(),
+        return Err(ApiError::bad_query(
+            "`cursor` is not a cursor this API gave out; start again without it",
         ));
     }
     let rows = webhooks
@@ -425,7 +404,7 @@ pub async fn delivery(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<DeliveryView>, ApiError> {
-    actor(&state, &headers, peer)?;
+    admin(&state, &headers, peer)?;
     let (row, attempts) = webhooks(&state)?.delivery(&id).await?;
     Ok(Json(DeliveryView::of(row, Some(attempts))))
 }
@@ -440,7 +419,7 @@ pub async fn retry(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    actor(&state, &headers, peer)?;
+    admin(&state, &headers, peer)?;
     let row = webhooks(&state)?.retry(&id).await?;
     Ok((StatusCode::ACCEPTED, Json(DeliveryView::of(row, None))).into_response())
 }
@@ -469,15 +448,15 @@ pub async fn replay(
     headers: HeaderMap,
     query: Result<Query<ReplayQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    actor(&state, &headers, peer)?;
+    admin(&state, &headers, peer)?;
     let webhooks = webhooks(&state)?;
-    let Query(q) = query.map_err(|e| bad(e.body_text()))?;
+    let Query(q) = query.map_err(|e| ApiError::bad_query(e.body_text()))?;
     let since = q.since.as_deref().ok_or_else(|| {
-        bad("`since` is required: an RFC 3339 time such as 2026-11-27T10:00:00Z".into())
+        ApiError::bad_query("`since` is required: an RFC 3339 time such as 2026-11-27T10:00:00Z")
     })?;
     let since = DateTime::parse_from_rfc3339(since)
         .map_err(|e| {
-            bad(format!(
+            ApiError::bad_query(format!(
                 "`since` {since:?} is not an RFC 3339 time such as 2026-11-27T10:00:00Z: {e}"
             ))
         })?

@@ -29,7 +29,7 @@ pub use db::{Filter, count, query, recent_event_ids};
 pub use record::{Entry, Record};
 pub use verify::{Break, Report, verify};
 
-use crate::bus::{Handling, Subscriber};
+use crate::bus::{Handling, Subscriber, recv_batch};
 use crate::event::{Event, new_event_id};
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -243,20 +243,7 @@ impl Subscriber for AuditSubscriber {
     }
 
     fn handle<'a>(&'a self, event: &'a Arc<Event>) -> Handling<'a> {
-        match self.tx.try_send(Item::Event(event.clone())) {
-            Ok(()) => Handling::ok(),
-            // Backlog full: wait for room. This holds the bus worker, the bus queue
-            // fills, and publishers get 503 — nothing is dropped.
-            Err(mpsc::error::TrySendError::Full(item)) => Handling::later(async move {
-                self.tx
-                    .send(item)
-                    .await
-                    .map_err(|_| "the audit writer has stopped".into())
-            }),
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                Handling::Done(Err("the audit writer has stopped".into()))
-            }
-        }
+        Handling::hand_off(&self.tx, Item::Event(event.clone()), "the audit writer")
     }
 
     fn time_limit(&self, _default: Duration) -> Option<Duration> {
@@ -283,22 +270,12 @@ struct Writer {
 impl Writer {
     async fn run(mut self, stop: CancellationToken) {
         let mut items = Vec::with_capacity(self.options.batch_size);
-        let mut stopping = false;
         loop {
             self.metrics.audit.backlog.set(self.rx.len() as i64);
-            if !stopping {
-                tokio::select! {
-                    biased;
-                    n = self.rx.recv_many(&mut items, self.options.batch_size) => {
-                        if n == 0 { break; }
-                    }
-                    () = stop.cancelled() => {
-                        // Take what is queued, then end.
-                        self.rx.close();
-                        stopping = true;
-                        continue;
-                    }
-                }
+            if !recv_batch(&mut self.rx, &mut items, self.options.batch_size, &stop).await {
+                break;
+            }
+            if !stop.is_cancelled() {
                 // Let a batch fill for a moment under moderate load.
                 let deadline = tokio::time::Instant::now() + self.options.flush_interval;
                 while items.len() < self.options.batch_size {
@@ -309,8 +286,6 @@ impl Writer {
                         () = stop.cancelled() => break,
                     }
                 }
-            } else if self.rx.recv_many(&mut items, self.options.batch_size).await == 0 {
-                break;
             }
             let entries: Vec<Entry> = items
                 .drain(..)
@@ -435,21 +410,7 @@ pub async fn purge(store: &Store, days: u32, stop: &CancellationToken) -> Result
 /// The chain id of the daemon owning `data_dir`: made once, kept in a file there.
 pub fn chain_id(data_dir: &Path) -> Result<String, AuditError> {
     let path = data_dir.join("audit-chain-id");
-    let error = |source| AuditError::ChainId {
-        path: path.clone(),
-        source,
-    };
-    match std::fs::read_to_string(&path) {
-        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_string()),
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(error(e)),
-        _ => {
-            std::fs::create_dir_all(data_dir).map_err(error)?;
-            let suffix = uuid::Uuid::new_v4().simple().to_string();
-            let id = format!("{}-{}", crate::daemon::hostname(), &suffix[..8]);
-            std::fs::write(&path, &id).map_err(error)?;
-            Ok(id)
-        }
-    }
+    crate::daemon::local_id(&path).map_err(|source| AuditError::ChainId { path, source })
 }
 
 /// Lets through a few refusals per client address and minute.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use super::{NoOp, template_event, thousands};
+use super::{NoOp, Scratch, template_event, thousands};
 use crate::audit::{Audit, AuditOptions};
 use crate::bus::{Bus, BusOptions, Handling, PublishError, Subscriber};
 use crate::config::Config;
@@ -20,23 +20,12 @@ use crate::store::Store;
 struct BenchDb {
     name: &'static str,
     store: Store,
-    dir: tempfile::TempDir,
-    drop_schema: Option<(String, String)>,
+    scratch: Scratch,
 }
 
 async fn open(postgres: Option<&str>) -> anyhow::Result<BenchDb> {
-    let dir = tempfile::tempdir()?;
-    let mut env = vec![(
-        "EVHOST_DATA_DIR".to_string(),
-        dir.path().display().to_string(),
-    )];
-    let mut drop_schema = None;
-    if let Some(url) = postgres {
-        let schema = format!("evhost_bench_{}", uuid::Uuid::new_v4().simple());
-        env.push(("EVHOST_DATABASE__URL".into(), url.into()));
-        env.push(("EVHOST_DATABASE__SCHEMA".into(), schema.clone()));
-        drop_schema = Some((url.to_string(), schema));
-    }
+    let scratch = Scratch::new(postgres)?;
+    let env = scratch.env();
     let config = Config::load_from(None, env)?;
     let store = Store::connect(&config).await.context("bench database")?;
     store.migrate().await?;
@@ -47,8 +36,7 @@ async fn open(postgres: Option<&str>) -> anyhow::Result<BenchDb> {
             "SQLite"
         },
         store,
-        dir,
-        drop_schema,
+        scratch,
     })
 }
 
@@ -58,7 +46,7 @@ impl BenchDb {
             None,
             [(
                 "EVHOST_DATA_DIR".to_string(),
-                self.dir.path().display().to_string(),
+                self.scratch.dir.path().display().to_string(),
             )],
         )
         .expect("the default config loads");
@@ -88,13 +76,7 @@ impl BenchDb {
 
     async fn close(self) {
         self.store.close().await;
-        if let Some((url, schema)) = self.drop_schema
-            && let Ok(pool) = sqlx::PgPool::connect(&url).await
-        {
-            let sql = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
-            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&pool).await;
-            pool.close().await;
-        }
+        self.scratch.remove().await;
     }
 }
 

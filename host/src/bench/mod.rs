@@ -280,45 +280,111 @@ async fn bus_rate(args: &BenchArgs, subscribers: usize) -> anyhow::Result<f64> {
 }
 
 /// Starts a daemon on a free loopback port and measures single and batched ingest.
-async fn http_rates(args: &BenchArgs, audit: bool) -> anyhow::Result<(f64, f64)> {
-    let data_dir = std::env::temp_dir().join(format!("evhost-bench-{}", std::process::id()));
-    let env = vec![
-        ("EVHOST_AUDIT__ENABLED".to_string(), audit.to_string()),
-        (
-            "EVHOST_SERVER__LISTEN".to_string(),
-            "127.0.0.1:0".to_string(),
-        ),
-        (
+/// A measurement's own state: a fresh data folder and, on PostgreSQL, a fresh schema
+/// (dropped by [`Scratch::remove`]), so no measurement sees another's rows.
+struct Scratch {
+    dir: tempfile::TempDir,
+    postgres: Option<(String, String)>,
+}
+
+impl Scratch {
+    fn new(postgres: Option<&str>) -> anyhow::Result<Scratch> {
+        Ok(Scratch {
+            dir: tempfile::tempdir()?,
+            postgres: postgres.map(|url| {
+                let schema = format!("evhost_bench_{}", uuid::Uuid::new_v4().simple());
+                (url.to_string(), schema)
+            }),
+        })
+    }
+
+    /// The settings that point a daemon or a store here.
+    fn env(&self) -> Vec<(String, String)> {
+        let mut env = vec![(
             "EVHOST_DATA_DIR".to_string(),
-            data_dir.display().to_string(),
-        ),
-        (
-            "EVHOST_EVENTS__QUEUE_SIZE".to_string(),
-            "100000".to_string(),
-        ),
-        (
-            "EVHOST_SERVER__MAX_BATCH_EVENTS".to_string(),
-            args.batch_size.max(1).to_string(),
-        ),
-        (
-            "EVHOST_SERVER__MAX_BODY_BYTES".to_string(),
-            (16 * 1024 * 1024).to_string(),
-        ),
-    ];
-    let config = Config::load_from(None, env)?;
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let daemon = {
-        let stop = stop.clone();
-        tokio::spawn(crate::daemon::serve(
+            self.dir.path().display().to_string(),
+        )];
+        if let Some((url, schema)) = &self.postgres {
+            env.push(("EVHOST_DATABASE__URL".into(), url.clone()));
+            env.push(("EVHOST_DATABASE__SCHEMA".into(), schema.clone()));
+        }
+        env
+    }
+
+    async fn remove(self) {
+        if let Some((url, schema)) = self.postgres
+            && let Ok(pool) = sqlx::PgPool::connect(&url).await
+        {
+            let sql = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
+            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&pool).await;
+            pool.close().await;
+        }
+    }
+}
+
+/// `evhost serve` running in this process on its own [`Scratch`], listening on a
+/// free loopback port, with large queue and body limits and the given settings.
+struct InProcess {
+    addr: std::net::SocketAddr,
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), crate::daemon::ServeError>>,
+    scratch: Scratch,
+}
+
+impl InProcess {
+    async fn start(
+        settings: &[(&str, String)],
+        postgres: Option<&str>,
+    ) -> anyhow::Result<InProcess> {
+        let scratch = Scratch::new(postgres)?;
+        let mut env = scratch.env();
+        env.push(("EVHOST_SERVER__LISTEN".into(), "127.0.0.1:0".into()));
+        env.push(("EVHOST_EVENTS__QUEUE_SIZE".into(), "100000".into()));
+        env.push((
+            "EVHOST_SERVER__MAX_BODY_BYTES".into(),
+            (16 << 20).to_string(),
+        ));
+        env.extend(settings.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        let config = Config::load_from(None, env)?;
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(crate::daemon::serve(
             config,
-            stop.cancelled_owned(),
+            stop.clone().cancelled_owned(),
             move |running| {
                 let _ = ready_tx.send(running.addr);
             },
-        ))
-    };
-    let addr = ready_rx.await.context("the daemon did not start")?;
+        ));
+        let addr = ready_rx.await.context("the daemon did not start")?;
+        Ok(InProcess {
+            addr,
+            stop,
+            task,
+            scratch,
+        })
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        self.task.await??;
+        self.scratch.remove().await;
+        Ok(())
+    }
+}
+
+async fn http_rates(args: &BenchArgs, audit: bool) -> anyhow::Result<(f64, f64)> {
+    let daemon = InProcess::start(
+        &[
+            ("EVHOST_AUDIT__ENABLED", audit.to_string()),
+            (
+                "EVHOST_SERVER__MAX_BATCH_EVENTS",
+                args.batch_size.max(1).to_string(),
+            ),
+        ],
+        None,
+    )
+    .await?;
+    let addr = daemon.addr;
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(args.concurrency.max(8))
         .build_http();
@@ -346,9 +412,7 @@ async fn http_rates(args: &BenchArgs, audit: bool) -> anyhow::Result<(f64, f64)>
     )
     .await?;
 
-    stop.cancel();
-    daemon.await??;
-    let _ = std::fs::remove_dir_all(&data_dir);
+    daemon.stop().await?;
     Ok((single, batches * args.batch_size as f64))
 }
 

@@ -10,13 +10,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use serde_json::json;
 
-use super::{PAYLOAD, row, thousands};
-use crate::config::Config;
+use super::{InProcess, PAYLOAD, row, thousands};
 
-/// The receiver: answers 200 at once, counts, and notes when each event id arrived.
+/// The receiver: answers 200 at once and counts; when `timing`, also notes when each
+/// body's `id` arrived.
 struct Receiver {
     addr: SocketAddr,
     count: Arc<AtomicU64>,
@@ -25,14 +25,23 @@ struct Receiver {
 }
 
 impl Receiver {
-    async fn start() -> anyhow::Result<Receiver> {
+    async fn start(timing: bool) -> anyhow::Result<Receiver> {
         let count = Arc::new(AtomicU64::new(0));
-        let arrivals = Arc::new(Mutex::new(HashMap::new()));
-        let c = count.clone();
-        let app = axum::Router::new().fallback(move || {
-            let c = c.clone();
+        let arrivals: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+        let (c, a) = (count.clone(), arrivals.clone());
+        let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
+            let (c, a) = (c.clone(), a.clone());
             async move {
+                let at = Instant::now();
                 c.fetch_add(1, Ordering::Relaxed);
+                #[derive(serde::Deserialize)]
+                struct Id<'a> {
+                    #[serde(borrow)]
+                    id: &'a str,
+                }
+                if timing && let Ok(Id { id }) = serde_json::from_slice::<Id>(&body) {
+                    a.lock().expect("not poisoned").insert(id.to_string(), at);
+                }
                 "ok"
             }
         });
@@ -54,40 +63,6 @@ impl Drop for Receiver {
     fn drop(&mut self) {
         self.task.abort();
     }
-}
-
-/// A receiver that parses the body's `id` and notes the arrival time.
-async fn timing_receiver() -> anyhow::Result<Receiver> {
-    let count = Arc::new(AtomicU64::new(0));
-    let arrivals: Arc<Mutex<HashMap<String, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
-    let (c, a) = (count.clone(), arrivals.clone());
-    let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
-        let (c, a) = (c.clone(), a.clone());
-        async move {
-            let at = Instant::now();
-            c.fetch_add(1, Ordering::Relaxed);
-            #[derive(serde::Deserialize)]
-            struct Id<'a> {
-                #[serde(borrow)]
-                id: &'a str,
-            }
-            if let Ok(Id { id }) = serde_json::from_slice::<Id>(&body) {
-                a.lock().expect("not poisoned").insert(id.to_string(), at);
-            }
-            "ok"
-        }
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    Ok(Receiver {
-        addr,
-        count,
-        arrivals,
-        task,
-    })
 }
 
 /// A bare loop of `concurrency` clients POSTing the payload for `seconds`.
@@ -122,113 +97,57 @@ async fn baseline(addr: SocketAddr, concurrency: usize, seconds: u64) -> anyhow:
     Ok(done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
 }
 
-struct Daemon {
-    addr: SocketAddr,
-    /// A scratch PostgreSQL schema, dropped at stop: (url, schema).
-    scratch: Option<(String, String)>,
-    stop: tokio_util::sync::CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), crate::daemon::ServeError>>,
-    client: reqwest::Client,
-    _dir: tempfile::TempDir,
+/// A daemon for the webhook figures (audit off: measured on its own).
+async fn start_daemon(postgres: Option<&str>) -> anyhow::Result<InProcess> {
+    InProcess::start(
+        &[
+            ("EVHOST_AUDIT__ENABLED", "false".into()),
+            ("EVHOST_SERVER__MAX_BATCH_EVENTS", "1000".into()),
+            ("EVHOST_WEBHOOKS__ALLOWED_NETWORKS", "[127.0.0.0/8]".into()),
+            ("EVHOST_WEBHOOKS__MAX_BACKLOG", "200000".into()),
+        ],
+        postgres,
+    )
+    .await
 }
 
-/// Starts a daemon on SQLite in a fresh folder, or on a fresh schema of the
-/// PostgreSQL at `postgres`.
-async fn start_daemon(postgres: Option<&str>) -> anyhow::Result<Daemon> {
-    let dir = tempfile::tempdir()?;
-    let mut env = vec![
-        (
-            "EVHOST_DATA_DIR".to_string(),
-            dir.path().display().to_string(),
-        ),
-        ("EVHOST_SERVER__LISTEN".into(), "127.0.0.1:0".into()),
-        ("EVHOST_AUDIT__ENABLED".into(), "false".into()),
-        ("EVHOST_EVENTS__QUEUE_SIZE".into(), "100000".into()),
-        ("EVHOST_SERVER__MAX_BATCH_EVENTS".into(), "1000".into()),
-        (
-            "EVHOST_SERVER__MAX_BODY_BYTES".into(),
-            (16 << 20).to_string(),
-        ),
-        (
-            "EVHOST_WEBHOOKS__ALLOWED_NETWORKS".into(),
-            "[127.0.0.0/8]".into(),
-        ),
-        ("EVHOST_WEBHOOKS__MAX_BACKLOG".into(), "200000".into()),
-    ];
-    let scratch = postgres.map(|url| {
-        let schema = format!("evhost_bench_{}", uuid::Uuid::new_v4().simple());
-        env.push(("EVHOST_DATABASE__URL".into(), url.into()));
-        env.push(("EVHOST_DATABASE__SCHEMA".into(), schema.clone()));
-        (url.to_string(), schema)
-    });
-    let config = Config::load_from(None, env)?;
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let task = {
-        let stop = stop.clone();
-        tokio::spawn(crate::daemon::serve(
-            config,
-            stop.cancelled_owned(),
-            move |r| {
-                let _ = ready_tx.send(r.addr);
-            },
-        ))
-    };
-    let addr = ready_rx.await.context("the daemon did not start")?;
-    Ok(Daemon {
-        addr,
-        scratch,
-        stop,
-        task,
-        client: reqwest::Client::new(),
-        _dir: dir,
-    })
+async fn add_endpoints(
+    client: &reqwest::Client,
+    daemon: SocketAddr,
+    receiver: SocketAddr,
+    n: usize,
+) -> anyhow::Result<()> {
+    for i in 0..n {
+        let r = client
+            .post(format!("http://{daemon}/v1/webhooks"))
+            .json(&json!({"name": format!("bench-{i}"), "url": format!("http://{receiver}/hook/{i}"), "events": ["message.*"]}))
+            .send()
+            .await?;
+        if r.status() != 201 {
+            bail!("adding an endpoint failed: {}", r.text().await?);
+        }
+    }
+    Ok(())
 }
 
-impl Daemon {
-    async fn add_endpoints(&self, receiver: SocketAddr, n: usize) -> anyhow::Result<()> {
-        for i in 0..n {
-            let r = self
-                .client
-                .post(format!("http://{}/v1/webhooks", self.addr))
-                .json(&json!({"name": format!("bench-{i}"), "url": format!("http://{receiver}/hook/{i}"), "events": ["message.*"]}))
-                .send()
-                .await?;
-            if r.status() != 201 {
-                bail!("adding an endpoint failed: {}", r.text().await?);
-            }
+/// Publishes a batch, waiting out 503s.
+async fn publish_batch(
+    client: &reqwest::Client,
+    daemon: SocketAddr,
+    body: String,
+) -> anyhow::Result<()> {
+    loop {
+        let r = client
+            .post(format!("http://{daemon}/v1/events/batch"))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await?;
+        match r.status().as_u16() {
+            202 => return Ok(()),
+            503 => tokio::time::sleep(Duration::from_millis(5)).await,
+            s => bail!("publishing failed: {s} {}", r.text().await?),
         }
-        Ok(())
-    }
-
-    async fn publish_batch(&self, body: String) -> anyhow::Result<()> {
-        loop {
-            let r = self
-                .client
-                .post(format!("http://{}/v1/events/batch", self.addr))
-                .header("content-type", "application/json")
-                .body(body.clone())
-                .send()
-                .await?;
-            match r.status().as_u16() {
-                202 => return Ok(()),
-                503 => tokio::time::sleep(Duration::from_millis(5)).await,
-                s => bail!("publishing failed: {s} {}", r.text().await?),
-            }
-        }
-    }
-
-    async fn stop(self) -> anyhow::Result<()> {
-        self.stop.cancel();
-        self.task.await??;
-        if let Some((url, schema)) = self.scratch
-            && let Ok(pool) = sqlx::PgPool::connect(&url).await
-        {
-            let sql = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
-            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&pool).await;
-            pool.close().await;
-        }
-        Ok(())
     }
 }
 
@@ -246,15 +165,16 @@ async fn throughput(
     endpoints: usize,
     events: usize,
 ) -> anyhow::Result<f64> {
-    let receiver = Receiver::start().await?;
+    let receiver = Receiver::start(false).await?;
     let daemon = start_daemon(postgres).await?;
-    daemon.add_endpoints(receiver.addr, endpoints).await?;
+    let client = reqwest::Client::new();
+    add_endpoints(&client, daemon.addr, receiver.addr, endpoints).await?;
     let run = uuid::Uuid::now_v7().simple().to_string();
     let want = (events * endpoints) as u64;
     let start = Instant::now();
     for chunk in 0..events.div_ceil(500) {
         let ids = (chunk * 500..((chunk + 1) * 500).min(events)).map(|n| format!("tp-{run}-{n}"));
-        daemon.publish_batch(batch_body(ids)).await?;
+        publish_batch(&client, daemon.addr, batch_body(ids)).await?;
     }
     let limit = Duration::from_secs(300);
     while receiver.count.load(Ordering::Relaxed) < want {
@@ -278,9 +198,10 @@ async fn latency(
     rate: u64,
     seconds: u64,
 ) -> anyhow::Result<(f64, f64, f64)> {
-    let receiver = timing_receiver().await?;
-    let daemon = Arc::new(start_daemon(postgres).await?);
-    daemon.add_endpoints(receiver.addr, 1).await?;
+    let receiver = Receiver::start(true).await?;
+    let daemon = start_daemon(postgres).await?;
+    let client = reqwest::Client::new();
+    add_endpoints(&client, daemon.addr, receiver.addr, 1).await?;
     let run = uuid::Uuid::now_v7().simple().to_string();
     let per_tick = 5u64;
     let ticks = rate * seconds / per_tick;
@@ -302,8 +223,9 @@ async fn latency(
                 sent.insert(id.clone(), at);
             }
         }
-        let daemon = daemon.clone();
-        inflight.spawn(async move { daemon.publish_batch(batch_body(ids.into_iter())).await });
+        let (client, addr) = (client.clone(), daemon.addr);
+        inflight
+            .spawn(async move { publish_batch(&client, addr, batch_body(ids.into_iter())).await });
         while let Some(done) = inflight.try_join_next() {
             done??;
         }
@@ -328,8 +250,7 @@ async fn latency(
         })
         .collect();
     if waits.len() as u64 != want {
-        let metrics = daemon
-            .client
+        let metrics = client
             .get(format!("http://{}/metrics", daemon.addr))
             .send()
             .await?
@@ -348,16 +269,13 @@ async fn latency(
     waits.sort_by(f64::total_cmp);
     let pct = |p: f64| waits[((waits.len() as f64 * p) as usize).min(waits.len() - 1)];
     let (p50, p99) = (pct(0.50), pct(0.99));
-    Arc::try_unwrap(daemon)
-        .map_err(|_| anyhow::anyhow!("publisher tasks still hold the daemon"))?
-        .stop()
-        .await?;
+    daemon.stop().await?;
     Ok((p50, p99, achieved))
 }
 
 /// Prints the webhook rows of the report.
 pub async fn report(postgres_url: Option<&str>, seconds: u64) -> anyhow::Result<()> {
-    let receiver = Receiver::start().await?;
+    let receiver = Receiver::start(false).await?;
     let bare = baseline(receiver.addr, 64, seconds).await?;
     drop(receiver);
     row(

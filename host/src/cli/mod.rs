@@ -176,6 +176,25 @@ impl ClientArgs {
             .filter(|t| !t.is_empty())
     }
 
+    /// Sends one request to the daemon; its JSON answer, or an error quoting the
+    /// daemon's message.
+    pub(crate) async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let mut request = self.request(&client()?, method, path);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the daemon at {}", self.url))?;
+        check(response).await
+    }
+
     fn request(
         &self,
         client: &reqwest::Client,
@@ -364,12 +383,7 @@ async fn audit_page(
     cursor: Option<&str>,
 ) -> anyhow::Result<serde_json::Value> {
     let path = format!("/v1/audit?{}", filter.query_string(limit, cursor));
-    let response = client
-        .request(&self::client()?, reqwest::Method::GET, &path)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the daemon at {}", client.url))?;
-    check(response).await
+    client.call(reqwest::Method::GET, &path, None).await
 }
 
 async fn audit_query(args: AuditQueryArgs) -> anyhow::Result<()> {
@@ -513,7 +527,7 @@ fn init_logging(config: &Config) {
     }
 }
 
-pub(crate) fn client() -> anyhow::Result<reqwest::Client> {
+fn client() -> anyhow::Result<reqwest::Client> {
     reqwest::Client::builder()
         .user_agent(concat!("evhost-cli/", env!("CARGO_PKG_VERSION")))
         .build()
@@ -521,7 +535,7 @@ pub(crate) fn client() -> anyhow::Result<reqwest::Client> {
 }
 
 /// Turns a non-success answer into an error that quotes the daemon's message.
-pub(crate) async fn check(response: reqwest::Response) -> anyhow::Result<serde_json::Value> {
+async fn check(response: reqwest::Response) -> anyhow::Result<serde_json::Value> {
     let status = response.status();
     let body = response.text().await.unwrap_or_default();
     let json: serde_json::Value = serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
@@ -563,14 +577,10 @@ async fn publish(args: PublishArgs) -> anyhow::Result<()> {
     } else {
         "/v1/events"
     };
-    let response = args
+    let answer = args
         .client
-        .request(&client()?, reqwest::Method::POST, path)
-        .json(&body)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the daemon at {}", args.client.url))?;
-    let answer = check(response).await?;
+        .call(reqwest::Method::POST, path, Some(&body))
+        .await?;
     println!("{}", answer["id"].as_str().unwrap_or_default());
     if let Some(failures) = answer["failures"].as_array().filter(|f| !f.is_empty()) {
         for f in failures {

@@ -2,11 +2,11 @@
 
 use std::io::Write;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-use super::{ClientArgs, check, client};
+use super::ClientArgs;
 
 #[derive(Subcommand)]
 pub enum WebhooksCommand {
@@ -120,23 +120,6 @@ pub struct DeliveriesArgs {
     client: ClientArgs,
 }
 
-async fn call(
-    client: &ClientArgs,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> anyhow::Result<Value> {
-    let mut request = client.request(&self::client()?, method, path);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the daemon at {}", client.url))?;
-    check(response).await
-}
-
 fn print_json(value: &Value) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", serde_json::to_string_pretty(value)?)?;
@@ -173,11 +156,14 @@ pub async fn run(command: WebhooksCommand) -> anyhow::Result<()> {
             if a.disabled {
                 body["enabled"] = false.into();
             }
-            let e = call(&a.client, Method::POST, "/v1/webhooks", Some(body)).await?;
+            let e = a
+                .client
+                .call(Method::POST, "/v1/webhooks", Some(&body))
+                .await?;
             print_secret(&e, "added")
         }
         WebhooksCommand::List { json, client } => {
-            let list = call(&client, Method::GET, "/v1/webhooks", None).await?;
+            let list = client.call(Method::GET, "/v1/webhooks", None).await?;
             let hooks = list["webhooks"].as_array().cloned().unwrap_or_default();
             let mut out = std::io::stdout().lock();
             if json {
@@ -218,7 +204,7 @@ pub async fn run(command: WebhooksCommand) -> anyhow::Result<()> {
         }
         WebhooksCommand::Show(a) => {
             let path = format!("/v1/webhooks/{}", a.id);
-            print_json(&call(&a.client, Method::GET, &path, None).await?)
+            print_json(&a.client.call(Method::GET, &path, None).await?)
         }
         WebhooksCommand::Update(a) => {
             let mut body = json!({});
@@ -246,11 +232,11 @@ pub async fn run(command: WebhooksCommand) -> anyhow::Result<()> {
                 );
             }
             let path = format!("/v1/webhooks/{}", a.id);
-            print_json(&call(&a.client, Method::PATCH, &path, Some(body)).await?)
+            print_json(&a.client.call(Method::PATCH, &path, Some(&body)).await?)
         }
         WebhooksCommand::Rm(a) => {
             let path = format!("/v1/webhooks/{}", a.id);
-            call(&a.client, Method::DELETE, &path, None).await?;
+            a.client.call(Method::DELETE, &path, None).await?;
             println!("removed webhook {}", a.id);
             Ok(())
         }
@@ -258,12 +244,12 @@ pub async fn run(command: WebhooksCommand) -> anyhow::Result<()> {
         WebhooksCommand::Disable(a) => toggle(a, "disable").await,
         WebhooksCommand::RotateSecret(a) => {
             let path = format!("/v1/webhooks/{}/rotate-secret", a.id);
-            let e = call(&a.client, Method::POST, &path, None).await?;
+            let e = a.client.call(Method::POST, &path, None).await?;
             print_secret(&e, "rotated the secret of")
         }
         WebhooksCommand::Test(a) => {
             let path = format!("/v1/webhooks/{}/test", a.id);
-            let d = call(&a.client, Method::POST, &path, None).await?;
+            let d = a.client.call(Method::POST, &path, None).await?;
             let attempt = &d["attempt_log"][0];
             match attempt["status_code"].as_i64() {
                 Some(code @ 200..=299) => {
@@ -286,7 +272,7 @@ pub async fn run(command: WebhooksCommand) -> anyhow::Result<()> {
             if let Some(s) = &a.status {
                 path.push_str(&format!("&status={s}"));
             }
-            let page = call(&a.client, Method::GET, &path, None).await?;
+            let page = a.client.call(Method::GET, &path, None).await?;
             let rows = page["deliveries"].as_array().cloned().unwrap_or_default();
             let mut out = std::io::stdout().lock();
             if a.json {
@@ -319,11 +305,11 @@ pub async fn run(command: WebhooksCommand) -> anyhow::Result<()> {
         }
         WebhooksCommand::Delivery(a) => {
             let path = format!("/v1/deliveries/{}", a.id);
-            print_json(&call(&a.client, Method::GET, &path, None).await?)
+            print_json(&a.client.call(Method::GET, &path, None).await?)
         }
         WebhooksCommand::Retry(a) => {
             let path = format!("/v1/deliveries/{}/retry", a.id);
-            let d = call(&a.client, Method::POST, &path, None).await?;
+            let d = a.client.call(Method::POST, &path, None).await?;
             println!(
                 "delivery {} is due again ({})",
                 a.id,
@@ -336,7 +322,7 @@ pub async fn run(command: WebhooksCommand) -> anyhow::Result<()> {
                 "/v1/webhooks/{id}/replay?since={}",
                 super::urlencode(&since)
             );
-            let r = call(&client, Method::POST, &path, None).await?;
+            let r = client.call(Method::POST, &path, None).await?;
             println!("{} failed deliveries are due again", r["replayed"]);
             Ok(())
         }
@@ -345,7 +331,7 @@ pub async fn run(command: WebhooksCommand) -> anyhow::Result<()> {
 
 async fn toggle(a: IdArgs, verb: &str) -> anyhow::Result<()> {
     let path = format!("/v1/webhooks/{}/{verb}", a.id);
-    let e = call(&a.client, reqwest::Method::POST, &path, None).await?;
+    let e = a.client.call(reqwest::Method::POST, &path, None).await?;
     println!(
         "webhook {} is {}",
         a.id,

@@ -37,7 +37,7 @@ type EndpointRow = (
     i64,
 );
 
-pub fn time_of(us: i64) -> DateTime<Utc> {
+fn time_of(us: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(us).unwrap_or_default()
 }
 
@@ -365,11 +365,11 @@ pub struct EndpointTally {
 /// endpoint counters. Returns each tallied endpoint's failure count afterwards.
 pub async fn record(
     store: &Store,
-    records: &[AttemptRecord],
+    records: &[&AttemptRecord],
     tallies: &[EndpointTally],
     now_us: i64,
 ) -> Result<Vec<(String, i64)>, sqlx::Error> {
-    let sent: Vec<&AttemptRecord> = records.iter().filter(|r| r.attempt > 0).collect();
+    let sent: Vec<&AttemptRecord> = records.iter().copied().filter(|r| r.attempt > 0).collect();
     let mut counts = Vec::with_capacity(tallies.len());
     macro_rules! tally_and_commit {
         ($tx:ident) => {{
@@ -471,7 +471,8 @@ pub async fn record(
                 .execute(&mut *tx)
                 .await?;
             }
-            let unsent: Vec<&AttemptRecord> = records.iter().filter(|r| r.attempt == 0).collect();
+            let unsent: Vec<&AttemptRecord> =
+                records.iter().copied().filter(|r| r.attempt == 0).collect();
             if !unsent.is_empty() {
                 sqlx::query(
                     "UPDATE webhook_deliveries AS d SET next_attempt_us = u.next, owner = NULL \

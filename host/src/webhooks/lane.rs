@@ -26,6 +26,8 @@ pub const RESPONSE_EXCERPT_BYTES: usize = 1024;
 pub struct Route {
     pub endpoint: Endpoint,
     pub patterns: Vec<TypePattern>,
+    /// The URL, parsed once (stored URLs were checked when saved).
+    url: Result<reqwest::Url, String>,
 }
 
 /// A delivery ready to send, body included.
@@ -106,6 +108,8 @@ impl Route {
     fn of(endpoint: Endpoint) -> Route {
         Route {
             patterns: endpoint.patterns(),
+            url: reqwest::Url::parse(&endpoint.url)
+                .map_err(|e| format!("the stored URL is not valid: {e}")),
             endpoint,
         }
     }
@@ -237,7 +241,7 @@ async fn attempt_and_record(
     permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     let route = lane.route.load_full();
-    let recorded = attempt(&shared, &route.endpoint, &job, false).await;
+    let recorded = attempt(&shared, &route, &job, false).await;
     // Holding the slot until the recorder has room keeps memory bounded when the
     // database falls behind.
     if shared.recorder.send(recorded).await.is_err() {
@@ -250,10 +254,11 @@ async fn attempt_and_record(
 /// endpoint unless `even_if_disabled` (the test ping).
 pub async fn attempt(
     shared: &Shared,
-    endpoint: &Endpoint,
+    route: &Route,
     job: &Job,
     even_if_disabled: bool,
 ) -> Recorded {
+    let endpoint = &route.endpoint;
     let now = Utc::now();
     let now_us = now.timestamp_micros();
     let mut record = AttemptRecord {
@@ -277,7 +282,7 @@ pub async fn attempt(
     }
     record.attempt = job.attempts + 1;
     let started = Instant::now();
-    let result = send(shared, endpoint, job, now).await;
+    let result = send(shared, route, job, now).await;
     let latency = started.elapsed();
     record.latency_us = latency.as_micros() as i64;
     let (outcome, retry_after) = match result {
@@ -334,16 +339,12 @@ struct Answer {
 
 async fn send(
     shared: &Shared,
-    endpoint: &Endpoint,
+    route: &Route,
     job: &Job,
     now: chrono::DateTime<Utc>,
 ) -> Result<Answer, (Outcome, String)> {
-    let url = reqwest::Url::parse(&endpoint.url).map_err(|e| {
-        (
-            Outcome::Refused,
-            format!("the stored URL is not valid: {e}"),
-        )
-    })?;
+    let endpoint = &route.endpoint;
+    let url = route.url.clone().map_err(|e| (Outcome::Refused, e))?;
     // Names are checked by the client's resolver; literal addresses here.
     if let Some(ip) = super::egress::literal_ip(&url) {
         shared
@@ -503,7 +504,7 @@ pub async fn send_test(shared: &Arc<Shared>, endpoint: &Endpoint) -> Result<Stri
             Format::Cloudevents => cloudevent,
         }),
     };
-    let mut recorded = attempt(shared, endpoint, &job, true).await;
+    let mut recorded = attempt(shared, &Route::of(endpoint.clone()), &job, true).await;
     let (ack, recorded_signal) = oneshot::channel();
     recorded.ack = Some(ack);
     shared

@@ -32,13 +32,12 @@ mod recorder;
 pub mod sign;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use chrono::Utc;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -89,7 +88,7 @@ pub struct WebhookOptions {
 }
 
 impl WebhookOptions {
-    /// The options `webhooks.*` give, with `owner` from [`owner_id`].
+    /// The options `webhooks.*` give; `owner` names this daemon's leases.
     pub fn from_config(config: &crate::config::Config, owner: String) -> WebhookOptions {
         let w = &config.webhooks;
         WebhookOptions {
@@ -136,21 +135,6 @@ fn random_fraction() -> f64 {
     let mut bytes = [0u8; 8];
     getrandom::fill(&mut bytes).expect("the operating system's random source works");
     (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
-}
-
-/// The name this daemon puts on its leases, kept in `data_dir/webhook-owner-id` so a
-/// restarted daemon recognises (and gives back) the leases it held.
-pub fn owner_id(data_dir: &Path) -> std::io::Result<String> {
-    let path: PathBuf = data_dir.join("webhook-owner-id");
-    match std::fs::read_to_string(&path) {
-        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_string()),
-        _ => {
-            std::fs::create_dir_all(data_dir)?;
-            let id = format!("{}-{}", crate::daemon::hostname(), uuid::Uuid::now_v7());
-            std::fs::write(&path, &id)?;
-            Ok(id)
-        }
-    }
 }
 
 /// What the dispatcher matches events against: the enabled endpoints' lanes.
@@ -346,11 +330,7 @@ impl Webhooks {
         if let Some(enabled) = patch.enabled {
             set_enabled(&mut e, enabled, "operator");
         }
-        e.updated_at = Utc::now();
-        if !db::update_endpoint(self.store(), &e).await? {
-            return Err(WebhookError::NoEndpoint(id.to_string()));
-        }
-        self.shared.reload().await?;
+        self.shared.save(&mut e).await?;
         let kind = match (was_enabled, e.enabled) {
             (false, true) => evhost_catalog::types::WEBHOOK_ENABLED,
             (true, false) => evhost_catalog::types::WEBHOOK_DISABLED,
@@ -383,11 +363,7 @@ impl Webhooks {
         e.previous_secret = Some(std::mem::replace(&mut e.secret, sign::new_secret()));
         e.previous_secret_until_us = Some((now + overlap).timestamp_micros());
         e.rotating = !self.shared.options.secret_overlap.is_zero();
-        e.updated_at = now;
-        if !db::update_endpoint(self.store(), &e).await? {
-            return Err(WebhookError::NoEndpoint(id.to_string()));
-        }
-        self.shared.reload().await?;
+        self.shared.save(&mut e).await?;
         self.shared
             .announce(
                 evhost_catalog::types::WEBHOOK_SECRET_ROTATED,
@@ -534,7 +510,11 @@ impl Shared {
                 let enabled = e.enabled;
                 let lane = match lanes.get(&e.id) {
                     Some(lane) => {
-                        lane.update(e);
+                        // Every change stamps `updated_at`; the failure count, which
+                        // the recorder keeps, does not matter to sending.
+                        if lane.route().endpoint.updated_at != e.updated_at {
+                            lane.update(e);
+                        }
                         lane.clone()
                     }
                     None => {
@@ -563,6 +543,17 @@ impl Shared {
         for lane in gone {
             lane.stop().await;
         }
+        Ok(())
+    }
+
+    /// Stores a changed endpoint (stamping `updated_at`) and puts the change into
+    /// service here; other daemons pick it up at their next reload.
+    async fn save(self: &Arc<Self>, e: &mut Endpoint) -> Result<(), WebhookError> {
+        e.updated_at = Utc::now();
+        if !db::update_endpoint(&self.store, e).await? {
+            return Err(WebhookError::NoEndpoint(e.id.clone()));
+        }
+        self.reload().await?;
         Ok(())
     }
 
@@ -610,10 +601,8 @@ impl Shared {
                 return Ok(None);
             }
             set_enabled(&mut e, false, reason);
-            e.updated_at = Utc::now();
-            db::update_endpoint(&self.store, &e).await?;
-            self.reload().await?;
-            Ok::<_, sqlx::Error>(Some(e))
+            self.save(&mut e).await?;
+            Ok::<_, WebhookError>(Some(e))
         }
         .await;
         match result {
@@ -629,7 +618,7 @@ impl Shared {
             }
             Ok(None) => {}
             Err(error) => {
-                tracing::error!(%error, webhook = endpoint_id, "could not disable a webhook endpoint")
+                tracing::error!(error = %crate::error_chain(&error), webhook = endpoint_id, "could not disable a webhook endpoint")
             }
         }
     }
@@ -664,6 +653,3 @@ async fn upkeep(shared: Arc<Shared>) {
         }
     }
 }
-
-/// A oneshot answer type used by the test ping.
-pub(crate) type Ack = oneshot::Sender<()>;

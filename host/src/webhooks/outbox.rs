@@ -15,7 +15,7 @@ use super::Shared;
 use super::db::{self, NewDelivery, NewMessage};
 use super::endpoint::Format;
 use super::lane::{Job, Lane};
-use crate::bus::{Handling, Subscriber};
+use crate::bus::{Handling, Subscriber, recv_batch};
 use crate::event::Event;
 
 /// An event and the lanes of the endpoints it goes to.
@@ -63,20 +63,7 @@ impl Subscriber for Dispatcher {
             event: event.clone(),
             lanes,
         };
-        match self.tx.try_send(item) {
-            Ok(()) => Handling::ok(),
-            // The writer is behind (or the database down): wait for room. This holds
-            // the bus, which pushes back on publishers; nothing is dropped.
-            Err(mpsc::error::TrySendError::Full(item)) => Handling::later(async move {
-                self.tx
-                    .send(item)
-                    .await
-                    .map_err(|_| "the webhook outbox writer has stopped".into())
-            }),
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                Handling::Done(Err("the webhook outbox writer has stopped".into()))
-            }
-        }
+        Handling::hand_off(&self.tx, item, "the webhook outbox writer")
     }
 
     fn time_limit(&self, _default: Duration) -> Option<Duration> {
@@ -149,20 +136,10 @@ pub async fn run_writer(
 ) {
     let batch_size = shared.options.batch_size;
     let mut items: Vec<Item> = Vec::with_capacity(batch_size);
-    let mut stopping = false;
     loop {
-        shared.metrics.webhooks.outbox_backlog.set(rx.len() as i64);
-        if !stopping {
-            tokio::select! {
-                biased;
-                n = rx.recv_many(&mut items, batch_size) => if n == 0 { break },
-                () = stop.cancelled() => {
-                    rx.close();
-                    stopping = true;
-                    continue;
-                }
-            }
-        } else if rx.recv_many(&mut items, batch_size).await == 0 {
+        let backlog = &shared.metrics.webhooks.outbox_backlog;
+        backlog.set(rx.len() as i64);
+        if !recv_batch(&mut rx, &mut items, batch_size, &stop).await {
             break;
         }
         write(&shared, std::mem::take(&mut items)).await;
@@ -170,11 +147,15 @@ pub async fn run_writer(
     shared.metrics.webhooks.outbox_backlog.set(0);
 }
 
-/// A delivery and where it goes after the commit.
+/// A delivery and where it goes after the commit: into its lane's memory queue
+/// (when a place was reserved) or, left due in the table, to a claim.
 struct Fresh {
     lane: Arc<Lane>,
     permit: Option<mpsc::OwnedPermit<Job>>,
-    job: Job,
+    delivery_id: String,
+    /// Index of its event in the batch (and of the event's message).
+    event: usize,
+    cloudevent: bool,
 }
 
 async fn write(shared: &Shared, items: Vec<Item>) {
@@ -184,52 +165,38 @@ async fn write(shared: &Shared, items: Vec<Item>) {
     let mut messages = Vec::with_capacity(items.len());
     let mut deliveries = Vec::new();
     let mut fresh = Vec::new();
-    for item in &items {
+    for (index, item) in items.iter().enumerate() {
         let e = &item.event;
-        let esp = Bytes::from(body_esp(&e.id, &e.kind, e.time, e.data.get()));
-        let wants_ce = item
+        let formats: Vec<Format> = item
             .lanes
             .iter()
-            .any(|l| l.route().endpoint.format == Format::Cloudevents);
-        let ce = wants_ce.then(|| {
-            Bytes::from(body_cloudevent(
-                &e.id,
-                &e.kind,
-                &e.source,
-                e.time,
-                e.data.get(),
-            ))
-        });
+            .map(|l| l.route().endpoint.format)
+            .collect();
+        let wants_ce = formats.contains(&Format::Cloudevents);
         messages.push(NewMessage {
             id: e.id.to_string(),
             event_type: e.kind.to_string(),
-            body: String::from_utf8_lossy(&esp).into_owned(),
-            cloudevent: ce.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()),
+            body: body_esp(&e.id, &e.kind, e.time, e.data.get()),
+            cloudevent: wants_ce
+                .then(|| body_cloudevent(&e.id, &e.kind, &e.source, e.time, e.data.get())),
         });
-        for lane in &item.lanes {
-            let id = uuid::Uuid::now_v7().to_string();
+        for (lane, format) in item.lanes.iter().zip(formats) {
+            let delivery_id = uuid::Uuid::now_v7().to_string();
             let permit = lane.try_reserve();
             deliveries.push(NewDelivery {
-                id: id.clone(),
+                id: delivery_id.clone(),
                 endpoint_id: lane.id().to_string(),
                 message_id: e.id.to_string(),
                 event_type: e.kind.to_string(),
                 next_attempt_us: if permit.is_some() { lease_us } else { now_us },
                 owner: permit.as_ref().map(|_| shared.options.owner.clone()),
             });
-            let body = match (lane.route().endpoint.format, &ce) {
-                (Format::Cloudevents, Some(ce)) => ce.clone(),
-                _ => esp.clone(),
-            };
             fresh.push(Fresh {
                 lane: lane.clone(),
                 permit,
-                job: Job {
-                    delivery_id: id,
-                    event_type: e.kind.clone(),
-                    attempts: 0,
-                    body,
-                },
+                delivery_id,
+                event: index,
+                cloudevent: format == Format::Cloudevents,
             });
         }
     }
@@ -245,12 +212,26 @@ async fn write(shared: &Shared, items: Vec<Item>) {
             }
         }
     }
+    // Committed: the bodies move into shared buffers, one per event and format.
+    let bodies: Vec<(Bytes, Option<Bytes>)> = messages
+        .into_iter()
+        .map(|m| (Bytes::from(m.body), m.cloudevent.map(Bytes::from)))
+        .collect();
     for f in fresh {
-        match f.permit {
-            Some(permit) => {
-                permit.send(f.job);
-            }
-            None => f.lane.due_at(now_us),
-        }
+        let Some(permit) = f.permit else {
+            f.lane.due_at(now_us);
+            continue;
+        };
+        let (esp, ce) = &bodies[f.event];
+        let body = match (f.cloudevent, ce) {
+            (true, Some(ce)) => ce.clone(),
+            _ => esp.clone(),
+        };
+        permit.send(Job {
+            delivery_id: f.delivery_id,
+            event_type: items[f.event].event.kind.clone(),
+            attempts: 0,
+            body,
+        });
     }
 }

@@ -8,8 +8,9 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::sync::mpsc;
 
+use super::Shared;
 use super::db::{self, AttemptRecord, EndpointTally};
-use super::{Ack, Shared};
+use crate::bus::recv_batch;
 
 /// How an attempt ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +47,7 @@ pub struct Recorded {
     pub endpoint_id: String,
     pub outcome: Outcome,
     /// Answered once the result is committed (the test ping waits for it).
-    pub ack: Option<Ack>,
+    pub ack: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// Ends the recorder once it has written what is queued.
@@ -57,21 +58,7 @@ pub fn close(shared: &Shared) {
 pub async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Recorded>) {
     let batch_size = shared.options.batch_size;
     let mut batch = Vec::with_capacity(batch_size);
-    let mut stopping = false;
-    loop {
-        if !stopping {
-            tokio::select! {
-                biased;
-                n = rx.recv_many(&mut batch, batch_size) => if n == 0 { break },
-                () = shared.recorder_stop.cancelled() => {
-                    rx.close();
-                    stopping = true;
-                    continue;
-                }
-            }
-        } else if rx.recv_many(&mut batch, batch_size).await == 0 {
-            break;
-        }
+    while recv_batch(&mut rx, &mut batch, batch_size, &shared.recorder_stop).await {
         write(&shared, std::mem::take(&mut batch)).await;
     }
 }
@@ -102,7 +89,7 @@ async fn write(shared: &Arc<Shared>, batch: Vec<Recorded>) {
         }
     }
     let tallies: Vec<EndpointTally> = tallies.into_values().collect();
-    let records: Vec<AttemptRecord> = batch.iter().map(|r| r.record.clone()).collect();
+    let records: Vec<&AttemptRecord> = batch.iter().map(|r| &r.record).collect();
     let mut backoff = Duration::from_millis(100);
     let counts = loop {
         match db::record(
