@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{ConnectInfo, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -69,14 +70,28 @@ fn webhooks(state: &AppState) -> Result<&Arc<Webhooks>, ApiError> {
     })
 }
 
-/// Checks the admin scope; the actor the change is recorded under.
-fn admin(state: &AppState, headers: &HeaderMap, peer: SocketAddr) -> Result<Actor, ApiError> {
-    let principal = state.auth.authorize(headers, Scope::Admin)?;
-    Ok(Actor {
-        token: principal.name,
-        ip: Some(peer.ip()),
-        on_behalf_of: None,
-    })
+/// A caller with the admin scope, as the actor its changes are recorded under.
+/// Every route here takes one, so authorization runs before anything else.
+pub struct Admin(Actor);
+
+impl FromRequestParts<Arc<AppState>> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Admin, ApiError> {
+        let principal = state.auth.authorize(&parts.headers, Scope::Admin)?;
+        let ip = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip());
+        Ok(Admin(Actor {
+            token: principal.name,
+            ip,
+            on_behalf_of: None,
+        }))
+    }
 }
 
 fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
@@ -113,11 +128,9 @@ pub struct EndpointList {
     security(("bearer" = ["admin"])))]
 pub async fn create(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    Admin(actor): Admin,
     new: Result<Json<NewEndpoint>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let actor = admin(&state, &headers, peer)?;
     let webhooks = webhooks(&state)?;
     let new = body(new)?;
     let endpoint = webhooks.create(new, &actor).await?;
@@ -134,10 +147,8 @@ pub async fn create(
     responses((status = 200, body = EndpointList)), security(("bearer" = ["admin"])))]
 pub async fn list(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    _admin: Admin,
 ) -> Result<Json<EndpointList>, ApiError> {
-    admin(&state, &headers, peer)?;
     Ok(Json(EndpointList {
         webhooks: webhooks(&state)?.list().await?,
     }))
@@ -149,11 +160,9 @@ pub async fn list(
     security(("bearer" = ["admin"])))]
 pub async fn get(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    _admin: Admin,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Json<Endpoint>, ApiError> {
-    admin(&state, &headers, peer)?;
     Ok(Json(webhooks(&state)?.get(&id).await?))
 }
 
@@ -163,12 +172,10 @@ pub async fn get(
     security(("bearer" = ["admin"])))]
 pub async fn update(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Admin(actor): Admin,
     Path(id): Path<String>,
-    headers: HeaderMap,
     patch: Result<Json<EndpointPatch>, JsonRejection>,
 ) -> Result<Json<Endpoint>, ApiError> {
-    let actor = admin(&state, &headers, peer)?;
     let webhooks = webhooks(&state)?;
     let patch = body(patch)?;
     Ok(Json(webhooks.update(&id, patch, &actor).await?))
@@ -180,28 +187,24 @@ pub async fn update(
     security(("bearer" = ["admin"])))]
 pub async fn delete(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Admin(actor): Admin,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    let actor = admin(&state, &headers, peer)?;
     webhooks(&state)?.delete(&id, &actor).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn set_enabled(
     state: &AppState,
-    headers: &HeaderMap,
-    peer: SocketAddr,
+    actor: &Actor,
     id: &str,
     enabled: bool,
 ) -> Result<Json<Endpoint>, ApiError> {
-    let actor = admin(state, headers, peer)?;
     let patch = EndpointPatch {
         enabled: Some(enabled),
         ..EndpointPatch::default()
     };
-    Ok(Json(webhooks(state)?.update(id, patch, &actor).await?))
+    Ok(Json(webhooks(state)?.update(id, patch, actor).await?))
 }
 
 /// Enables an endpoint (and clears its failure run).
@@ -210,11 +213,10 @@ async fn set_enabled(
     security(("bearer" = ["admin"])))]
 pub async fn enable(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Admin(actor): Admin,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Json<Endpoint>, ApiError> {
-    set_enabled(&state, &headers, peer, &id, true).await
+    set_enabled(&state, &actor, &id, true).await
 }
 
 /// Disables an endpoint; its pending deliveries wait until it is enabled again.
@@ -223,11 +225,10 @@ pub async fn enable(
     security(("bearer" = ["admin"])))]
 pub async fn disable(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Admin(actor): Admin,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Json<Endpoint>, ApiError> {
-    set_enabled(&state, &headers, peer, &id, false).await
+    set_enabled(&state, &actor, &id, false).await
 }
 
 /// Replaces the signing secret. The old one keeps signing beside the new one for
@@ -237,11 +238,9 @@ pub async fn disable(
     security(("bearer" = ["admin"])))]
 pub async fn rotate_secret(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Admin(actor): Admin,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Json<EndpointWithSecret>, ApiError> {
-    let actor = admin(&state, &headers, peer)?;
     let endpoint = webhooks(&state)?.rotate_secret(&id, &actor).await?;
     let secret = endpoint.secret.clone();
     Ok(Json(EndpointWithSecret { endpoint, secret }))
@@ -253,11 +252,9 @@ pub async fn rotate_secret(
     security(("bearer" = ["admin"])))]
 pub async fn test(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    _admin: Admin,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Json<DeliveryView>, ApiError> {
-    admin(&state, &headers, peer)?;
     let (row, attempts) = webhooks(&state)?.test(&id).await?;
     Ok(Json(DeliveryView::of(row, Some(attempts))))
 }
@@ -354,12 +351,10 @@ pub struct DeliveryPage {
     security(("bearer" = ["admin"])))]
 pub async fn deliveries(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    _admin: Admin,
     Path(id): Path<String>,
-    headers: HeaderMap,
     query: Result<Query<DeliveriesQuery>, QueryRejection>,
 ) -> Result<Json<DeliveryPage>, ApiError> {
-    admin(&state, &headers, peer)?;
     let webhooks = webhooks(&state)?;
     let Query(q) = query.map_err(|e| ApiError::bad_query(e.body_text()))?;
     let status = match q.status.as_deref() {
@@ -400,11 +395,9 @@ pub async fn deliveries(
     security(("bearer" = ["admin"])))]
 pub async fn delivery(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    _admin: Admin,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Json<DeliveryView>, ApiError> {
-    admin(&state, &headers, peer)?;
     let (row, attempts) = webhooks(&state)?.delivery(&id).await?;
     Ok(Json(DeliveryView::of(row, Some(attempts))))
 }
@@ -415,11 +408,9 @@ pub async fn delivery(
     security(("bearer" = ["admin"])))]
 pub async fn retry(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    _admin: Admin,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    admin(&state, &headers, peer)?;
     let row = webhooks(&state)?.retry(&id).await?;
     Ok((StatusCode::ACCEPTED, Json(DeliveryView::of(row, None))).into_response())
 }
@@ -443,12 +434,10 @@ pub struct Replayed {
     security(("bearer" = ["admin"])))]
 pub async fn replay(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    _admin: Admin,
     Path(id): Path<String>,
-    headers: HeaderMap,
     query: Result<Query<ReplayQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    admin(&state, &headers, peer)?;
     let webhooks = webhooks(&state)?;
     let Query(q) = query.map_err(|e| ApiError::bad_query(e.body_text()))?;
     let since = q.since.as_deref().ok_or_else(|| {

@@ -152,9 +152,11 @@ async fn run(shared: Arc<Shared>, lane: Arc<Lane>, mut rx: mpsc::Receiver<Job>) 
             () = lane.wake.notified() => continue,
             () = tokio::time::sleep_until(wake_at) => {
                 next_poll = tokio::time::Instant::now() + options.poll_interval;
-                let now_us = Utc::now().timestamp_micros();
-                if lane.next_due.load(Ordering::Relaxed) <= now_us {
-                    lane.next_due.store(i64::MAX, Ordering::Relaxed);
+                // Forget a due time this claim covers, unless the recorder has just
+                // set another.
+                let due = lane.next_due.load(Ordering::Relaxed);
+                if due <= Utc::now().timestamp_micros() {
+                    let _ = lane.next_due.compare_exchange(due, i64::MAX, Ordering::Relaxed, Ordering::Relaxed);
                 }
                 let room = slots.available_permits() + 1;
                 match claim(&shared, &lane, room).await {

@@ -163,7 +163,6 @@ pub struct Webhooks {
     catalog: Arc<Catalog>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     recorder_task: Mutex<Option<JoinHandle<()>>>,
-    outbox_stop: CancellationToken,
 }
 
 impl Webhooks {
@@ -212,14 +211,9 @@ impl Webhooks {
             reload: tokio::sync::Mutex::new(()),
         });
         shared.reload().await?;
-        let outbox_stop = CancellationToken::new();
         let recorder_task = tokio::spawn(recorder::run(shared.clone(), recorder_rx));
         let tasks = vec![
-            tokio::spawn(outbox::run_writer(
-                shared.clone(),
-                outbox_rx,
-                outbox_stop.clone(),
-            )),
+            tokio::spawn(outbox::run_writer(shared.clone(), outbox_rx)),
             tokio::spawn(upkeep(shared.clone())),
         ];
         Ok(Arc::new(Webhooks {
@@ -228,7 +222,6 @@ impl Webhooks {
             catalog,
             tasks: Mutex::new(tasks),
             recorder_task: Mutex::new(Some(recorder_task)),
-            outbox_stop,
         }))
     }
 
@@ -436,7 +429,6 @@ impl Webhooks {
     /// the attempt timeout), records them, and gives back the leases of deliveries
     /// not yet sent. Call after the bus has drained.
     pub async fn shutdown(&self) {
-        self.outbox_stop.cancel();
         let tasks = std::mem::take(&mut *self.tasks.lock().expect("not poisoned"));
         self.shared.stop.cancel();
         for task in tasks {

@@ -9,7 +9,6 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use super::db::{self, NewDelivery, NewMessage};
@@ -129,17 +128,14 @@ pub fn body_cloudevent(
 
 /// Writes deliveries in batches; after each commit hands the fresh ones to their
 /// lanes (or, when a lane's queue is full, leaves them due in the table).
-pub async fn run_writer(
-    shared: Arc<Shared>,
-    mut rx: mpsc::Receiver<Item>,
-    stop: CancellationToken,
-) {
+/// On shutdown it writes everything queued, then ends.
+pub async fn run_writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Item>) {
     let batch_size = shared.options.batch_size;
     let mut items: Vec<Item> = Vec::with_capacity(batch_size);
     loop {
         let backlog = &shared.metrics.webhooks.outbox_backlog;
         backlog.set(rx.len() as i64);
-        if !recv_batch(&mut rx, &mut items, batch_size, &stop).await {
+        if !recv_batch(&mut rx, &mut items, batch_size, &shared.stop).await {
             break;
         }
         write(&shared, std::mem::take(&mut items)).await;
