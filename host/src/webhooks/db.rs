@@ -411,30 +411,37 @@ pub async fn record(
                 });
                 q.build().execute(&mut *tx).await?;
             }
-            for r in records {
-                if r.attempt > 0 {
-                    sqlx::query(
-                        "UPDATE webhook_deliveries SET status = $2, attempts = $3, next_attempt_us = $4, \
-                         owner = NULL, last_status = $5, last_error = $6, updated_us = $7 WHERE id = $1",
-                    )
-                    .bind(&r.delivery_id)
-                    .bind(r.status)
-                    .bind(r.attempt)
-                    .bind(r.next_attempt_us)
-                    .bind(r.status_code)
-                    .bind(&r.error)
-                    .bind(now_us)
-                    .execute(&mut *tx)
-                    .await?;
-                } else {
-                    sqlx::query(
-                        "UPDATE webhook_deliveries SET next_attempt_us = $2, owner = NULL WHERE id = $1",
-                    )
-                    .bind(&r.delivery_id)
-                    .bind(r.next_attempt_us)
-                    .execute(&mut *tx)
-                    .await?;
-                }
+            // One statement per chunk (`UPDATE … FROM (VALUES …)`), not one per row.
+            for chunk in sent.chunks(500) {
+                let mut q = QueryBuilder::new(
+                    "UPDATE webhook_deliveries SET status = v.column2, attempts = v.column3, \
+                     next_attempt_us = v.column4, owner = NULL, last_status = v.column5, \
+                     last_error = v.column6, updated_us = ",
+                );
+                q.push_bind(now_us).push(" FROM (");
+                q.push_values(chunk, |mut b, r| {
+                    b.push_bind(r.delivery_id.as_str())
+                        .push_bind(r.status)
+                        .push_bind(r.attempt)
+                        .push_bind(r.next_attempt_us)
+                        .push_bind(r.status_code)
+                        .push_bind(r.error.as_deref());
+                });
+                q.push(") AS v WHERE webhook_deliveries.id = v.column1");
+                q.build().execute(&mut *tx).await?;
+            }
+            let unsent: Vec<&AttemptRecord> =
+                records.iter().copied().filter(|r| r.attempt == 0).collect();
+            for chunk in unsent.chunks(500) {
+                let mut q = QueryBuilder::new(
+                    "UPDATE webhook_deliveries SET next_attempt_us = v.column2, owner = NULL FROM (",
+                );
+                q.push_values(chunk, |mut b, r| {
+                    b.push_bind(r.delivery_id.as_str())
+                        .push_bind(r.next_attempt_us);
+                });
+                q.push(") AS v WHERE webhook_deliveries.id = v.column1");
+                q.build().execute(&mut *tx).await?;
             }
             tally_and_commit!(tx);
         }
