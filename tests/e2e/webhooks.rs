@@ -679,3 +679,83 @@ fn chrono_now() -> String {
     (chrono::Utc::now() - chrono::Duration::seconds(5))
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
+
+#[tokio::test]
+async fn redirects_are_not_followed_and_answers_are_read_only_to_the_cap() {
+    let d = daemon(&[("EVHOST_WEBHOOKS__MAX_RETRIES", "0")]).await;
+    let elsewhere = Receiver::start().await;
+    let redirecting =
+        Receiver::start_with(Reply::status(307).header("location", &elsewhere.url("/stolen")))
+            .await;
+    let chatty = Receiver::start_with(Reply::status(200).body("x".repeat(1 << 20))).await;
+    let (redirect_id, _) = d
+        .add_webhook(&json!({"name": "r", "url": redirecting.url("/"), "events": ["message.*"]}))
+        .await;
+    let (chatty_id, _) = d
+        .add_webhook(&json!({"name": "c", "url": chatty.url("/"), "events": ["message.*"]}))
+        .await;
+    d.publish("message.received", &received("example.org", false))
+        .await;
+    let failed = d
+        .wait_deliveries(&redirect_id, "failed", 1, Duration::from_secs(5))
+        .await;
+    assert_eq!(failed[0]["last_status_code"], 307);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(elsewhere.count(), 0, "the redirect was followed");
+    let ok = d
+        .wait_deliveries(&chatty_id, "succeeded", 1, Duration::from_secs(5))
+        .await;
+    let (_, delivery) = d
+        .get_json(&format!("/v1/deliveries/{}", ok[0]["id"].as_str().unwrap()))
+        .await;
+    let excerpt = delivery["attempt_log"][0]["response"].as_str().unwrap();
+    assert_eq!(excerpt.len(), 1024, "only the first KiB is kept");
+}
+
+#[tokio::test]
+async fn secrets_never_reach_the_log() {
+    let d = daemon(&[]).await;
+    let rx = Receiver::start().await;
+    let (id, first) = d
+        .add_webhook(&json!({"name": "s", "url": rx.url("/"), "events": ["message.*"]}))
+        .await;
+    let (_, rotated) = d
+        .post_json(&format!("/v1/webhooks/{id}/rotate-secret"), &json!({}))
+        .await;
+    let second = rotated["secret"].as_str().unwrap().to_string();
+    d.publish("message.received", &received("example.org", false))
+        .await;
+    rx.wait_for(1, Duration::from_secs(5)).await;
+    d.post_json(&format!("/v1/webhooks/{id}/test"), &json!({}))
+        .await;
+    let log = d.log();
+    assert!(
+        log.contains(&id),
+        "the log should name the endpoint at all: {log}"
+    );
+    for secret in [&first, &second] {
+        let key = secret.trim_start_matches("whsec_");
+        assert!(!log.contains(key), "a secret is in the log");
+    }
+}
+
+#[tokio::test]
+async fn the_outbox_gauges_show_what_waits() {
+    let d = daemon(&[("EVHOST_WEBHOOKS__RETRY_DELAYS", "[50ms]")]).await;
+    let rx = Receiver::start_with(Reply::status(500)).await;
+    let (id, _) = d
+        .add_webhook(&json!({"name": "g", "url": rx.url("/"), "events": ["message.*"]}))
+        .await;
+    d.publish("message.received", &received("example.org", false))
+        .await;
+    rx.wait_for(1, Duration::from_secs(5)).await;
+    // Disabled after the first failure: the delivery stays pending, due and unclaimed.
+    let (status, _) = d
+        .post_json(&format!("/v1/webhooks/{id}/disable"), &json!({}))
+        .await;
+    assert_eq!(status, 200);
+    d.wait_for_metric("evhost_webhook_outbox_oldest_due_seconds")
+        .await;
+    assert_eq!(d.metric("evhost_webhook_deliveries_pending").await, 1.0);
+    assert_eq!(d.metric("evhost_webhook_endpoints_disabled").await, 1.0);
+}

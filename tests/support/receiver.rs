@@ -19,6 +19,7 @@ pub struct Reply {
     pub delay: Duration,
     pub retry_after: Option<String>,
     pub body: String,
+    pub headers: Vec<(String, String)>,
 }
 
 impl Reply {
@@ -28,11 +29,23 @@ impl Reply {
             delay: Duration::ZERO,
             retry_after: None,
             body: format!("answer {status}"),
+            headers: Vec::new(),
         }
     }
 
     pub fn delay(mut self, delay: Duration) -> Reply {
         self.delay = delay;
+        self
+    }
+
+    pub fn body(mut self, body: String) -> Reply {
+        self.body = body;
+        self
+    }
+
+    /// Any other header, such as `location`.
+    pub fn header(mut self, name: &str, value: &str) -> Reply {
+        self.headers.push((name.to_string(), value.to_string()));
         self
     }
 
@@ -137,6 +150,12 @@ async fn answer(
         response
             .headers_mut()
             .insert("retry-after", value.parse().unwrap());
+    }
+    for (name, value) in &reply.headers {
+        response.headers_mut().insert(
+            axum::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
     }
     response
 }

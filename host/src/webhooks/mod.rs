@@ -559,6 +559,7 @@ impl Shared {
     /// Publishes a `webhook.*` event (which the audit log records). Management
     /// changes are rare: wait a little for room rather than lose the event.
     async fn announce(&self, kind: &str, e: &Endpoint, reason: Option<&str>, actor: &Actor) {
+        tracing::info!(webhook = %e.id, name = %e.name, url = %e.url, enabled = e.enabled, "{kind}");
         let change = e.change(reason);
         for _ in 0..50 {
             let mut event = match Event::from_daemon(kind, &change) {
