@@ -144,6 +144,12 @@ pub struct WebhooksConfig {
     pub batch_size: usize,
     /// Events waiting for the outbox writer before the bus is held.
     pub max_backlog: usize,
+    /// Finished (succeeded or failed) deliveries are removed this many days after
+    /// they were created, with their attempts; 0 keeps them.
+    pub retention_days: u32,
+    /// How often retention runs.
+    #[serde(with = "duration")]
+    pub purge_interval: Duration,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -310,6 +316,8 @@ impl Default for WebhooksConfig {
             poll_interval: Duration::from_secs(1),
             batch_size: 500,
             max_backlog: 20_000,
+            retention_days: 30,
+            purge_interval: Duration::from_secs(3600),
         }
     }
 }
@@ -470,6 +478,12 @@ impl Config {
                     "{} is out of range; allowed: 1 to 2000",
                     self.webhooks.batch_size
                 ),
+            ));
+        }
+        if self.webhooks.purge_interval.is_zero() {
+            return Err(invalid(
+                "webhooks.purge_interval",
+                "0s is not allowed; give a positive duration such as 1h".into(),
             ));
         }
         if self.webhooks.max_backlog == 0 {

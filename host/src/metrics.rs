@@ -143,6 +143,7 @@ pub struct WebhookMetrics {
     pub oldest_due_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub outbox_backlog: Gauge,
     pub write_errors: Counter,
+    pub purged: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -162,6 +163,7 @@ impl WebhookMetrics {
             oldest_due_seconds: Gauge::default(),
             outbox_backlog: Gauge::default(),
             write_errors: Counter::default(),
+            purged: Counter::default(),
         };
         registry.register(
             "evhost_webhook_attempts",
@@ -202,6 +204,11 @@ impl WebhookMetrics {
             "evhost_webhook_write_errors",
             "Failed outbox or attempt-record writes (each is retried)",
             m.write_errors.clone(),
+        );
+        registry.register(
+            "evhost_webhook_deliveries_purged",
+            "Finished webhook deliveries removed by retention",
+            m.purged.clone(),
         );
         m
     }

@@ -7,77 +7,17 @@ use std::time::Duration;
 
 use evhost::audit::{self, Audit, AuditOptions, checkpoint};
 use evhost::bus::Handling;
-use evhost::config::Config;
 use evhost::event::{Actor, Event};
 use evhost::metrics::Metrics;
-use evhost::store::Store;
 use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
 
-/// A database for one test, removed afterwards (PostgreSQL: its own schema).
-struct TestDb {
-    store: Store,
-    dir: tempfile::TempDir,
-    schema: Option<String>,
-    pg_url: Option<String>,
-}
+mod support;
 
+use support::TestDb;
+
+/// The audit log's settings for tests.
 impl TestDb {
-    async fn all() -> Vec<TestDb> {
-        // Writer errors are logged, not returned; show them in a failing test's output.
-        let _ = tracing_subscriber::fmt().with_test_writer().try_init();
-        let mut dbs = vec![TestDb::sqlite().await];
-        match std::env::var("EVHOST_TEST_POSTGRES_URL") {
-            Ok(url) if !url.is_empty() => dbs.push(TestDb::postgres(&url).await),
-            _ => eprintln!(
-                "SKIPPING the PostgreSQL half of this test: EVHOST_TEST_POSTGRES_URL is not set"
-            ),
-        }
-        dbs
-    }
-
-    fn config(dir: &std::path::Path, url: Option<&str>, schema: Option<&str>) -> Config {
-        let mut env = vec![("EVHOST_DATA_DIR".to_string(), dir.display().to_string())];
-        if let Some(url) = url {
-            env.push(("EVHOST_DATABASE__URL".into(), url.into()));
-        }
-        if let Some(schema) = schema {
-            env.push(("EVHOST_DATABASE__SCHEMA".into(), schema.into()));
-        }
-        Config::load_from(None, env).unwrap()
-    }
-
-    async fn sqlite() -> TestDb {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::connect(&Self::config(dir.path(), None, None))
-            .await
-            .unwrap();
-        store.migrate().await.unwrap();
-        TestDb {
-            store,
-            dir,
-            schema: None,
-            pg_url: None,
-        }
-    }
-
-    async fn postgres(url: &str) -> TestDb {
-        let dir = tempfile::tempdir().unwrap();
-        let schema = format!("evhost_test_{}", uuid::Uuid::new_v4().simple());
-        let store = Store::connect(&Self::config(dir.path(), Some(url), Some(&schema)))
-            .await
-            .unwrap_or_else(|e| {
-                panic!("EVHOST_TEST_POSTGRES_URL is set but PostgreSQL is unreachable: {e}")
-            });
-        store.migrate().await.unwrap();
-        TestDb {
-            store,
-            dir,
-            schema: Some(schema),
-            pg_url: Some(url.into()),
-        }
-    }
-
     fn options(&self) -> AuditOptions {
         AuditOptions {
             batch_size: 100,
@@ -97,28 +37,6 @@ impl TestDb {
         )
         .await
         .unwrap()
-    }
-
-    async fn exec(&self, sql: &str) {
-        let sql = sqlx::AssertSqlSafe(sql.to_string());
-        match &self.store {
-            Store::Sqlite(pool) => sqlx::raw_sql(sql).execute(pool).await.map(|_| ()),
-            Store::Postgres(pool) => sqlx::raw_sql(sql).execute(pool).await.map(|_| ()),
-        }
-        .unwrap();
-    }
-
-    async fn cleanup(self) {
-        self.store.close().await;
-        if let (Some(schema), Some(url)) = (&self.schema, &self.pg_url) {
-            let pool = sqlx::PgPool::connect(url).await.unwrap();
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                "DROP SCHEMA \"{schema}\" CASCADE"
-            )))
-            .execute(&pool)
-            .await
-            .unwrap();
-        }
     }
 }
 

@@ -660,6 +660,58 @@ pub async fn replay(
     }))
 }
 
+/// Removes up to `limit` finished deliveries created before `before_us`, with their
+/// attempts and the messages no delivery refers to any more. Returns how many
+/// deliveries went. Delivery ids are UUID v7, so "created before" is a key range.
+pub async fn purge(store: &Store, before_us: i64, limit: i64) -> Result<u64, sqlx::Error> {
+    let secs = before_us.div_euclid(1_000_000) as u64;
+    let nanos = (before_us.rem_euclid(1_000_000) * 1000) as u32;
+    // The smallest id of that millisecond: every id made earlier sorts below it.
+    let first = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, secs, nanos));
+    let mut bound = *first.as_bytes();
+    bound[6] &= 0xf0;
+    bound[7] = 0;
+    bound[8] &= 0xc0;
+    bound[9..].fill(0);
+    let bound = uuid::Uuid::from_bytes(bound).to_string();
+    Ok(dispatch!(store, |pool| {
+        let mut tx = pool.begin().await?;
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT id, message_id FROM webhook_deliveries \
+             WHERE id < $1 AND status <> 'pending' ORDER BY id LIMIT $2",
+        )
+        .bind(&bound)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        for chunk in rows.chunks(500) {
+            for table_and_key in [
+                "DELETE FROM webhook_attempts WHERE delivery_id IN (",
+                "DELETE FROM webhook_deliveries WHERE id IN (",
+            ] {
+                let mut q = QueryBuilder::new(table_and_key);
+                let mut ids = q.separated(", ");
+                for (id, _) in chunk {
+                    ids.push_bind(id.as_str());
+                }
+                q.push(")");
+                q.build().execute(&mut *tx).await?;
+            }
+            let mut q = QueryBuilder::new("DELETE FROM webhook_messages WHERE id IN (");
+            let mut ids = q.separated(", ");
+            for (_, message) in chunk {
+                ids.push_bind(message.as_str());
+            }
+            q.push(
+                ") AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.message_id = webhook_messages.id)",
+            );
+            q.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        rows.len() as u64
+    }))
+}
+
 /// Outbox figures for the metrics: pending deliveries, and the earliest due time of
 /// an unclaimed one.
 pub async fn outbox_stats(store: &Store) -> Result<(i64, Option<i64>), sqlx::Error> {

@@ -83,6 +83,8 @@ pub struct WebhookOptions {
     pub batch_size: usize,
     pub max_backlog: usize,
     pub egress: Egress,
+    pub retention_days: u32,
+    pub purge_interval: Duration,
     /// This daemon's name on the leases it holds.
     pub owner: String,
 }
@@ -102,6 +104,8 @@ impl WebhookOptions {
             batch_size: w.batch_size,
             max_backlog: w.max_backlog,
             egress: Egress::new(w.allowed_networks.clone()),
+            retention_days: w.retention_days,
+            purge_interval: w.purge_interval,
             owner,
         }
     }
@@ -212,10 +216,13 @@ impl Webhooks {
         });
         shared.reload().await?;
         let recorder_task = tokio::spawn(recorder::run(shared.clone(), recorder_rx));
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn(outbox::run_writer(shared.clone(), outbox_rx)),
             tokio::spawn(upkeep(shared.clone())),
         ];
+        if shared.options.retention_days > 0 {
+            tasks.push(tokio::spawn(retention(shared.clone())));
+        }
         Ok(Arc::new(Webhooks {
             shared,
             outbox: outbox_tx,
@@ -612,6 +619,41 @@ impl Shared {
             Ok(None) => {}
             Err(error) => {
                 tracing::error!(error = %crate::error_chain(&error), webhook = endpoint_id, "could not disable a webhook endpoint")
+            }
+        }
+    }
+}
+
+/// Removes finished deliveries older than `webhooks.retention_days`, in bounded
+/// batches, every `webhooks.purge_interval`.
+async fn retention(shared: Arc<Shared>) {
+    const BATCH: i64 = 5_000;
+    let mut tick = tokio::time::interval(shared.options.purge_interval);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shared.stop.cancelled() => return,
+        }
+        let age = Duration::from_secs(u64::from(shared.options.retention_days) * 86_400);
+        let before_us = Utc::now().timestamp_micros() - age.as_micros() as i64;
+        while !shared.stop.is_cancelled() {
+            match db::purge(&shared.store, before_us, BATCH).await {
+                Ok(n) => {
+                    shared.metrics.webhooks.purged.inc_by(n);
+                    if n > 0 {
+                        tracing::info!(
+                            deliveries = n,
+                            "webhook retention removed finished deliveries"
+                        );
+                    }
+                    if n < BATCH as u64 {
+                        break;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "webhook retention failed; trying again next time");
+                    break;
+                }
             }
         }
     }

@@ -1,0 +1,93 @@
+//! Shared by the library tests: a database per test on each backend.
+// Each test file uses its own part of this module.
+#![allow(dead_code)]
+
+use evhost::config::Config;
+use evhost::store::Store;
+
+/// A database for one test, removed afterwards (PostgreSQL: its own schema).
+pub struct TestDb {
+    pub store: Store,
+    pub dir: tempfile::TempDir,
+    schema: Option<String>,
+    pg_url: Option<String>,
+}
+
+impl TestDb {
+    pub async fn all() -> Vec<TestDb> {
+        // Writer errors are logged, not returned; show them in a failing test's output.
+        let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+        let mut dbs = vec![TestDb::sqlite().await];
+        match std::env::var("EVHOST_TEST_POSTGRES_URL") {
+            Ok(url) if !url.is_empty() => dbs.push(TestDb::postgres(&url).await),
+            _ => eprintln!(
+                "SKIPPING the PostgreSQL half of this test: EVHOST_TEST_POSTGRES_URL is not set"
+            ),
+        }
+        dbs
+    }
+
+    pub fn config(dir: &std::path::Path, url: Option<&str>, schema: Option<&str>) -> Config {
+        let mut env = vec![("EVHOST_DATA_DIR".to_string(), dir.display().to_string())];
+        if let Some(url) = url {
+            env.push(("EVHOST_DATABASE__URL".into(), url.into()));
+        }
+        if let Some(schema) = schema {
+            env.push(("EVHOST_DATABASE__SCHEMA".into(), schema.into()));
+        }
+        Config::load_from(None, env).unwrap()
+    }
+
+    async fn sqlite() -> TestDb {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::connect(&Self::config(dir.path(), None, None))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        TestDb {
+            store,
+            dir,
+            schema: None,
+            pg_url: None,
+        }
+    }
+
+    async fn postgres(url: &str) -> TestDb {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = format!("evhost_test_{}", uuid::Uuid::new_v4().simple());
+        let store = Store::connect(&Self::config(dir.path(), Some(url), Some(&schema)))
+            .await
+            .unwrap_or_else(|e| {
+                panic!("EVHOST_TEST_POSTGRES_URL is set but PostgreSQL is unreachable: {e}")
+            });
+        store.migrate().await.unwrap();
+        TestDb {
+            store,
+            dir,
+            schema: Some(schema),
+            pg_url: Some(url.into()),
+        }
+    }
+
+    pub async fn exec(&self, sql: &str) {
+        let sql = sqlx::AssertSqlSafe(sql.to_string());
+        match &self.store {
+            Store::Sqlite(pool) => sqlx::raw_sql(sql).execute(pool).await.map(|_| ()),
+            Store::Postgres(pool) => sqlx::raw_sql(sql).execute(pool).await.map(|_| ()),
+        }
+        .unwrap();
+    }
+
+    pub async fn cleanup(self) {
+        self.store.close().await;
+        if let (Some(schema), Some(url)) = (&self.schema, &self.pg_url) {
+            let pool = sqlx::PgPool::connect(url).await.unwrap();
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "DROP SCHEMA \"{schema}\" CASCADE"
+            )))
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    }
+}
