@@ -386,29 +386,42 @@ async fn audit_page(
     client.call(reqwest::Method::GET, &path, None).await
 }
 
-async fn audit_query(args: AuditQueryArgs) -> anyhow::Result<()> {
-    let page = audit_page(&args.client, &args.filter, args.limit, None).await?;
-    let rows = page["rows"].as_array().cloned().unwrap_or_default();
+/// Prints `rows` as JSON lines (`json`), or as a table: `header`, then one
+/// `line(row)` per row.
+pub(crate) fn print_rows(
+    rows: &[serde_json::Value],
+    json: bool,
+    header: &str,
+    line: impl Fn(&serde_json::Value) -> String,
+) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
-    if args.json {
-        for row in &rows {
+    if json {
+        for row in rows {
             writeln!(out, "{row}")?;
         }
         return Ok(());
     }
-    writeln!(
-        out,
+    writeln!(out, "{header}")?;
+    for row in rows {
+        writeln!(out, "{}", line(row))?;
+    }
+    Ok(())
+}
+
+async fn audit_query(args: AuditQueryArgs) -> anyhow::Result<()> {
+    let page = audit_page(&args.client, &args.filter, args.limit, None).await?;
+    let rows = page["rows"].as_array().cloned().unwrap_or_default();
+    let header = format!(
         "{:<27} {:<24} {:<16} {:<15} {:<40} EVENT",
         "TIME", "TYPE", "ACTOR", "IP", "RESOURCE"
-    )?;
-    for row in &rows {
+    );
+    print_rows(&rows, args.json, &header, |row| {
         let text = |k: &str| row[k].as_str().unwrap_or("-").to_string();
         let resource = match (row["resource_type"].as_str(), row["resource_id"].as_str()) {
             (Some(t), Some(id)) => format!("{t}:{id}"),
             _ => "-".into(),
         };
-        writeln!(
-            out,
+        format!(
             "{:<27} {:<24} {:<16} {:<15} {:<40} {}",
             text("time"),
             text("event_type"),
@@ -416,8 +429,8 @@ async fn audit_query(args: AuditQueryArgs) -> anyhow::Result<()> {
             text("actor_ip"),
             resource,
             text("event_id")
-        )?;
-    }
+        )
+    })?;
     if page["next_cursor"].is_string() {
         eprintln!("(more rows: raise --limit, or use `evhost audit export`)");
     }

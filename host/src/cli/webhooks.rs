@@ -6,7 +6,7 @@ use anyhow::bail;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-use super::ClientArgs;
+use super::{ClientArgs, print_rows};
 
 #[derive(Subcommand)]
 pub enum WebhooksCommand {
@@ -165,19 +165,11 @@ pub async fn run(command: WebhooksCommand) -> anyhow::Result<()> {
         WebhooksCommand::List { json, client } => {
             let list = client.call(Method::GET, "/v1/webhooks", None).await?;
             let hooks = list["webhooks"].as_array().cloned().unwrap_or_default();
-            let mut out = std::io::stdout().lock();
-            if json {
-                for h in &hooks {
-                    writeln!(out, "{h}")?;
-                }
-                return Ok(());
-            }
-            writeln!(
-                out,
+            let header = format!(
                 "{:<35} {:<20} {:<9} {:<8} {:<40} EVENTS",
                 "ID", "NAME", "ENABLED", "FAILURES", "URL"
-            )?;
-            for h in &hooks {
+            );
+            print_rows(&hooks, json, &header, |h| {
                 let events: Vec<&str> = h["events"]
                     .as_array()
                     .into_iter()
@@ -189,8 +181,7 @@ pub async fn run(command: WebhooksCommand) -> anyhow::Result<()> {
                     (_, Some(reason)) => format!("no:{reason}"),
                     _ => "no".to_string(),
                 };
-                writeln!(
-                    out,
+                format!(
                     "{:<35} {:<20} {:<9} {:<8} {:<40} {}",
                     h["id"].as_str().unwrap_or("-"),
                     h["name"].as_str().unwrap_or("-"),
@@ -198,9 +189,8 @@ pub async fn run(command: WebhooksCommand) -> anyhow::Result<()> {
                     h["failure_count"],
                     h["url"].as_str().unwrap_or("-"),
                     events.join(",")
-                )?;
-            }
-            Ok(())
+                )
+            })
         }
         WebhooksCommand::Show(a) => {
             let path = format!("/v1/webhooks/{}", a.id);
@@ -274,21 +264,12 @@ pub async fn run(command: WebhooksCommand) -> anyhow::Result<()> {
             }
             let page = a.client.call(Method::GET, &path, None).await?;
             let rows = page["deliveries"].as_array().cloned().unwrap_or_default();
-            let mut out = std::io::stdout().lock();
-            if a.json {
-                for r in &rows {
-                    writeln!(out, "{r}")?;
-                }
-                return Ok(());
-            }
-            writeln!(
-                out,
+            let header = format!(
                 "{:<36} {:<24} {:<9} {:<8} {:<6} {:<24} ERROR",
                 "DELIVERY", "TYPE", "STATUS", "ATTEMPTS", "CODE", "CREATED"
-            )?;
-            for r in &rows {
-                writeln!(
-                    out,
+            );
+            print_rows(&rows, a.json, &header, |r| {
+                format!(
                     "{:<36} {:<24} {:<9} {:<8} {:<6} {:<24} {}",
                     r["id"].as_str().unwrap_or("-"),
                     r["event_type"].as_str().unwrap_or("-"),
@@ -299,9 +280,8 @@ pub async fn run(command: WebhooksCommand) -> anyhow::Result<()> {
                         .map_or("-".to_string(), |c| c.to_string()),
                     r["created_at"].as_str().unwrap_or("-"),
                     r["last_error"].as_str().unwrap_or("")
-                )?;
-            }
-            Ok(())
+                )
+            })
         }
         WebhooksCommand::Delivery(a) => {
             let path = format!("/v1/deliveries/{}", a.id);
