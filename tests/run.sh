@@ -22,6 +22,11 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "build the daemon"
 cargo build --locked -p evhost
 
+# The example and test plugins, as components; the plugin tests load these files.
+step "build the plugins for wasm32-wasip2"
+cargo build --locked --profile plugin --target wasm32-wasip2 \
+  -p spam-router -p pii-redactor -p vip-router -p hostile
+
 if [ -n "${EVHOST_TEST_POSTGRES_URL:-}" ]; then
   step "PostgreSQL tests will use \$EVHOST_TEST_POSTGRES_URL"
 else

@@ -47,7 +47,59 @@ pub trait Subscriber: Send + Sync + 'static {
     fn time_limit(&self, default: Duration) -> Option<Duration> {
         Some(default)
     }
+
+    /// Whether this subscriber keeps a record of events as they were accepted, before
+    /// plugins replace or drop them (the audit log). Such a subscriber sees every
+    /// accepted event; the others see events as the plugins leave them.
+    fn records_accepted(&self) -> bool {
+        false
+    }
+
+    /// For a recording subscriber: an accepted event that a plugin dropped.
+    fn handle_dropped<'a>(&'a self, event: &'a Arc<Event>, _dropped: &'a Dropped) -> Handling<'a> {
+        self.handle(event)
+    }
 }
+
+/// Who stopped an event, and why (recorded in the audit log).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Dropped {
+    pub plugin: String,
+    pub reason: String,
+}
+
+/// What the pipeline made of one event.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// The event as it continues downstream; `None` when it was dropped.
+    pub event: Option<Arc<Event>>,
+    pub dropped: Option<Dropped>,
+    /// New events, dispatched after this one (as if published).
+    pub emitted: Vec<Event>,
+}
+
+/// A pipeline's answer for one event: unchanged (the fast path, no allocation),
+/// decided, or decided after waiting (a durable hand-off).
+pub enum Pipelined<'a> {
+    Unchanged,
+    Done(Outcome),
+    Later(BoxFuture<'a, Outcome>),
+}
+
+/// What runs between acceptance and the subscribers (the inline plugins). Each bus
+/// worker gets its own [`PipelineWorker`], so per-worker state (plugin instances)
+/// needs no lock.
+pub trait Pipeline: Send + Sync + 'static {
+    fn worker(&self) -> Box<dyn PipelineWorker>;
+}
+
+/// One bus worker's share of the pipeline.
+pub trait PipelineWorker: Send {
+    fn run<'a>(&'a mut self, event: &'a Arc<Event>) -> Pipelined<'a>;
+}
+
+/// Most events that may be emitted, directly or not, from one accepted event.
+const MAX_DERIVED: usize = 256;
 
 /// A subscriber's answer: most built-in subscribers finish synchronously, and
 /// saying so spares the bus a boxed future and a timer per event.
@@ -188,6 +240,7 @@ impl Subscription {
 
 struct Shared {
     subscriptions: ArcSwap<Vec<Arc<Subscription>>>,
+    pipeline: std::sync::OnceLock<Arc<dyn Pipeline>>,
     metrics: Arc<Metrics>,
     handler_timeout: Duration,
 }
@@ -213,6 +266,7 @@ impl Bus {
         let rx = Arc::new(Mutex::new(rx));
         let shared = Arc::new(Shared {
             subscriptions: ArcSwap::from_pointee(Vec::new()),
+            pipeline: std::sync::OnceLock::new(),
             metrics,
             handler_timeout: options.handler_timeout,
         });
@@ -227,6 +281,12 @@ impl Bus {
             stop,
             workers: Arc::new(std::sync::Mutex::new(workers)),
         }
+    }
+
+    /// Puts `pipeline` between acceptance and the subscribers (once; later calls are
+    /// refused). Workers pick it up with their next batch.
+    pub fn set_pipeline(&self, pipeline: Arc<dyn Pipeline>) -> Result<(), Arc<dyn Pipeline>> {
+        self.shared.pipeline.set(pipeline)
     }
 
     /// Adds a subscriber for events matching any of `patterns`.
@@ -393,6 +453,7 @@ async fn worker(
     stop: CancellationToken,
 ) {
     let mut jobs = Vec::with_capacity(TAKE);
+    let mut pipeline: Option<Box<dyn PipelineWorker>> = None;
     loop {
         {
             let mut rx = rx.lock().await;
@@ -411,38 +472,89 @@ async fn worker(
                 }
             }
         }
+        if pipeline.is_none() {
+            pipeline = shared.pipeline.get().map(|p| p.worker());
+        }
         let subscriptions = shared.subscriptions.load();
         for job in jobs.drain(..) {
-            dispatch(&shared, &subscriptions, job).await;
+            dispatch(&shared, &subscriptions, pipeline.as_deref_mut(), job).await;
         }
     }
     tracing::debug!(worker = n, "bus worker stopped");
 }
 
-async fn dispatch(shared: &Shared, subscriptions: &[Arc<Subscription>], job: Job) {
-    let event = &job.event;
+async fn dispatch(
+    shared: &Shared,
+    subscriptions: &[Arc<Subscription>],
+    mut pipeline: Option<&mut (dyn PipelineWorker + 'static)>,
+    job: Job,
+) {
     let mut failures = Vec::new();
-    for sub in subscriptions.iter().filter(|s| s.wants(&event.kind)) {
-        let limit = sub.subscriber.time_limit(shared.handler_timeout);
-        let failure = match run_handler(&sub.subscriber, event, limit).await {
-            Ok(()) => continue,
-            Err(failure) => failure,
+    let mut queue = std::collections::VecDeque::new();
+    queue.push_back(job.event.clone());
+    let mut derived = 0;
+    while let Some(event) = queue.pop_front() {
+        let outcome = match pipeline.as_deref_mut().map(|p| p.run(&event)) {
+            None | Some(Pipelined::Unchanged) => None,
+            Some(Pipelined::Done(outcome)) => Some(outcome),
+            Some(Pipelined::Later(future)) => Some(future.await),
         };
-        shared.metrics.subscriber_error(&sub.id, failure.0.label());
-        tracing::warn!(
-            subscriber = %sub.id,
-            event_id = %event.id,
-            event_type = %event.kind,
-            kind = failure.0.label(),
-            error = %failure.1,
-            "subscriber failed"
-        );
-        if job.done.is_some() {
-            failures.push(SubscriberFailure {
-                subscriber: sub.id.to_string(),
-                kind: failure.0,
-                message: failure.1,
-            });
+        let (current, dropped) = match outcome {
+            None => (Some(event.clone()), None),
+            Some(outcome) => {
+                for emitted in outcome.emitted {
+                    if derived == MAX_DERIVED {
+                        shared.metrics.plugins.emits_refused.inc();
+                        tracing::warn!(event_id = %job.event.id, limit = MAX_DERIVED, "plugins emitted too many events from one event; the rest are refused");
+                        break;
+                    }
+                    derived += 1;
+                    shared.metrics.accepted(emitted.family());
+                    queue.push_back(Arc::new(emitted));
+                }
+                (outcome.event, outcome.dropped)
+            }
+        };
+        for sub in subscriptions {
+            let records = sub.subscriber.records_accepted();
+            let seen = if records {
+                &event
+            } else {
+                match &current {
+                    Some(e) => e,
+                    None => continue,
+                }
+            };
+            if !sub.wants(&seen.kind) {
+                continue;
+            }
+            let limit = sub.subscriber.time_limit(shared.handler_timeout);
+            let result = match (&dropped, records) {
+                (Some(d), true) => {
+                    run_handler(|| sub.subscriber.handle_dropped(seen, d), limit).await
+                }
+                _ => run_handler(|| sub.subscriber.handle(seen), limit).await,
+            };
+            let failure = match result {
+                Ok(()) => continue,
+                Err(failure) => failure,
+            };
+            shared.metrics.subscriber_error(&sub.id, failure.0.label());
+            tracing::warn!(
+                subscriber = %sub.id,
+                event_id = %seen.id,
+                event_type = %seen.kind,
+                kind = failure.0.label(),
+                error = %failure.1,
+                "subscriber failed"
+            );
+            if job.done.is_some() {
+                failures.push(SubscriberFailure {
+                    subscriber: sub.id.to_string(),
+                    kind: failure.0,
+                    message: failure.1,
+                });
+            }
         }
     }
     shared.metrics.dispatched(job.accepted_at.elapsed());
@@ -453,12 +565,11 @@ async fn dispatch(shared: &Shared, subscriptions: &[Arc<Subscription>], job: Job
 
 /// Calls one subscriber, catching panics; a future it returns is polled once at
 /// once, and only one still pending gets a timer (the fast path reads no clock).
-async fn run_handler(
-    subscriber: &Arc<dyn Subscriber>,
-    event: &Arc<Event>,
+async fn run_handler<'a>(
+    call: impl FnOnce() -> Handling<'a>,
     limit: Option<Duration>,
 ) -> Result<(), (FailureKind, String)> {
-    let handling = std::panic::catch_unwind(AssertUnwindSafe(|| subscriber.handle(event)))
+    let handling = std::panic::catch_unwind(AssertUnwindSafe(call))
         .map_err(|panic| (FailureKind::Panic, panic_message(&panic)))?;
     let mut future = match handling {
         Handling::Done(result) => return result.map_err(|e| (FailureKind::Error, e.to_string())),
@@ -505,6 +616,7 @@ mod tests {
             source: "test".into(),
             actor: Actor::default(),
             data: Arc::from(RawValue::from_string("{}".into()).unwrap()),
+            hops: 0,
         }
     }
 

@@ -152,11 +152,56 @@ pub struct WebhooksConfig {
     pub purge_interval: Duration,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PluginsConfig {
+    pub enabled: bool,
     /// Watched folder of `.wasm` plugins; `<data_dir>/plugins` when unset.
     pub dir: Option<PathBuf>,
+    /// Compiled plugins, reused at restart while the file and engine are unchanged;
+    /// `<data_dir>/plugin-cache` when unset.
+    pub cache_dir: Option<PathBuf>,
+    /// Memory one plugin instance may use, in MiB (a sidecar may set its own).
+    pub memory_mib: u64,
+    /// Time limit of one call into a plugin (a sidecar may set its own).
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    /// How many times an event may be emitted from an emitted event (loops stop here).
+    pub max_hops: u8,
+    /// Actions one call may return.
+    pub max_actions: usize,
+    /// Bytes of event data one call may return, all actions together.
+    pub max_output_bytes: usize,
+    /// Failures in a row that open a plugin's circuit breaker.
+    pub breaker_failures: u32,
+    /// How long an open breaker skips the plugin before letting one event try it.
+    #[serde(with = "duration")]
+    pub breaker_cooldown: Duration,
+    /// Log lines per second one plugin may write; the rest are counted and dropped.
+    pub log_lines_per_second: u32,
+    /// How long a plugin file must stay unchanged before it is loaded (so a file
+    /// still being copied is not read half-written).
+    #[serde(with = "duration")]
+    pub settle: Duration,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        PluginsConfig {
+            enabled: true,
+            dir: None,
+            cache_dir: None,
+            memory_mib: 64,
+            timeout: Duration::from_millis(10),
+            max_hops: 3,
+            max_actions: 64,
+            max_output_bytes: 1 << 20,
+            breaker_failures: 5,
+            breaker_cooldown: Duration::from_secs(30),
+            log_lines_per_second: 20,
+            settle: Duration::from_millis(100),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -414,6 +459,37 @@ impl Config {
                 ),
             ));
         }
+        let p = &self.plugins;
+        for (key, value, low, high) in [
+            ("plugins.memory_mib", p.memory_mib, 1, 4096),
+            ("plugins.max_hops", p.max_hops as u64, 0, 16),
+            ("plugins.max_actions", p.max_actions as u64, 1, 10_000),
+            (
+                "plugins.max_output_bytes",
+                p.max_output_bytes as u64,
+                1024,
+                64 << 20,
+            ),
+            (
+                "plugins.breaker_failures",
+                p.breaker_failures as u64,
+                1,
+                1_000_000,
+            ),
+        ] {
+            if !(low..=high).contains(&value) {
+                return Err(invalid(
+                    key,
+                    format!("{value} is out of range; allowed: {low} to {high}"),
+                ));
+            }
+        }
+        if p.timeout.is_zero() || p.timeout > Duration::from_secs(60) {
+            return Err(invalid(
+                "plugins.timeout",
+                format!("{:?} is out of range; allowed: 1ms to 60s", p.timeout),
+            ));
+        }
         if self.events.queue_size == 0 || self.events.queue_size > 10_000_000 {
             return Err(invalid(
                 "events.queue_size",
@@ -589,6 +665,14 @@ impl Config {
             .dir
             .clone()
             .unwrap_or_else(|| self.data_dir.join("plugins"))
+    }
+
+    /// The compiled-plugin cache: `plugins.cache_dir`, or `<data_dir>/plugin-cache`.
+    pub fn plugin_cache_dir(&self) -> PathBuf {
+        self.plugins
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("plugin-cache"))
     }
 
     /// The database URL: `database.url`, or a SQLite file in `data_dir`.
@@ -771,7 +855,7 @@ fn explain(message: String, value: Option<&Value>) -> String {
 }
 
 /// Durations written like `30s`, `1m`, `250ms`, `4h`.
-mod duration {
+pub(crate) mod duration {
     use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;
 

@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::event::{Catalog, Event, TypePattern};
 use crate::ingest::Ingest;
 use crate::metrics::{EventMetrics, Metrics};
+use crate::plugins::loader::Plugins;
 use crate::store::Store;
 use crate::webhooks::{WebhookOptions, Webhooks};
 
@@ -43,6 +44,8 @@ pub enum ServeError {
     Audit(#[from] crate::audit::AuditError),
     #[error("webhooks")]
     Webhooks(#[from] crate::webhooks::WebhookError),
+    #[error("plugins")]
+    Plugins(#[from] crate::plugins::loader::PluginError),
     #[error("cannot read or write {path}")]
     DataDir {
         path: std::path::PathBuf,
@@ -156,6 +159,28 @@ pub async fn serve(
     } else {
         None
     };
+    // Plugins last: their `deliver` actions need the webhooks, and the first events
+    // they see may come as soon as the bus has its pipeline.
+    let plugins = if config.plugins.enabled {
+        let plugins = Plugins::start(
+            config.plugins.clone(),
+            config.plugins_dir(),
+            config.plugin_cache_dir(),
+            metrics.clone(),
+            catalog.clone(),
+        )
+        .await?;
+        if let Some(webhooks) = &webhooks {
+            plugins.set_delivery(webhooks.delivery_sink());
+        }
+        if bus.set_pipeline(plugins.pipeline()).is_err() {
+            unreachable!("the bus gets its pipeline once, here");
+        }
+        tracing::info!(dir = %config.plugins_dir().display(), loaded = plugins.list().iter().filter(|p| p.state != "failed").count(), "watching the plugin folder");
+        Some(plugins)
+    } else {
+        None
+    };
     tracing::info!(
         backend = store.backend(),
         audit = audit.is_some(),
@@ -176,6 +201,7 @@ pub async fn serve(
         audit: audit.clone(),
         store: Some(store.clone()),
         webhooks: webhooks.clone(),
+        plugins: plugins.clone(),
     });
 
     let hostname = hostname();
@@ -244,6 +270,9 @@ pub async fn serve(
         },
     );
     bus.shutdown().await;
+    if let Some(plugins) = &plugins {
+        plugins.stop();
+    }
     if let Some(webhooks) = &webhooks {
         webhooks.shutdown().await;
     }

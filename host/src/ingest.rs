@@ -289,6 +289,7 @@ impl Ingest {
                 on_behalf_of,
             },
             data: Arc::from(draft.data),
+            hops: 0,
         })
     }
 }

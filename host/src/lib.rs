@@ -16,6 +16,7 @@ pub mod daemon;
 pub mod event;
 pub mod ingest;
 pub mod metrics;
+pub mod plugins;
 pub mod store;
 pub mod webhooks;
 

@@ -129,6 +129,7 @@ pub struct Metrics {
     domains: DomainGuard,
     pub audit: AuditMetrics,
     pub webhooks: WebhookMetrics,
+    pub plugins: Arc<PluginMetrics>,
 }
 
 /// What webhook delivery counts.
@@ -211,6 +212,188 @@ impl WebhookMetrics {
             m.purged.clone(),
         );
         m
+    }
+}
+
+/// What plugins count. Per-plugin series are fetched once when a plugin loads
+/// ([`PluginMetrics::series`]), so a call counts without a lookup.
+pub struct PluginMetrics {
+    calls: Family<PluginLabel, Counter>,
+    errors: Family<PluginErrorLabels, Counter>,
+    call_seconds: Family<PluginLabel, Histogram, fn() -> Histogram>,
+    actions: Family<PluginActionLabels, Counter>,
+    counters: Family<PluginCounterLabels, Counter>,
+    counter_names: std::sync::Mutex<std::collections::HashMap<String, HashSet<String>>>,
+    pub loaded: Gauge,
+    pub load_failures: Family<PluginLabel, Counter>,
+    pub breaker_open: Family<PluginLabel, Gauge>,
+    pub tap_skipped: Family<PluginLabel, Counter>,
+    pub emits_refused: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginLabel {
+    pub plugin: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginErrorLabels {
+    plugin: String,
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginActionLabels {
+    plugin: String,
+    action: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginCounterLabels {
+    plugin: String,
+    name: String,
+}
+
+/// The error kinds a plugin call is counted under.
+pub const PLUGIN_ERROR_KINDS: [&str; 5] = ["timeout", "memory", "trap", "error", "invalid_action"];
+/// The action kinds counted per plugin.
+pub const PLUGIN_ACTIONS: [&str; 4] = ["drop", "replace", "emit", "deliver"];
+
+/// One plugin's series, taken once.
+#[derive(Clone)]
+pub struct PluginSeries {
+    pub calls: Counter,
+    pub call_seconds: Histogram,
+    /// In the order of [`PLUGIN_ERROR_KINDS`].
+    pub errors: [Counter; 5],
+    /// In the order of [`PLUGIN_ACTIONS`].
+    pub actions: [Counter; 4],
+}
+
+impl PluginSeries {
+    pub fn error(&self, kind: &str) {
+        if let Some(i) = PLUGIN_ERROR_KINDS.iter().position(|k| *k == kind) {
+            self.errors[i].inc();
+        }
+    }
+}
+
+fn plugin_call_histogram() -> Histogram {
+    // 1 µs … ~16 s
+    Histogram::new(exponential_buckets(0.000_001, 4.0, 13))
+}
+
+impl PluginMetrics {
+    fn register(registry: &mut Registry) -> PluginMetrics {
+        let m = PluginMetrics {
+            calls: Family::default(),
+            errors: Family::default(),
+            call_seconds: Family::new_with_constructor(plugin_call_histogram),
+            actions: Family::default(),
+            counters: Family::default(),
+            counter_names: Default::default(),
+            loaded: Gauge::default(),
+            load_failures: Family::default(),
+            breaker_open: Family::default(),
+            tap_skipped: Family::default(),
+            emits_refused: Counter::default(),
+        };
+        registry.register(
+            "evhost_plugin_calls",
+            "Calls into plugins (handle), by plugin",
+            m.calls.clone(),
+        );
+        registry.register(
+            "evhost_plugin_errors",
+            "Failed plugin calls, by plugin and kind (timeout, memory, trap, error, invalid_action)",
+            m.errors.clone(),
+        );
+        registry.register(
+            "evhost_plugin_call_duration_seconds",
+            "Time of one plugin call, by plugin",
+            m.call_seconds.clone(),
+        );
+        registry.register(
+            "evhost_plugin_actions",
+            "Actions taken from plugin results, by plugin and action (drop, replace, emit, deliver)",
+            m.actions.clone(),
+        );
+        registry.register(
+            "evhost_plugin_counter",
+            "Counters that plugins keep themselves (host counter-add), by plugin and name",
+            m.counters.clone(),
+        );
+        registry.register(
+            "evhost_plugins_loaded",
+            "Plugins loaded and serving",
+            m.loaded.clone(),
+        );
+        registry.register(
+            "evhost_plugin_load_failures",
+            "Plugin files that failed to compile, match the contract or init, by plugin",
+            m.load_failures.clone(),
+        );
+        registry.register(
+            "evhost_plugin_breaker_open",
+            "1 while a plugin's circuit breaker is open (the plugin is skipped)",
+            m.breaker_open.clone(),
+        );
+        registry.register(
+            "evhost_plugin_tap_skipped",
+            "Events a tap plugin did not see because its queue was full, by plugin",
+            m.tap_skipped.clone(),
+        );
+        registry.register(
+            "evhost_plugin_emits_refused",
+            "Events emitted by plugins that were refused (hop limit, budget, full queue)",
+            m.emits_refused.clone(),
+        );
+        m
+    }
+
+    /// The series of plugin `name`.
+    pub fn series(&self, name: &str) -> PluginSeries {
+        let label = PluginLabel {
+            plugin: name.to_string(),
+        };
+        let errors = PLUGIN_ERROR_KINDS.map(|kind| {
+            self.errors.get_or_create_owned(&PluginErrorLabels {
+                plugin: name.to_string(),
+                kind,
+            })
+        });
+        let actions = PLUGIN_ACTIONS.map(|action| {
+            self.actions.get_or_create_owned(&PluginActionLabels {
+                plugin: name.to_string(),
+                action,
+            })
+        });
+        PluginSeries {
+            calls: self.calls.get_or_create_owned(&label),
+            call_seconds: self.call_seconds.get_or_create_owned(&label),
+            errors,
+            actions,
+        }
+    }
+
+    /// Adds to a plugin's own counter; a plugin gets at most `max_names` of them.
+    pub fn counter_add(&self, plugin: &str, name: &str, value: u64, max_names: usize) {
+        {
+            let mut names = self.counter_names.lock().expect("not poisoned");
+            let seen = names.entry(plugin.to_string()).or_default();
+            if !seen.contains(name) {
+                if seen.len() >= max_names {
+                    return;
+                }
+                seen.insert(name.to_string());
+            }
+        }
+        self.counters
+            .get_or_create(&PluginCounterLabels {
+                plugin: plugin.to_string(),
+                name: name.to_string(),
+            })
+            .inc_by(value);
     }
 }
 
@@ -347,6 +530,7 @@ impl Metrics {
 
         let audit = AuditMetrics::register(&mut registry);
         let webhooks = WebhookMetrics::register(&mut registry);
+        let plugins = Arc::new(PluginMetrics::register(&mut registry));
         let accepted_by_family = FAMILIES
             .iter()
             .chain(std::iter::once(&"custom"))
@@ -368,6 +552,7 @@ impl Metrics {
             domains: DomainGuard::new(max_domains),
             audit,
             webhooks,
+            plugins,
         })
     }
 

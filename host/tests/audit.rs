@@ -52,6 +52,7 @@ fn event(id: &str, kind: &str, token: Option<&str>) -> Arc<Event> {
             on_behalf_of: None,
         },
         data: Arc::from(RawValue::from_string(format!(r#"{{"message_id":"{id}"}}"#)).unwrap()),
+        hops: 0,
     })
 }
 

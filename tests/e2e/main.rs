@@ -7,6 +7,7 @@ mod cli;
 mod errors;
 mod ingest;
 mod metrics;
+mod plugins;
 mod shutdown;
 mod stream;
 mod webhook_durability;

@@ -534,3 +534,78 @@ impl Drop for Backend {
         }
     }
 }
+
+/// A plugin built for wasm32-wasip2 by `tests/run.sh` (profile `plugin`), such as
+/// `hostile` or `spam_router`; `$EVHOST_TEST_PLUGINS_DIR` overrides the folder.
+pub fn plugin_wasm(name: &str) -> PathBuf {
+    let dir = match std::env::var_os("EVHOST_TEST_PLUGINS_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            // target/<profile>/deps/<test> → target/wasm32-wasip2/plugin
+            let exe = std::env::current_exe().expect("test executable path");
+            exe.ancestors()
+                .nth(3)
+                .expect("the test runs from target/<profile>/deps")
+                .join("wasm32-wasip2/plugin")
+        }
+    };
+    let path = dir.join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: build the plugins first (tests/run.sh does: cargo build --profile plugin --target wasm32-wasip2 -p spam-router -p pii-redactor -p vip-router -p hostile)",
+        path.display()
+    );
+    path
+}
+
+impl Daemon {
+    /// The daemon's plugin folder.
+    pub fn plugins_dir(&self) -> PathBuf {
+        self.dir.path().join("data/plugins")
+    }
+
+    /// Writes (or, with `None`, removes) the sidecar of plugin `name`.
+    pub fn write_sidecar(&self, name: &str, sidecar: Option<&str>) {
+        let path = self.plugins_dir().join(format!("{name}.toml"));
+        match sidecar {
+            Some(text) => std::fs::write(path, text).unwrap(),
+            None => {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+
+    /// Copies `wasm` into the plugin folder as `name.wasm`, as an operator would, and
+    /// waits until that very file is serving; returns how long that took.
+    pub async fn install_plugin(&self, name: &str, wasm: &std::path::Path) -> Duration {
+        let bytes = std::fs::read(wasm).unwrap();
+        let hash = sha256_hex(&bytes);
+        let started = Instant::now();
+        std::fs::copy(wasm, self.plugins_dir().join(format!("{name}.wasm"))).unwrap();
+        self.wait_plugin(name, |p| p["file_hash"] == hash && p["state"] == "serving")
+            .await;
+        started.elapsed()
+    }
+
+    /// Waits (up to 20 s) until `GET /v1/plugins/{name}` satisfies `ready`; returns it.
+    pub async fn wait_plugin(&self, name: &str, ready: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (status, plugin) = self.get_json(&format!("/v1/plugins/{name}")).await;
+            if status == 200 && ready(&plugin) {
+                return plugin;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "plugin {name} not as expected within 20 s: {status} {plugin}; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}

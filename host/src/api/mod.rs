@@ -7,6 +7,7 @@ pub mod auth;
 pub mod error;
 mod events;
 mod openapi;
+mod plugins;
 pub mod stream;
 mod webhooks;
 
@@ -74,6 +75,8 @@ pub struct AppState {
     pub store: Option<crate::store::Store>,
     /// Webhooks, unless `webhooks.enabled` is off.
     pub webhooks: Option<Arc<crate::webhooks::Webhooks>>,
+    /// Plugins, unless `plugins.enabled` is off.
+    pub plugins: Option<crate::plugins::loader::Plugins>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -103,6 +106,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/webhooks/{id}/replay", post(webhooks::replay))
         .route("/v1/deliveries/{id}", get(webhooks::delivery))
         .route("/v1/deliveries/{id}/retry", post(webhooks::retry))
+        .route("/v1/plugins", get(plugins::list))
+        .route("/v1/plugins/{name}", get(plugins::get))
+        .route("/v1/plugins/{name}/reload", post(plugins::reload))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

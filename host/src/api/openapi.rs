@@ -29,6 +29,9 @@ use super::events;
         super::webhooks::replay,
         super::webhooks::delivery,
         super::webhooks::retry,
+        super::plugins::list,
+        super::plugins::get,
+        super::plugins::reload,
         super::healthz,
         super::readyz,
         super::metrics,
@@ -36,7 +39,8 @@ use super::events;
     components(schemas(events::EventRequest, events::AcceptedBody, events::HandledBody, events::AcceptedBatchBody, super::audit::AuditPage, super::audit::AuditRow,
         crate::webhooks::NewEndpoint, crate::webhooks::EndpointPatch, crate::webhooks::Endpoint, crate::webhooks::Format,
         super::webhooks::EndpointWithSecret, super::webhooks::EndpointList, super::webhooks::DeliveryView,
-        super::webhooks::AttemptView, super::webhooks::DeliveryPage, super::webhooks::Replayed)),
+        super::webhooks::AttemptView, super::webhooks::DeliveryPage, super::webhooks::Replayed,
+        super::plugins::PluginList, crate::plugins::PluginStatus, crate::plugins::Mode, crate::plugins::OnError)),
     modifiers(&BearerAuth),
 )]
 struct ApiDoc;

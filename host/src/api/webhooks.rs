@@ -72,7 +72,7 @@ fn webhooks(state: &AppState) -> Result<&Arc<Webhooks>, ApiError> {
 
 /// A caller with the admin scope, as the actor its changes are recorded under.
 /// Every route here takes one, so authorization runs before anything else.
-pub struct Admin(Actor);
+pub struct Admin(pub(super) Actor);
 
 impl FromRequestParts<Arc<AppState>> for Admin {
     type Rejection = ApiError;

@@ -81,6 +81,8 @@ impl AuditOptions {
 
 enum Item {
     Event(Arc<Event>),
+    /// An accepted event a plugin stopped: recorded with who and why.
+    Dropped(Arc<Event>, crate::bus::Dropped),
     Action(Entry),
 }
 
@@ -246,6 +248,19 @@ impl Subscriber for AuditSubscriber {
         Handling::hand_off(&self.tx, Item::Event(event.clone()), "the audit writer")
     }
 
+    fn records_accepted(&self) -> bool {
+        true
+    }
+
+    fn handle_dropped<'a>(
+        &'a self,
+        event: &'a Arc<Event>,
+        dropped: &'a crate::bus::Dropped,
+    ) -> Handling<'a> {
+        let item = Item::Dropped(event.clone(), dropped.clone());
+        Handling::hand_off(&self.tx, item, "the audit writer")
+    }
+
     fn time_limit(&self, _default: Duration) -> Option<Duration> {
         None
     }
@@ -291,6 +306,7 @@ impl Writer {
                 .drain(..)
                 .map(|item| match item {
                     Item::Event(event) => Entry::of_event(&event),
+                    Item::Dropped(event, dropped) => Entry::of_dropped_event(&event, &dropped),
                     Item::Action(entry) => entry,
                 })
                 .collect();

@@ -64,6 +64,18 @@ impl Entry {
             time_us: event.time.timestamp_micros(),
         }
     }
+
+    /// The row of an accepted event that a plugin dropped: `details` holds the payload
+    /// under `data` and who dropped it under `dropped` (`{"plugin", "reason"}`).
+    pub fn of_dropped_event(event: &Arc<Event>, dropped: &crate::bus::Dropped) -> Entry {
+        let mut entry = Entry::of_event(event);
+        entry.details = serde_json::json!({
+            "data": event.data,
+            "dropped": dropped,
+        })
+        .to_string();
+        entry
+    }
 }
 
 /// A row as stored: an entry placed in a chain.

@@ -196,6 +196,7 @@ fn template_event() -> Event {
         source: "/bench".into(),
         actor: Actor::default(),
         data: Arc::from(RawValue::from_string(PAYLOAD.into()).expect("valid JSON")),
+        hops: 0,
     }
 }
 

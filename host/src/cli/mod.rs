@@ -12,6 +12,7 @@ use anyhow::{Context, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 use futures_util::StreamExt;
 
+mod plugin;
 mod webhooks;
 
 use crate::config::{Config, LogFormat};
@@ -56,6 +57,9 @@ enum Command {
     /// Manage webhook endpoints and look at their deliveries.
     #[command(subcommand)]
     Webhooks(webhooks::WebhooksCommand),
+    /// Write, check and run WebAssembly plugins; list a daemon's plugins.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
 }
 
 #[derive(Subcommand)]
@@ -281,6 +285,7 @@ pub fn main() -> ExitCode {
             runtime().and_then(|rt| rt.block_on(audit_export(args)))
         }
         Command::Webhooks(command) => runtime().and_then(|rt| rt.block_on(webhooks::run(command))),
+        Command::Plugin(command) => runtime().and_then(|rt| rt.block_on(plugin::run(command))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -58,6 +58,10 @@ pub struct Event {
     pub source: Arc<str>,
     pub actor: Actor,
     pub data: Arc<RawValue>,
+    /// How many plugin emits led to this event (0 for a published one); emits stop at
+    /// `plugins.max_hops`, so plugins cannot loop forever.
+    #[serde(skip)]
+    pub hops: u8,
 }
 
 impl Event {
@@ -79,6 +83,7 @@ impl Event {
             source: "/evhost".into(),
             actor: Actor::default(),
             data: Arc::from(RawValue::from_string(json)?),
+            hops: 0,
         })
     }
 }

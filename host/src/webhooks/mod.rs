@@ -233,6 +233,14 @@ impl Webhooks {
     }
 
     /// The bus subscriber that turns matching events into deliveries.
+    /// Where plugins' `deliver` actions go.
+    pub fn delivery_sink(&self) -> Arc<dyn crate::plugins::DeliverySink> {
+        Arc::new(outbox::Targeted {
+            shared: self.shared.clone(),
+            tx: self.outbox.clone(),
+        })
+    }
+
     pub fn subscriber(&self) -> Arc<dyn Subscriber> {
         Arc::new(outbox::Dispatcher {
             shared: self.shared.clone(),

@@ -70,6 +70,40 @@ impl Subscriber for Dispatcher {
     }
 }
 
+/// Where plugins' `deliver` actions enter the outbox: one named, enabled endpoint,
+/// whatever it subscribes to.
+pub struct Targeted {
+    pub(super) shared: Arc<Shared>,
+    pub(super) tx: mpsc::Sender<Item>,
+}
+
+impl crate::plugins::DeliverySink for Targeted {
+    fn deliver_to<'a>(
+        &'a self,
+        target: &'a str,
+        event: Arc<Event>,
+    ) -> crate::bus::BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let lane = self
+                .shared
+                .routes
+                .load()
+                .iter()
+                .find(|lane| lane.route().endpoint.name == target)
+                .cloned()
+                .ok_or_else(|| format!("no enabled webhook endpoint is named {target:?}"))?;
+            let item = Item {
+                event,
+                lanes: vec![lane],
+            };
+            self.tx
+                .send(item)
+                .await
+                .map_err(|_| "the webhook outbox writer has stopped".to_string())
+        })
+    }
+}
+
 #[derive(Serialize)]
 struct EspBody<'a> {
     id: &'a str,

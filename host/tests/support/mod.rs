@@ -91,3 +91,27 @@ impl TestDb {
         }
     }
 }
+
+/// A plugin built for wasm32-wasip2 by `tests/run.sh` (profile `plugin`), such as
+/// `hostile` or `spam_router`.
+pub fn plugin_wasm(name: &str) -> std::path::PathBuf {
+    let dir = match std::env::var_os("EVHOST_TEST_PLUGINS_DIR") {
+        Some(dir) => std::path::PathBuf::from(dir),
+        None => {
+            // target/<profile>/deps/<test> → target/wasm32-wasip2/plugin
+            let exe = std::env::current_exe().expect("test executable path");
+            let target = exe
+                .ancestors()
+                .nth(3)
+                .expect("the test runs from target/<profile>/deps");
+            target.join("wasm32-wasip2/plugin")
+        }
+    };
+    let path = dir.join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: build the plugins first (tests/run.sh does: cargo build --profile plugin --target wasm32-wasip2 -p spam-router -p pii-redactor -p vip-router -p hostile)",
+        path.display()
+    );
+    path
+}

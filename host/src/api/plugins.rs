@@ -1,0 +1,118 @@
+//! `/v1/plugins…`: what is loaded from the plugin folder (read scope) and reloading
+//! one plugin from its file (admin scope, recorded in the audit log).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::AppState;
+use super::error::ApiError;
+use super::webhooks::Admin;
+use crate::config::Scope;
+use crate::plugins::PluginStatus;
+use crate::plugins::loader::{PluginError, Plugins};
+
+/// Every plugin that is serving, or whose file failed to load.
+#[derive(Serialize, ToSchema)]
+pub struct PluginList {
+    plugins: Vec<PluginStatus>,
+}
+
+fn plugins(state: &AppState) -> Result<&Plugins, ApiError> {
+    state.plugins.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "plugins_disabled",
+            "plugins are turned off (plugins.enabled: false)",
+        )
+    })
+}
+
+/// Lists the plugins: name, version, file hash, state, load time, last error, counters.
+#[utoipa::path(get, path = "/v1/plugins", tag = "plugins",
+    responses((status = 200, description = "The plugins", body = PluginList)),
+    security(("bearer" = ["read"])))]
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
+) -> Result<Json<PluginList>, ApiError> {
+    state.auth.authorize(&headers, Scope::Read)?;
+    Ok(Json(PluginList {
+        plugins: plugins(&state)?.list(),
+    }))
+}
+
+/// One plugin.
+#[utoipa::path(get, path = "/v1/plugins/{name}", tag = "plugins",
+    params(("name" = String, Path, description = "The file's stem: `spam-router` for spam-router.wasm")),
+    responses((status = 200, description = "The plugin", body = PluginStatus), (status = 404, description = "No such plugin")),
+    security(("bearer" = ["read"])))]
+pub async fn get(
+    State(state): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<PluginStatus>, ApiError> {
+    state.auth.authorize(&headers, Scope::Read)?;
+    plugins(&state)?
+        .status(&name)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no plugin named {name:?}")))
+}
+
+/// Loads a plugin again from its file and sidecar. On failure the previous version
+/// keeps serving and the answer says why.
+#[utoipa::path(post, path = "/v1/plugins/{name}/reload", tag = "plugins",
+    params(("name" = String, Path, description = "The file's stem")),
+    responses((status = 200, description = "Reloaded", body = PluginStatus),
+              (status = 404, description = "No such plugin file"),
+              (status = 422, description = "The file did not compile, match the contract or init; the previous version (if any) keeps serving")),
+    security(("bearer" = ["admin"])))]
+pub async fn reload(
+    State(state): State<Arc<AppState>>,
+    Admin(actor): Admin,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let plugins = plugins(&state)?;
+    let result = plugins.reload(&name).await;
+    if let Some(audit) = &state.audit {
+        let outcome = match &result {
+            Ok(status) => {
+                serde_json::json!({"ok": true, "version": status.version, "file_hash": status.file_hash})
+            }
+            Err(e) => serde_json::json!({"ok": false, "error": e.to_string()}),
+        };
+        audit
+            .record_action(crate::audit::Entry {
+                event_id: crate::event::new_event_id().to_string(),
+                event_type: "plugin.reload".into(),
+                actor: actor
+                    .token
+                    .as_deref()
+                    .map(str::to_string)
+                    .or(Some("anonymous".into())),
+                actor_token: actor.token.as_deref().map(str::to_string),
+                actor_ip: actor.ip.map(|ip| ip.to_string()),
+                resource_type: Some("plugin".into()),
+                resource_id: Some(name.clone()),
+                details: outcome.to_string(),
+                time_us: chrono::Utc::now().timestamp_micros(),
+            })
+            .await;
+    }
+    match result {
+        Ok(status) => Ok(Json(status).into_response()),
+        Err(PluginError::BadName(_)) | Err(PluginError::NotFound(_)) => Err(ApiError::not_found(
+            result.err().map(|e| e.to_string()).unwrap_or_default(),
+        )),
+        Err(e) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "plugin_not_loaded",
+            e.to_string(),
+        )),
+    }
+}

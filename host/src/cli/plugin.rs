@@ -1,0 +1,469 @@
+//! `evhost plugin …`: scaffold, build, check and run plugins offline, and list or
+//! reload the plugins of a running daemon.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use reqwest::Method;
+
+use super::{ClientArgs, print_rows};
+use crate::config::PluginsConfig;
+use crate::event::{Actor, Catalog, Event, new_event_id, wire};
+use crate::plugins::Manifest;
+use crate::plugins::offline;
+
+#[derive(Subcommand)]
+pub enum PluginCommand {
+    /// Create a plugin crate that builds and passes its test out of the box.
+    New {
+        /// The plugin's name (a-z 0-9 - _), also the crate's folder.
+        name: String,
+        /// Where to create it (default: ./NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The evhost plugin SDK (plugins/sdk of the evhost sources).
+        #[arg(long, env = "EVHOST_PLUGIN_SDK")]
+        sdk: Option<PathBuf>,
+    },
+    /// Build a plugin crate for wasm32-wasip2 and print the .wasm file's path.
+    Build {
+        /// The crate's folder (default: the current one).
+        #[arg(default_value = ".")]
+        path: PathBuf,
+    },
+    /// Check a .wasm file: the contract, its imports and exports, init, the limits.
+    Check {
+        file: PathBuf,
+        #[command(flatten)]
+        sidecar: SidecarArgs,
+        /// The report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a .wasm file on events offline; prints its actions, log lines and counters.
+    Run {
+        file: PathBuf,
+        /// A JSON file with one event ({"type", "data", …} as POST /v1/events takes)
+        /// or an array of them.
+        #[arg(long)]
+        event: PathBuf,
+        #[command(flatten)]
+        sidecar: SidecarArgs,
+        /// The report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the plugins of a running daemon.
+    List {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Load a plugin of a running daemon again from its file.
+    Reload {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Args)]
+pub struct SidecarArgs {
+    /// The sidecar (limits, config); default: FILE with .toml beside it, if present.
+    #[arg(long)]
+    sidecar: Option<PathBuf>,
+}
+
+impl SidecarArgs {
+    fn manifest(&self, wasm: &Path) -> anyhow::Result<Manifest> {
+        let path = self
+            .sidecar
+            .clone()
+            .unwrap_or_else(|| wasm.with_extension("toml"));
+        if self.sidecar.is_some() && !path.exists() {
+            bail!("no sidecar file {}", path.display());
+        }
+        Ok(Manifest::load(&path, &PluginsConfig::default())?)
+    }
+}
+
+pub async fn run(command: PluginCommand) -> anyhow::Result<()> {
+    match command {
+        PluginCommand::New { name, dir, sdk } => new(&name, dir, sdk),
+        PluginCommand::Build { path } => build(&path),
+        PluginCommand::Check {
+            file,
+            sidecar,
+            json,
+        } => {
+            let manifest = sidecar.manifest(&file)?;
+            let report =
+                tokio::task::spawn_blocking(move || offline::check(&file, &manifest)).await??;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_check(&report);
+            }
+            Ok(())
+        }
+        PluginCommand::Run {
+            file,
+            event,
+            sidecar,
+            json,
+        } => {
+            let manifest = sidecar.manifest(&file)?;
+            let events = read_events(&event)?;
+            let report =
+                tokio::task::spawn_blocking(move || offline::run(&file, &manifest, &events))
+                    .await??;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_run(&report);
+            }
+            if report.calls.iter().any(|c| c.error.is_some()) {
+                bail!("a call failed (see above)");
+            }
+            Ok(())
+        }
+        PluginCommand::List { json, client } => {
+            let answer = client.call(Method::GET, "/v1/plugins", None).await?;
+            let rows = answer["plugins"].as_array().cloned().unwrap_or_default();
+            let header = format!(
+                "{:<24} {:<13} {:<10} {:<7} {:>5} {:>10} {:>7}  LAST ERROR",
+                "NAME", "STATE", "VERSION", "MODE", "PRIO", "CALLS", "ERRORS"
+            );
+            print_rows(&rows, json, &header, |p| {
+                let errors: u64 = p["errors"]
+                    .as_object()
+                    .map(|e| e.values().filter_map(|v| v.as_u64()).sum())
+                    .unwrap_or(0);
+                format!(
+                    "{:<24} {:<13} {:<10} {:<7} {:>5} {:>10} {:>7}  {}",
+                    p["name"].as_str().unwrap_or(""),
+                    p["state"].as_str().unwrap_or(""),
+                    p["version"].as_str().unwrap_or("-"),
+                    p["mode"].as_str().unwrap_or("-"),
+                    p["priority"].as_i64().map_or("-".into(), |n| n.to_string()),
+                    p["calls"].as_u64().unwrap_or(0),
+                    errors,
+                    p["last_error"].as_str().unwrap_or(""),
+                )
+            })
+        }
+        PluginCommand::Reload { name, client } => {
+            let answer = client
+                .call(Method::POST, &format!("/v1/plugins/{name}/reload"), None)
+                .await?;
+            println!(
+                "reloaded {name}: version {} ({})",
+                answer["version"].as_str().unwrap_or("?"),
+                answer["file_hash"]
+                    .as_str()
+                    .map_or("?", |h| &h[..12.min(h.len())])
+            );
+            Ok(())
+        }
+    }
+}
+
+fn print_check(r: &offline::CheckReport) {
+    println!("ok: {} matches {}", r.file, r.contract);
+    println!("  plugin        {} {}", r.name, r.version);
+    println!("  subscriptions {}", r.subscriptions.join(", "));
+    println!("  file          {} bytes, sha256 {}", r.size, r.hash);
+    println!("  exports       {}", r.exports.join(", "));
+    println!("  imports       {}", r.imports.join(", "));
+    let fuel = r.fuel.map_or("none".to_string(), |f| f.to_string());
+    println!(
+        "  limits        memory {} MiB, timeout {} ms per call, fuel {fuel}",
+        r.memory_mib, r.timeout_ms
+    );
+    println!("  compile       {} ms, init {} ms", r.compile_ms, r.init_ms);
+}
+
+fn print_run(r: &offline::RunReport) {
+    println!(
+        "{} {} on {} event(s)",
+        r.check.name,
+        r.check.version,
+        r.calls.len()
+    );
+    for call in &r.calls {
+        let outcome = match (&call.error, call.actions.is_empty()) {
+            (Some(error), _) => format!("FAILED ({}): {error}", call.error_kind.unwrap_or("")),
+            (None, true) => "pass (no actions)".to_string(),
+            (None, false) => format!("{} action(s)", call.actions.len()),
+        };
+        println!(
+            "event {} ({}) in {} µs: {outcome}",
+            call.event_id, call.event_type, call.duration_us
+        );
+        for action in &call.actions {
+            println!("  {action}");
+        }
+    }
+    for line in &r.logs {
+        println!("log {:<5} {}", line.level, line.message);
+    }
+    for (name, value) in &r.counters {
+        println!("counter {name} = {value}");
+    }
+}
+
+/// Reads one event or an array of events, validated against the catalog.
+fn read_events(path: &Path) -> anyhow::Result<Vec<Arc<Event>>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let drafts = if text.trim_start().starts_with('[') {
+        wire::parse_plain_batch(&text)
+    } else {
+        wire::parse_plain(&text).map(|d| vec![d])
+    }
+    .with_context(|| format!("{} is not an event", path.display()))?;
+    let catalog = Catalog::new(true, false);
+    drafts
+        .into_iter()
+        .map(|draft| {
+            catalog
+                .validate(&draft.kind, &draft.data)
+                .with_context(|| format!("{}", path.display()))?;
+            Ok(Arc::new(Event {
+                id: draft.id.map(Into::into).unwrap_or_else(new_event_id),
+                kind: draft.kind.into(),
+                time: draft.time.unwrap_or_else(chrono::Utc::now),
+                source: draft.source.unwrap_or_else(|| "/cli".into()).into(),
+                actor: Actor {
+                    on_behalf_of: draft.on_behalf_of,
+                    ..Actor::default()
+                },
+                data: Arc::from(draft.data),
+                hops: 0,
+            }))
+        })
+        .collect()
+}
+
+/// `cargo build --release --target wasm32-wasip2` in the crate, then the .wasm path.
+fn build(path: &Path) -> anyhow::Result<()> {
+    let manifest = path.join("Cargo.toml");
+    let text = std::fs::read_to_string(&manifest)
+        .with_context(|| format!("{} is not a plugin crate", path.display()))?;
+    let name = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("name = "))
+        .map(|n| n.trim().trim_matches('"').replace('-', "_"))
+        .with_context(|| format!("no package name in {}", manifest.display()))?;
+    let status = std::process::Command::new("cargo")
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--manifest-path",
+        ])
+        .arg(&manifest)
+        .status()
+        .context("cannot run cargo")?;
+    if !status.success() {
+        bail!(
+            "cargo build failed ({status}); is the target installed? rustup target add wasm32-wasip2"
+        );
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| path.join("target"));
+    let wasm = target.join(format!("wasm32-wasip2/release/{name}.wasm"));
+    if !wasm.exists() {
+        bail!("cargo succeeded but {} is missing", wasm.display());
+    }
+    println!("{}", wasm.display());
+    Ok(())
+}
+
+/// The SDK of the sources this binary was built from, when they are still there.
+fn default_sdk() -> Option<PathBuf> {
+    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/sdk");
+    sdk.join("Cargo.toml")
+        .exists()
+        .then(|| sdk.canonicalize().ok())?
+}
+
+fn new(name: &str, dir: Option<PathBuf>, sdk: Option<PathBuf>) -> anyhow::Result<()> {
+    if !crate::plugins::loader::valid_name(name) {
+        bail!("plugin names are 1 to 64 characters from a-z 0-9 - _ (got {name:?})");
+    }
+    let dir = dir.unwrap_or_else(|| PathBuf::from(name));
+    if dir.exists() && std::fs::read_dir(&dir)?.next().is_some() {
+        bail!("{} exists and is not empty", dir.display());
+    }
+    let sdk = match sdk.or_else(default_sdk) {
+        Some(sdk) => sdk
+            .canonicalize()
+            .with_context(|| format!("no SDK at {}", sdk.display()))?,
+        None => bail!("where is the plugin SDK? pass --sdk PATH/TO/evhost/plugins/sdk"),
+    };
+    if !sdk.join("Cargo.toml").exists() {
+        bail!("{} is not the plugin SDK (no Cargo.toml)", sdk.display());
+    }
+    let sdk_text = sdk.display().to_string();
+    std::fs::create_dir_all(dir.join("src"))?;
+    let files = [
+        (
+            "Cargo.toml",
+            template::CARGO
+                .replace("{name}", name)
+                .replace("{sdk}", &sdk_text),
+        ),
+        (
+            "src/lib.rs",
+            template::LIB
+                .replace("{name}", name)
+                .replace("{type}", &type_name(name)),
+        ),
+        ("README.md", template::README.replace("{name}", name)),
+        (".gitignore", "/target\n".to_string()),
+    ];
+    for (file, text) in files {
+        std::fs::write(dir.join(file), text)?;
+    }
+    println!("created {} (plugin {name})", dir.display());
+    println!("  cargo test                          # the plugin's logic, natively");
+    println!(
+        "  evhost plugin build {}   # → the .wasm file",
+        dir.display()
+    );
+    println!("  cp <that file> <plugins.dir>/{name}.wasm   # live within a second");
+    Ok(())
+}
+
+/// `my-plugin` → `MyPlugin`.
+fn type_name(name: &str) -> String {
+    let camel: String = name
+        .split(['-', '_'])
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            let mut chars = part.chars();
+            chars
+                .next()
+                .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str())
+                .unwrap_or_default()
+        })
+        .collect();
+    if camel.starts_with(|c: char| c.is_ascii_digit()) || camel.is_empty() {
+        format!("P{camel}")
+    } else {
+        camel
+    }
+}
+
+mod template {
+    pub const CARGO: &str = r#"[package]
+name = "{name}"
+version = "0.1.0"
+edition = "2024"
+publish = false
+
+[lib]
+crate-type = ["cdylib", "rlib"]
+
+[dependencies]
+evhost-plugin-sdk = { path = "{sdk}" }
+
+# Small plugins: no debug info, optimised for size.
+[profile.release]
+debug = false
+strip = true
+opt-level = "s"
+
+# A crate of its own, not part of an enclosing workspace.
+[workspace]
+"#;
+
+    pub const LIB: &str = r#"//! {name}: an evhost plugin.
+
+use evhost_plugin::prelude::*;
+
+pub struct {type} {
+    /// Events whose subject contains this word are dropped.
+    word: String,
+}
+
+impl Plugin for {type} {
+    fn init(config: &Config) -> Result<(Info, Self), String> {
+        let word = config.get("word").unwrap_or("unsubscribe").to_lowercase();
+        let info = Info::new("{name}", env!("CARGO_PKG_VERSION"))
+            .subscribe([evhost_plugin::types::MESSAGE_RECEIVED]);
+        Ok((info, {type} { word }))
+    }
+
+    fn handle(&self, event: &Event) -> Result<Vec<Action>, String> {
+        let message: MessageReceived = event.payload()?;
+        if message.subject.to_lowercase().contains(&self.word) {
+            evhost_plugin::counter_add("dropped", 1);
+            return Ok(vec![Action::drop(format!("subject mentions {:?}", self.word))]);
+        }
+        Ok(pass())
+    }
+}
+
+evhost_plugin::export_plugin!({type});
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn received(subject: &str) -> Event {
+        Event::new(
+            evhost_plugin::types::MESSAGE_RECEIVED,
+            &MessageReceived {
+                message_id: "m1".into(),
+                from: "news@example.org".into(),
+                to: vec!["alice@example.com".into()],
+                subject: subject.into(),
+                size: 1,
+                domain: "example.com".into(),
+                user: "alice".into(),
+                mailbox: "INBOX".into(),
+                spam_score: None,
+                is_spam: false,
+                filter_results: None,
+            },
+        )
+    }
+
+    #[test]
+    fn drops_what_mentions_the_word_and_passes_the_rest() {
+        let (_, plugin) = {type}::init(&Config::default()).unwrap();
+        let dropped = plugin.handle(&received("Click to UNSUBSCRIBE")).unwrap();
+        assert!(matches!(dropped.as_slice(), [Action::Drop { .. }]));
+        assert!(plugin.handle(&received("Lunch?")).unwrap().is_empty());
+        assert_eq!(evhost_plugin::testing::counter("dropped"), 1);
+    }
+}
+"#;
+
+    pub const README: &str = r#"# {name}
+
+An evhost plugin. It drops `message.received` events whose subject contains a word
+(config `word`, default `unsubscribe`).
+
+    cargo test                                # test the logic natively
+    evhost plugin build .                     # build target/wasm32-wasip2/release/{name}.wasm
+    evhost plugin check target/wasm32-wasip2/release/{name}.wasm
+    evhost plugin run target/wasm32-wasip2/release/{name}.wasm --event event.json
+
+Install it by copying the .wasm file into the daemon's plugin folder as `{name}.wasm`,
+with an optional `{name}.toml` beside it:
+
+    priority = 100
+    on_error = "pass"
+    [config]
+    word = "unsubscribe"
+"#;
+}

@@ -1,0 +1,319 @@
+//! WebAssembly plugins: the component host, the live set of loaded plugins, the
+//! pipeline that runs them on each event, and the folder watcher that loads them.
+//!
+//! - [`runtime`]: engines, compiled-code cache, sandboxed instances, host functions.
+//! - [`manifest`]: the sidecar `NAME.toml`.
+//! - [`loader`]: compiling, `init`, atomic swap-in, and the `notify` watcher.
+//! - [`pipeline`]: what each bus worker runs per event (inline plugins), and the
+//!   validation of their actions.
+//! - [`tap`]: plugins that observe on their own thread.
+//!
+//! The live set is an [`ArcSwap`]: a bus worker takes a snapshot per event, so an
+//! event in flight finishes on the versions it started with and later events see the
+//! new ones; swapping takes no lock the event path waits on.
+
+mod breaker;
+pub mod loader;
+pub mod manifest;
+pub mod offline;
+pub mod pipeline;
+pub mod runtime;
+mod tap;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use arc_swap::ArcSwap;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::bus::BoxFuture;
+use crate::config::PluginsConfig;
+use crate::event::{Catalog, Event, TypePattern};
+use crate::metrics::{Metrics, PLUGIN_ERROR_KINDS, PluginSeries};
+pub use breaker::Breaker;
+pub use manifest::{Manifest, Mode, OnError};
+pub use runtime::{CallError, LoadError, Runtime};
+
+/// Where `deliver` actions go: the webhook dispatcher, by endpoint name.
+pub trait DeliverySink: Send + Sync + 'static {
+    /// Queues `event` for the enabled endpoint named `target` only. Waits when the
+    /// outbox writer is full (as the bus does for durable sinks).
+    fn deliver_to<'a>(
+        &'a self,
+        target: &'a str,
+        event: Arc<Event>,
+    ) -> BoxFuture<'a, Result<(), String>>;
+}
+
+/// One loaded version of a plugin.
+pub struct Loaded {
+    /// The file's stem: `spam-router` for `spam-router.wasm`.
+    pub name: String,
+    pub info: runtime::Info,
+    pub manifest: Manifest,
+    pub patterns: Vec<TypePattern>,
+    /// SHA-256 of the `.wasm` file, hex.
+    pub hash: String,
+    pub loaded_at: DateTime<Utc>,
+    /// Unique per load: worker caches key their instances by it.
+    pub generation: u64,
+    compiled: runtime::Compiled,
+    context: Arc<runtime::PluginContext>,
+    limits: runtime::Limits,
+    slot: Arc<Slot>,
+    /// A tap plugin's queue (its thread ends when this version is dropped).
+    tap: Option<tap::TapQueue>,
+}
+
+impl Loaded {
+    fn wants(&self, kind: &str) -> bool {
+        self.patterns.iter().any(|p| p.matches(kind))
+    }
+}
+
+/// What is kept per plugin name across versions: the breaker, counters for the
+/// API, the last error.
+pub struct Slot {
+    name: String,
+    series: PluginSeries,
+    breaker: Breaker,
+    calls: AtomicU64,
+    errors: [AtomicU64; 5],
+    last_error: Mutex<Option<(DateTime<Utc>, String)>>,
+}
+
+impl Slot {
+    fn record_error(&self, error: &CallError) {
+        let kind = error.kind();
+        self.series.error(kind);
+        if let Some(i) = PLUGIN_ERROR_KINDS.iter().position(|k| *k == kind) {
+            self.errors[i].fetch_add(1, Ordering::Relaxed);
+        }
+        *self.last_error.lock().expect("not poisoned") = Some((Utc::now(), error.to_string()));
+    }
+}
+
+/// The plugins serving now.
+#[derive(Default)]
+pub struct PluginSet {
+    /// In ascending priority, then name.
+    inline: Vec<Arc<Loaded>>,
+    tap: Vec<Arc<Loaded>>,
+}
+
+impl PluginSet {
+    fn with(&self, loaded: Option<Arc<Loaded>>, without: &str) -> PluginSet {
+        let keep = |list: &[Arc<Loaded>]| -> Vec<Arc<Loaded>> {
+            list.iter().filter(|p| p.name != without).cloned().collect()
+        };
+        let mut set = PluginSet {
+            inline: keep(&self.inline),
+            tap: keep(&self.tap),
+        };
+        if let Some(loaded) = loaded {
+            match loaded.manifest.mode {
+                Mode::Inline => set.inline.push(loaded),
+                Mode::Tap => set.tap.push(loaded),
+            }
+        }
+        set.inline
+            .sort_by(|a, b| (a.manifest.priority, &a.name).cmp(&(b.manifest.priority, &b.name)));
+        set
+    }
+
+    fn len(&self) -> usize {
+        self.inline.len() + self.tap.len()
+    }
+}
+
+/// A plugin as `GET /v1/plugins` shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct PluginStatus {
+    /// The file's stem.
+    pub name: String,
+    /// `serving`, `breaker_open` or `failed` (never loaded; see `last_error`).
+    pub state: &'static str,
+    /// What the plugin calls itself, and its version (from `init`).
+    pub plugin_name: Option<String>,
+    pub version: Option<String>,
+    pub file: String,
+    /// SHA-256 of the serving version's file.
+    pub file_hash: Option<String>,
+    pub loaded_at: Option<DateTime<Utc>>,
+    pub mode: Option<Mode>,
+    pub priority: Option<i32>,
+    pub subscriptions: Vec<String>,
+    pub on_error: Option<OnError>,
+    pub memory_mib: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    /// The latest problem: a load that failed (the previous version kept serving) or a
+    /// failed call.
+    pub last_error: Option<String>,
+    pub last_error_at: Option<DateTime<Utc>>,
+    pub calls: u64,
+    /// Failed calls by kind: timeout, memory, trap, error, invalid_action.
+    pub errors: BTreeMap<String, u64>,
+    pub failures_in_a_row: u32,
+}
+
+/// The live set, the per-name slots and the load outcomes.
+pub struct Registry {
+    set: ArcSwap<PluginSet>,
+    slots: Mutex<BTreeMap<String, Arc<Slot>>>,
+    /// The last load failure per name, cleared by a successful load.
+    load_errors: Mutex<BTreeMap<String, (DateTime<Utc>, String)>>,
+    generation: AtomicU64,
+    delivery: OnceLock<Arc<dyn DeliverySink>>,
+    catalog: Arc<Catalog>,
+    metrics: Arc<Metrics>,
+    options: PluginsConfig,
+    dir: PathBuf,
+}
+
+impl Registry {
+    fn slot(&self, name: &str) -> Arc<Slot> {
+        let mut slots = self.slots.lock().expect("not poisoned");
+        slots
+            .entry(name.to_string())
+            .or_insert_with(|| {
+                Arc::new(Slot {
+                    name: name.to_string(),
+                    series: self.metrics.plugins.series(name),
+                    breaker: Breaker::new(
+                        self.options.breaker_failures,
+                        self.options.breaker_cooldown,
+                    ),
+                    calls: AtomicU64::new(0),
+                    errors: Default::default(),
+                    last_error: Mutex::new(None),
+                })
+            })
+            .clone()
+    }
+
+    /// Swaps `loaded` in for any version of the same name.
+    fn install(&self, loaded: Arc<Loaded>) {
+        let name = loaded.name.clone();
+        self.set
+            .rcu(|set| Arc::new(set.with(Some(loaded.clone()), &name)));
+        self.load_errors.lock().expect("not poisoned").remove(&name);
+        self.metrics
+            .plugins
+            .loaded
+            .set(self.set.load().len() as i64);
+    }
+
+    /// Unloads `name`; whether it was loaded.
+    fn remove(&self, name: &str) -> bool {
+        let mut found = false;
+        self.set.rcu(|set| {
+            found = set.inline.iter().chain(&set.tap).any(|p| p.name == name);
+            Arc::new(set.with(None, name))
+        });
+        self.load_errors.lock().expect("not poisoned").remove(name);
+        self.metrics
+            .plugins
+            .loaded
+            .set(self.set.load().len() as i64);
+        found
+    }
+
+    fn load_failed(&self, name: &str, error: String) {
+        self.metrics
+            .plugins
+            .load_failures
+            .get_or_create(&crate::metrics::PluginLabel {
+                plugin: name.to_string(),
+            })
+            .inc();
+        self.load_errors
+            .lock()
+            .expect("not poisoned")
+            .insert(name.to_string(), (Utc::now(), error));
+    }
+
+    fn serving(&self, name: &str) -> Option<Arc<Loaded>> {
+        let set = self.set.load();
+        set.inline
+            .iter()
+            .chain(&set.tap)
+            .find(|p| p.name == name)
+            .cloned()
+    }
+
+    /// Every plugin that is serving or failed to load, by name.
+    pub fn list(&self) -> Vec<PluginStatus> {
+        let set = self.set.load();
+        let load_errors = self.load_errors.lock().expect("not poisoned").clone();
+        let mut names: Vec<String> = set
+            .inline
+            .iter()
+            .chain(&set.tap)
+            .map(|p| p.name.clone())
+            .chain(load_errors.keys().cloned())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+            .iter()
+            .map(|n| self.status_of(n, &load_errors))
+            .collect()
+    }
+
+    /// One plugin's status, if it is serving or failed to load.
+    pub fn status(&self, name: &str) -> Option<PluginStatus> {
+        let load_errors = self.load_errors.lock().expect("not poisoned").clone();
+        (self.serving(name).is_some() || load_errors.contains_key(name))
+            .then(|| self.status_of(name, &load_errors))
+    }
+
+    fn status_of(
+        &self,
+        name: &str,
+        load_errors: &BTreeMap<String, (DateTime<Utc>, String)>,
+    ) -> PluginStatus {
+        let loaded = self.serving(name);
+        let slot = self.slot(name);
+        let call_error = slot.last_error.lock().expect("not poisoned").clone();
+        // The newer of the load failure and the last call failure.
+        let last = match (load_errors.get(name).cloned(), call_error) {
+            (Some(a), Some(b)) => Some(if a.0 >= b.0 { a } else { b }),
+            (a, b) => a.or(b),
+        };
+        let state = match &loaded {
+            None => "failed",
+            Some(_) if slot.breaker.is_open() => "breaker_open",
+            Some(_) => "serving",
+        };
+        PluginStatus {
+            name: name.to_string(),
+            state,
+            plugin_name: loaded.as_ref().map(|l| l.info.name.clone()),
+            version: loaded.as_ref().map(|l| l.info.version.clone()),
+            file: self.dir.join(format!("{name}.wasm")).display().to_string(),
+            file_hash: loaded.as_ref().map(|l| l.hash.clone()),
+            loaded_at: loaded.as_ref().map(|l| l.loaded_at),
+            mode: loaded.as_ref().map(|l| l.manifest.mode),
+            priority: loaded.as_ref().map(|l| l.manifest.priority),
+            subscriptions: loaded
+                .as_ref()
+                .map(|l| l.patterns.iter().map(|p| p.to_string()).collect())
+                .unwrap_or_default(),
+            on_error: loaded.as_ref().map(|l| l.manifest.on_error),
+            memory_mib: loaded.as_ref().map(|l| l.limits.memory_mib),
+            timeout_ms: loaded.as_ref().map(|l| l.limits.timeout.as_millis() as u64),
+            last_error: last.as_ref().map(|(_, e)| e.clone()),
+            last_error_at: last.map(|(t, _)| t),
+            calls: slot.calls.load(Ordering::Relaxed),
+            errors: PLUGIN_ERROR_KINDS
+                .iter()
+                .zip(&slot.errors)
+                .map(|(k, n)| (k.to_string(), n.load(Ordering::Relaxed)))
+                .collect(),
+            failures_in_a_row: slot.breaker.failures_in_a_row(),
+        }
+    }
+}

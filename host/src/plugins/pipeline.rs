@@ -1,0 +1,369 @@
+//! What a bus worker runs for each event: the inline plugins in priority order, then
+//! a hand-off to the tap plugins. Each worker keeps its own instances (one per plugin
+//! version), so the event path takes no lock; an instance is rebuilt after a trap.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::value::RawValue;
+
+use super::runtime::{Action, CallError, Instance, NewEvent};
+use super::{Loaded, OnError, PluginSet, Registry};
+use crate::bus::{Dropped, Outcome, Pipeline, PipelineWorker, Pipelined};
+use crate::event::{Event, new_event_id};
+
+/// The inline-plugin stage of the bus.
+pub struct PluginPipeline {
+    pub(super) registry: Arc<Registry>,
+}
+
+impl Pipeline for PluginPipeline {
+    fn worker(&self) -> Box<dyn PipelineWorker> {
+        Box::new(Worker {
+            registry: self.registry.clone(),
+            instances: HashMap::new(),
+            seen: std::ptr::null(),
+        })
+    }
+}
+
+struct Worker {
+    registry: Arc<Registry>,
+    /// By plugin generation.
+    instances: HashMap<u64, Instance>,
+    /// The set the cache was last pruned against.
+    seen: *const PluginSet,
+}
+
+// SAFETY: `seen` is only compared, never dereferenced.
+unsafe impl Send for Worker {}
+
+/// A `deliver` action: the endpoint's name, and the plugin's own event (or none for
+/// the handled event as it leaves the pipeline).
+type Delivery = (String, Option<Event>);
+
+/// What one plugin call decided, once its actions passed validation.
+struct Decision {
+    replace: Option<Arc<Event>>,
+    emitted: Vec<Event>,
+    delivered: Vec<Delivery>,
+    drop: Option<String>,
+}
+
+impl PipelineWorker for Worker {
+    fn run<'a>(&'a mut self, event: &'a Arc<Event>) -> Pipelined<'a> {
+        let set = self.registry.set.load_full();
+        if set.inline.is_empty() && set.tap.is_empty() {
+            return Pipelined::Unchanged;
+        }
+        if !std::ptr::eq(self.seen, Arc::as_ptr(&set)) {
+            self.seen = Arc::as_ptr(&set);
+            self.instances
+                .retain(|generation, _| set.inline.iter().any(|p| p.generation == *generation));
+        }
+        let (current, mut outcome, deliveries) = if set.inline.iter().any(|p| p.wants(&event.kind))
+        {
+            off_the_runtime(|| self.run_inline(&set, event))
+        } else {
+            (event.clone(), Outcome::default(), Vec::new())
+        };
+        if outcome.dropped.is_none() {
+            for tap in set.tap.iter().filter(|p| p.wants(&current.kind)) {
+                if let Some(queue) = &tap.tap {
+                    queue.offer(&current, &self.registry.metrics);
+                }
+            }
+            outcome.event = Some(current.clone());
+        }
+        if deliveries.is_empty() {
+            return Pipelined::Done(outcome);
+        }
+        let Some(sink) = self.registry.delivery.get().cloned() else {
+            tracing::warn!(
+                "a plugin asked to deliver to a webhook endpoint, but webhooks are disabled"
+            );
+            return Pipelined::Done(outcome);
+        };
+        Pipelined::Later(Box::pin(async move {
+            for (target, new) in deliveries {
+                // The handled event as it leaves the pipeline, or the plugin's own.
+                let event = match new {
+                    Some(e) => Arc::new(e),
+                    None => current.clone(),
+                };
+                if let Err(error) = sink.deliver_to(&target, event).await {
+                    tracing::warn!(%target, %error, "plugin delivery not queued");
+                }
+            }
+            outcome
+        }))
+    }
+}
+
+impl Worker {
+    /// The inline plugins, in priority order, on one event: the event as it leaves
+    /// them, the outcome so far (drop, emits) and the deliveries asked for.
+    fn run_inline(
+        &mut self,
+        set: &PluginSet,
+        event: &Arc<Event>,
+    ) -> (Arc<Event>, Outcome, Vec<Delivery>) {
+        let mut current = event.clone();
+        let mut outcome = Outcome::default();
+        let mut deliveries: Vec<Delivery> = Vec::new();
+        for plugin in set.inline.iter() {
+            if !plugin.wants(&current.kind) {
+                continue;
+            }
+            let slot = &plugin.slot;
+            if !slot.breaker.allow(now_ms) {
+                if plugin.manifest.on_error == OnError::Drop {
+                    outcome.dropped = Some(Dropped {
+                        plugin: plugin.name.clone(),
+                        reason: "circuit breaker open (on_error = drop)".into(),
+                    });
+                    break;
+                }
+                continue;
+            }
+            match self.call(plugin, &current) {
+                Ok(decision) => {
+                    if slot.breaker.success() {
+                        tracing::info!(plugin = %plugin.name, "plugin circuit breaker closed");
+                        set_breaker_gauge(&self.registry, &plugin.name, false);
+                    }
+                    outcome.emitted.extend(decision.emitted);
+                    deliveries.extend(decision.delivered);
+                    if let Some(replacement) = decision.replace {
+                        current = replacement;
+                    }
+                    if let Some(reason) = decision.drop {
+                        outcome.dropped = Some(Dropped {
+                            plugin: plugin.name.clone(),
+                            reason,
+                        });
+                        break;
+                    }
+                }
+                Err(error) => {
+                    self.failed(plugin, &current, &error);
+                    if plugin.manifest.on_error == OnError::Drop {
+                        outcome.dropped = Some(Dropped {
+                            plugin: plugin.name.clone(),
+                            reason: format!("plugin failed (on_error = drop): {error}"),
+                        });
+                        break;
+                    }
+                }
+            }
+        }
+        (current, outcome, deliveries)
+    }
+}
+
+/// Runs plugin calls where they may block: a call can take up to its deadline, and
+/// WASI's synchronous bindings (a plugin writing to stdout, say) block on a tokio
+/// runtime, which is not allowed on a runtime worker thread. On a multi-threaded
+/// runtime the worker hands its other tasks to another thread for the duration.
+fn off_the_runtime<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn set_breaker_gauge(registry: &Registry, name: &str, open: bool) {
+    registry
+        .metrics
+        .plugins
+        .breaker_open
+        .get_or_create(&crate::metrics::PluginLabel {
+            plugin: name.to_string(),
+        })
+        .set(open as i64);
+}
+
+impl Worker {
+    /// One call: an instance (made and initialised if this worker has none), the
+    /// call under its limits, and the validation of what it returned.
+    fn call(&mut self, plugin: &Arc<Loaded>, event: &Arc<Event>) -> Result<Decision, CallError> {
+        let slot = &plugin.slot;
+        let instance = match self.instances.entry(plugin.generation) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let mut instance =
+                    Instance::new(&plugin.compiled, plugin.context.clone(), plugin.limits)?;
+                instance.init(&plugin.manifest.config)?;
+                e.insert(instance)
+            }
+        };
+        let started = Instant::now();
+        let result = instance.handle(event);
+        slot.series
+            .call_seconds
+            .observe(started.elapsed().as_secs_f64());
+        slot.series.calls.inc();
+        slot.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match result {
+            Ok(actions) => decide(&self.registry, plugin, event, actions),
+            Err(error) => {
+                if error.poisons() {
+                    self.instances.remove(&plugin.generation);
+                }
+                Err(error)
+            }
+        }
+    }
+
+    fn failed(&mut self, plugin: &Loaded, event: &Event, error: &CallError) {
+        let slot = &plugin.slot;
+        slot.record_error(error);
+        tracing::warn!(plugin = %plugin.name, event_id = %event.id, event_type = %event.kind, kind = error.kind(), %error, "plugin call failed");
+        if slot.breaker.failure(now_ms()) == super::breaker::Tripped::Opened {
+            tracing::warn!(
+                plugin = %plugin.name,
+                failures = slot.breaker.failures_in_a_row(),
+                cooldown = ?self.registry.options.breaker_cooldown,
+                "plugin circuit breaker open: the plugin is skipped until the cooldown ends"
+            );
+            set_breaker_gauge(&self.registry, &plugin.name, true);
+        }
+    }
+}
+
+/// Checks a call's actions and turns them into a decision. Any refused action
+/// refuses the whole result (it counts as one failed call), so a plugin never has
+/// half its decision applied.
+fn decide(
+    registry: &Registry,
+    plugin: &Loaded,
+    event: &Arc<Event>,
+    actions: Vec<Action>,
+) -> Result<Decision, CallError> {
+    let options = &registry.options;
+    if actions.len() > options.max_actions {
+        return Err(CallError::Invalid(format!(
+            "{} actions; at most {} (plugins.max_actions)",
+            actions.len(),
+            options.max_actions
+        )));
+    }
+    let bytes: usize = actions.iter().map(action_bytes).sum();
+    if bytes > options.max_output_bytes {
+        return Err(CallError::Invalid(format!(
+            "{bytes} bytes of output; at most {} (plugins.max_output_bytes)",
+            options.max_output_bytes
+        )));
+    }
+    let mut decision = Decision {
+        replace: None,
+        emitted: Vec::new(),
+        delivered: Vec::new(),
+        drop: None,
+    };
+    let series = &plugin.slot.series;
+    for action in actions {
+        match action {
+            Action::Drop(reason) => {
+                series.actions[0].inc();
+                decision.drop = Some(truncate(reason, 1024));
+            }
+            Action::Replace(new) => {
+                series.actions[1].inc();
+                let data = checked(registry, &new, "replace")?;
+                let base = decision.replace.as_ref().unwrap_or(event);
+                decision.replace = Some(Arc::new(Event {
+                    kind: new.kind.into(),
+                    data,
+                    ..Event::clone(base)
+                }));
+            }
+            Action::Emit(new) => {
+                series.actions[2].inc();
+                let data = checked(registry, &new, "emit")?;
+                if event.hops >= options.max_hops {
+                    registry.metrics.plugins.emits_refused.inc();
+                    return Err(CallError::Invalid(format!(
+                        "emit of {:?} from an event that is already {} emits deep (plugins.max_hops = {}): a loop?",
+                        new.kind, event.hops, options.max_hops
+                    )));
+                }
+                decision
+                    .emitted
+                    .push(derived(plugin, event, new.kind, data));
+            }
+            Action::Deliver(delivery) => {
+                series.actions[3].inc();
+                if delivery.target.is_empty() || delivery.target.len() > 200 {
+                    return Err(CallError::Invalid(
+                        "deliver needs the name of a webhook endpoint".into(),
+                    ));
+                }
+                let new = match delivery.event {
+                    Some(new) => {
+                        let data = checked(registry, &new, "deliver")?;
+                        Some(derived(plugin, event, new.kind, data))
+                    }
+                    None => None,
+                };
+                decision.delivered.push((delivery.target, new));
+            }
+        }
+    }
+    Ok(decision)
+}
+
+/// A new event made by a plugin: its own id and time, the plugin as source, the
+/// handled event's actor, one hop further.
+fn derived(plugin: &Loaded, parent: &Event, kind: String, data: Arc<RawValue>) -> Event {
+    Event {
+        id: new_event_id(),
+        kind: kind.into(),
+        time: chrono::Utc::now(),
+        source: format!("/plugins/{}", plugin.name).into(),
+        actor: parent.actor.clone(),
+        data,
+        hops: parent.hops.saturating_add(1),
+    }
+}
+
+/// Parses and validates a plugin's event against the catalog.
+fn checked(registry: &Registry, new: &NewEvent, action: &str) -> Result<Arc<RawValue>, CallError> {
+    let data = RawValue::from_string(new.data.clone()).map_err(|e| {
+        CallError::Invalid(format!("{action} of {:?}: data is not JSON: {e}", new.kind))
+    })?;
+    registry
+        .catalog
+        .validate(&new.kind, &data)
+        .map_err(|e| CallError::Invalid(format!("{action}: {e}")))?;
+    Ok(Arc::from(data))
+}
+
+fn action_bytes(action: &Action) -> usize {
+    match action {
+        Action::Drop(reason) => reason.len(),
+        Action::Replace(e) | Action::Emit(e) => e.kind.len() + e.data.len(),
+        Action::Deliver(d) => {
+            d.target.len() + d.event.as_ref().map_or(0, |e| e.kind.len() + e.data.len())
+        }
+    }
+}
+
+fn truncate(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut cut = max;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    text
+}
