@@ -14,6 +14,9 @@ async fn daemon(extra: &[(&str, &str)]) -> Daemon {
     let mut options = Options::default()
         .webhooks_local()
         .env("EVHOST_PLUGINS__SETTLE", "20ms")
+        // The 10 ms default deadline is wall-clock time: on a loaded 2-core CI machine
+        // a well-behaved plugin can be preempted past it. Deadline tests set their own.
+        .env("EVHOST_PLUGINS__TIMEOUT", "2s")
         .config_yaml(&format!(
             "auth:\n  tokens:\n    - {{name: ops, token: {ADMIN}, scopes: [admin, read, publish]}}\n"
         ))
@@ -454,4 +457,182 @@ async fn one_hundred_swaps_during_a_steady_stream_lose_and_duplicate_nothing() {
     let missing = ids.iter().filter(|id| !seen.contains_key(*id)).count();
     assert_eq!(missing, 0, "{missing} of {} lost", ids.len());
     assert_eq!(got.len().max(rx.count()), ids.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plugin_cli_checks_runs_and_lists() {
+    let dir = tempfile::tempdir().unwrap();
+    let spam = plugin_wasm("spam_router");
+    let spam = spam.to_str().unwrap();
+
+    let (code, out, err) = evhost_e2e::cli(&["plugin", "check", spam], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("matches evhost:plugin@0.1.0"), "{out}");
+    assert!(out.contains("spam-router 0.1.0"), "{out}");
+    assert!(out.contains("memory 64 MiB, timeout 10 ms"), "{out}");
+
+    let garbage = dir.path().join("garbage.wasm");
+    std::fs::write(&garbage, b"\0asm\x01\0\0\0 nonsense").unwrap();
+    let (code, _, err) = evhost_e2e::cli(&["plugin", "check", garbage.to_str().unwrap()], &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not a WebAssembly component"), "{err}");
+
+    // run: actions, counters; the sidecar's config applies.
+    let event = dir.path().join("event.json");
+    std::fs::write(
+        &event,
+        json!([
+            {"type": "message.received", "data": received("example.com", true)},
+            {"type": "message.received", "data": received("example.com", false)}
+        ])
+        .to_string(),
+    )
+    .unwrap();
+    let sidecar = dir.path().join("spam.toml");
+    std::fs::write(&sidecar, "[config]\nthreshold = 5\n").unwrap();
+    let args = [
+        "plugin",
+        "run",
+        spam,
+        "--event",
+        event.to_str().unwrap(),
+        "--sidecar",
+        sidecar.to_str().unwrap(),
+    ];
+    let (code, out, err) = evhost_e2e::cli(&args, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("{\"emit\":{\"type\":\"spam.detected\""),
+        "{out}"
+    );
+    assert!(out.contains("pass (no actions)"), "{out}");
+    assert!(out.contains("counter spam_routed = 1"), "{out}");
+    let (code, out, _) = evhost_e2e::cli(&[&args[..], &["--json"]].concat(), &[]);
+    assert_eq!(code, 0);
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["calls"].as_array().unwrap().len(), 2);
+
+    // A failing call: shown, and exit 1.
+    std::fs::write(&sidecar, "[config]\nbehave = \"loop\"\n").unwrap();
+    let hostile = plugin_wasm("hostile");
+    let (code, out, err) = evhost_e2e::cli(
+        &[
+            "plugin",
+            "run",
+            hostile.to_str().unwrap(),
+            "--event",
+            event.to_str().unwrap(),
+            "--sidecar",
+            sidecar.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("FAILED (timeout): ran past its deadline of 10ms"),
+        "{out}"
+    );
+
+    // list and reload, against a running daemon.
+    let d = daemon(&[]).await;
+    d.install_plugin("spam-router", &plugin_wasm("spam_router"))
+        .await;
+    let env = [("EVHOST_URL", d.base.as_str()), ("EVHOST_TOKEN", ADMIN)];
+    let (code, out, err) = evhost_e2e::cli(&["plugin", "list"], &env);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("NAME"), "{out}");
+    assert!(
+        out.contains("spam-router") && out.contains("serving"),
+        "{out}"
+    );
+    let (code, out, err) = evhost_e2e::cli(&["plugin", "reload", "spam-router"], &env);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("reloaded spam-router: version 0.1.0"), "{out}");
+    let (code, _, err) = evhost_e2e::cli(&["plugin", "reload", "nope"], &env);
+    assert_eq!(code, 1);
+    assert!(err.contains("no plugin file"), "{err}");
+}
+
+#[test]
+fn plugin_new_makes_a_crate_that_passes_its_test() {
+    let dir = tempfile::tempdir().unwrap();
+    let crate_dir = dir.path().join("no-newsletters");
+    let (code, out, err) = evhost_e2e::cli(
+        &[
+            "plugin",
+            "new",
+            "no-newsletters",
+            "--dir",
+            crate_dir.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(crate_dir.join("src/lib.rs").exists());
+    // Pin its dependencies to the workspace's, so the test needs no network and
+    // reuses what is built.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    std::fs::copy(root.join("Cargo.lock"), crate_dir.join("Cargo.lock")).unwrap();
+    let target = std::env::current_exe()
+        .unwrap()
+        .ancestors()
+        .nth(3)
+        .unwrap()
+        .to_path_buf();
+    let test = std::process::Command::new(env!("CARGO"))
+        .args(["test", "--offline", "--manifest-path"])
+        .arg(crate_dir.join("Cargo.toml"))
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .unwrap();
+    let log =
+        String::from_utf8_lossy(&test.stderr).into_owned() + &String::from_utf8_lossy(&test.stdout);
+    assert!(test.status.success(), "{log}");
+    assert!(log.contains("1 passed"), "{log}");
+    // A second `new` into the same folder is refused.
+    let (code, _, err) = evhost_e2e::cli(
+        &[
+            "plugin",
+            "new",
+            "no-newsletters",
+            "--dir",
+            crate_dir.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("not empty"), "{err}");
+}
+
+#[tokio::test]
+async fn tap_plugins_observe_without_holding_events() {
+    let d = daemon(&[]).await;
+    let rx = Receiver::start().await;
+    d.add_webhook(&json!({"name": "all", "url": rx.url("/all"), "events": ["test.*"]}))
+        .await;
+    // A tap that takes 200 ms per event (a loop cut at its deadline) and tries to
+    // drop everything: neither holds nor drops anything.
+    d.write_sidecar(
+        "watcher",
+        Some("mode = \"tap\"\ntimeout = \"200ms\"\n[config]\nbehave = \"by-event\"\nsubscribe = \"test.*\"\n"),
+    );
+    d.install_plugin("watcher", &plugin_wasm("hostile")).await;
+    let started = Instant::now();
+    for _ in 0..5 {
+        d.publish("test.slow", &json!({"do": "loop"})).await;
+    }
+    rx.wait_for(5, Duration::from_secs(10)).await;
+    let delivered = started.elapsed();
+    assert!(
+        delivered < Duration::from_millis(900),
+        "5 events behind a 200 ms tap were delivered in {delivered:?}: the tap held them"
+    );
+    let status = d
+        .wait_plugin("watcher", |p| p["errors"]["timeout"] == 5)
+        .await;
+    assert_eq!(status["mode"], "tap");
+    assert_eq!(status["calls"], 5);
+    d.publish("test.drop", &json!({"do": "bad-replace"})).await;
+    rx.wait_for(6, Duration::from_secs(10)).await;
+    assert_eq!(rx.requests()[5].json()["data"]["do"], "bad-replace");
 }

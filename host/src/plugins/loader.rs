@@ -354,13 +354,8 @@ fn load_version(
         LogSink::Tracing,
         Some(registry.metrics.plugins.clone()),
     );
-    // init has a more generous deadline than a call: it may build tables.
-    let init_limits = Limits {
-        timeout: limits.timeout.max(Duration::from_secs(1)),
-        ..limits
-    };
     let mut instance =
-        Instance::new(&compiled, context.clone(), init_limits).map_err(PluginError::Init)?;
+        Instance::new(&compiled, context.clone(), limits).map_err(PluginError::Init)?;
     let info = instance.init(&manifest.config).map_err(PluginError::Init)?;
     let patterns = subscriptions(&info, &manifest)?;
     let slot = registry.slot(name);

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde::Serialize;
 
@@ -94,19 +94,11 @@ fn prepare(path: &Path, manifest: &Manifest) -> Result<Prepared, PluginError> {
         None,
     );
     let started = Instant::now();
-    let init_limits = Limits {
-        timeout: limits.timeout.max(Duration::from_secs(1)),
-        ..limits
-    };
     let mut instance =
-        Instance::new(&compiled, context.clone(), init_limits).map_err(PluginError::Init)?;
+        Instance::new(&compiled, context.clone(), limits).map_err(PluginError::Init)?;
     let info = instance.init(&manifest.config).map_err(PluginError::Init)?;
     let init_ms = started.elapsed().as_millis() as u64;
     let patterns = subscriptions(&info, manifest)?;
-    // Calls run under the plugin's own deadline, not init's.
-    let mut instance =
-        Instance::new(&compiled, context.clone(), limits).map_err(PluginError::Init)?;
-    instance.init(&manifest.config).map_err(PluginError::Init)?;
     Ok(Prepared {
         compiled: compiled.clone(),
         limits,

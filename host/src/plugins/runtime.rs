@@ -27,6 +27,9 @@ wasmtime::component::bindgen!({
 use self::evhost::plugin::types as wit;
 pub use self::evhost::plugin::types::{Action, Info, Level, NewEvent};
 
+/// The least deadline of instantiation and `init`.
+pub const INIT_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// The clock of call deadlines: the engine's epoch advances once per tick.
 const TICK: Duration = Duration::from_millis(1);
 
@@ -477,7 +480,11 @@ impl Instance {
         store.limiter(|state| &mut state.memory);
         let mut instance = Instance {
             bindings: {
-                arm(&mut store, &limits);
+                let start = Limits {
+                    timeout: limits.timeout.max(INIT_TIMEOUT),
+                    ..limits
+                };
+                arm(&mut store, &start);
                 compiled
                     .pre
                     .instantiate(&mut store)
@@ -490,9 +497,15 @@ impl Instance {
         Ok(instance)
     }
 
-    /// Calls `init` with the plugin's configuration.
+    /// Calls `init` with the plugin's configuration. Its deadline is at least
+    /// [`INIT_TIMEOUT`]: a plugin may build its tables there.
     pub fn init(&mut self, config: &[(String, String)]) -> Result<Info, CallError> {
-        self.arm();
+        let limits = Limits {
+            timeout: self.limits.timeout.max(INIT_TIMEOUT),
+            ..self.limits
+        };
+        arm(&mut self.store, &limits);
+        self.store.data_mut().memory.hit = false;
         let result = self
             .bindings
             .evhost_plugin_subscriber()
