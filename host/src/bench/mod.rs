@@ -9,9 +9,12 @@
 //! - the audit log ([`audit`]): batched writes against one transaction per row, on
 //!   SQLite and (with a URL) PostgreSQL;
 //! - webhooks ([`webhooks`]): deliveries/s (1 and 50 endpoints) and publish → receive
-//!   latency at 5,000 events/s, against a bare loopback POST loop.
+//!   latency at 5,000 events/s, against a bare loopback POST loop;
+//! - plugins ([`plugins`]): bus throughput with one inline plugin against the bus
+//!   without plugins, and how long a dropped-in file takes to serve.
 
 mod audit;
+mod plugins;
 mod webhooks;
 
 use std::sync::Arc;
@@ -61,6 +64,12 @@ pub struct BenchArgs {
     /// Rows written in each audit measurement.
     #[arg(long, default_value_t = 200_000)]
     audit_rows: u64,
+    /// Events pushed through the bus in each plugin measurement.
+    #[arg(long, default_value_t = 200_000)]
+    plugin_events: u64,
+    /// Where the built plugins are (cargo build --profile plugin --target wasm32-wasip2).
+    #[arg(long, default_value = "target/wasm32-wasip2/plugin")]
+    plugins_dir: std::path::PathBuf,
     /// PostgreSQL to measure the audit log on as well (a scratch schema is made and dropped).
     #[arg(long, env = "EVHOST_BENCH_POSTGRES_URL")]
     postgres_url: Option<String>,
@@ -72,6 +81,7 @@ pub enum Part {
     Http,
     Audit,
     Webhooks,
+    Plugins,
     Rss,
 }
 
@@ -160,6 +170,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             args.http_seconds,
         ))?;
     }
+    if args.wants(Part::Plugins) {
+        rt.block_on(plugins::report(&args))?;
+    }
     if args.wants(Part::Rss) && !args.skip_rss {
         let rss = idle_rss().context("idle RSS measurement")?;
         row(
@@ -239,6 +252,16 @@ impl Subscriber for NoOp {
 /// Publishes as fast as the bus takes events (yielding when it pushes back) and
 /// stops the clock when every subscriber has seen every event.
 async fn bus_rate(args: &BenchArgs, subscribers: usize) -> anyhow::Result<f64> {
+    bus_rate_with(args, subscribers, None, args.bus_events).await
+}
+
+/// [`bus_rate`] with a pipeline (the plugins) between acceptance and subscribers.
+async fn bus_rate_with(
+    args: &BenchArgs,
+    subscribers: usize,
+    pipeline: Option<Arc<dyn crate::bus::Pipeline>>,
+    events: u64,
+) -> anyhow::Result<f64> {
     let bus = Bus::start(
         BusOptions {
             workers: args.workers,
@@ -247,6 +270,11 @@ async fn bus_rate(args: &BenchArgs, subscribers: usize) -> anyhow::Result<f64> {
         },
         Metrics::new(1000),
     );
+    if let Some(pipeline) = pipeline
+        && bus.set_pipeline(pipeline).is_err()
+    {
+        bail!("the bus already had a pipeline");
+    }
     let seen = Arc::new(AtomicU64::new(0));
     for n in 0..subscribers {
         bus.subscribe(
@@ -259,7 +287,7 @@ async fn bus_rate(args: &BenchArgs, subscribers: usize) -> anyhow::Result<f64> {
     }
     let template = template_event();
     let start = Instant::now();
-    for _ in 0..args.bus_events {
+    for _ in 0..events {
         loop {
             match bus.publish(template.clone()) {
                 Ok(()) => break,
@@ -270,14 +298,14 @@ async fn bus_rate(args: &BenchArgs, subscribers: usize) -> anyhow::Result<f64> {
     }
     bus.shutdown().await;
     let elapsed = start.elapsed();
-    let expected = args.bus_events * subscribers as u64;
+    let expected = events * subscribers as u64;
     if seen.load(Ordering::Relaxed) != expected {
         bail!(
             "subscribers saw {} of {expected} deliveries",
             seen.load(Ordering::Relaxed)
         );
     }
-    Ok(args.bus_events as f64 / elapsed.as_secs_f64())
+    Ok(events as f64 / elapsed.as_secs_f64())
 }
 
 /// Starts a daemon on a free loopback port and measures single and batched ingest.

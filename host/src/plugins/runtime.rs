@@ -307,6 +307,9 @@ impl Runtime {
             config.epoch_interruption(true);
             config.consume_fuel(fuel);
             config.wasm_component_model(true);
+            // On by default in wasmtime 48, and it makes every synchronous component
+            // call about 3× dearer; evhost makes no concurrent (async) calls.
+            config.concurrency_support(false);
             Engine::new(&config).map_err(|e| LoadError::Compile(format!("engine: {e:#}")))
         };
         let plain = make(false)?;
