@@ -80,6 +80,17 @@ impl Lane {
         self.wake.notify_one();
     }
 
+    /// Stops matching and sending at once (the receiver answered 410). The recorder
+    /// then disables the endpoint in the database and reloads the routes; until it
+    /// has, nothing more goes out.
+    pub fn disable_now(&self) {
+        let mut endpoint = self.route().endpoint.clone();
+        if endpoint.enabled {
+            endpoint.enabled = false;
+            self.route.store(Arc::new(Route::of(endpoint)));
+        }
+    }
+
     /// Deliveries are due at `at_us`: look for them then (or now, if sooner).
     pub fn due_at(&self, at_us: i64) {
         self.next_due.fetch_min(at_us, Ordering::Relaxed);
@@ -244,6 +255,9 @@ async fn attempt_and_record(
 ) {
     let route = lane.route.load_full();
     let recorded = attempt(&shared, &route, &job, false).await;
+    if recorded.outcome == Outcome::Gone {
+        lane.disable_now();
+    }
     // Holding the slot until the recorder has room keeps memory bounded when the
     // database falls behind.
     if shared.recorder.send(recorded).await.is_err() {

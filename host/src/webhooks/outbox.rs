@@ -43,7 +43,7 @@ impl Subscriber for Dispatcher {
         let mut lanes = Vec::new();
         for lane in routes.iter() {
             let route = lane.route();
-            if !route.matches(&event.kind) {
+            if !route.endpoint.enabled || !route.matches(&event.kind) {
                 continue;
             }
             if let Some(scope) = &route.endpoint.domain {
@@ -89,7 +89,10 @@ impl crate::plugins::DeliverySink for Targeted {
                 .routes
                 .load()
                 .iter()
-                .find(|lane| lane.route().endpoint.name == target)
+                .find(|lane| {
+                    let route = lane.route();
+                    route.endpoint.enabled && route.endpoint.name == target
+                })
                 .cloned()
                 .ok_or_else(|| format!("no enabled webhook endpoint is named {target:?}"))?;
             let item = Item {
