@@ -55,9 +55,28 @@ pub trait Subscriber: Send + Sync + 'static {
         false
     }
 
-    /// For a recording subscriber: an accepted event that a plugin dropped.
-    fn handle_dropped<'a>(&'a self, event: &'a Arc<Event>, _dropped: &'a Dropped) -> Handling<'a> {
+    /// For a recording subscriber: an accepted event that plugins dropped or changed,
+    /// with what they did.
+    fn handle_decided<'a>(&'a self, event: &'a Arc<Event>, _verdict: &'a Verdict) -> Handling<'a> {
         self.handle(event)
+    }
+}
+
+/// What plugins did to an accepted event, for the record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Verdict {
+    /// Who stopped it, if anyone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dropped: Option<Dropped>,
+    /// The plugins that replaced it, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub replaced_by: Vec<String>,
+}
+
+impl Verdict {
+    /// Whether plugins left the event as it was accepted.
+    pub fn is_untouched(&self) -> bool {
+        self.dropped.is_none() && self.replaced_by.is_empty()
     }
 }
 
@@ -73,7 +92,8 @@ pub struct Dropped {
 pub struct Outcome {
     /// The event as it continues downstream; `None` when it was dropped.
     pub event: Option<Arc<Event>>,
-    pub dropped: Option<Dropped>,
+    /// Drops and replacements, for recording subscribers.
+    pub verdict: Verdict,
     /// New events, dispatched after this one (as if published).
     pub emitted: Vec<Event>,
 }
@@ -499,8 +519,8 @@ async fn dispatch(
             Some(Pipelined::Done(outcome)) => Some(outcome),
             Some(Pipelined::Later(future)) => Some(future.await),
         };
-        let (current, dropped) = match outcome {
-            None => (Some(event.clone()), None),
+        let (current, verdict) = match outcome {
+            None => (Some(event.clone()), Verdict::default()),
             Some(outcome) => {
                 for emitted in outcome.emitted {
                     if derived == MAX_DERIVED {
@@ -512,7 +532,7 @@ async fn dispatch(
                     shared.metrics.accepted(emitted.family());
                     queue.push_back(Arc::new(emitted));
                 }
-                (outcome.event, outcome.dropped)
+                (outcome.event, outcome.verdict)
             }
         };
         for sub in subscriptions {
@@ -529,11 +549,10 @@ async fn dispatch(
                 continue;
             }
             let limit = sub.subscriber.time_limit(shared.handler_timeout);
-            let result = match (&dropped, records) {
-                (Some(d), true) => {
-                    run_handler(|| sub.subscriber.handle_dropped(seen, d), limit).await
-                }
-                _ => run_handler(|| sub.subscriber.handle(seen), limit).await,
+            let result = if records && !verdict.is_untouched() {
+                run_handler(|| sub.subscriber.handle_decided(seen, &verdict), limit).await
+            } else {
+                run_handler(|| sub.subscriber.handle(seen), limit).await
             };
             let failure = match result {
                 Ok(()) => continue,

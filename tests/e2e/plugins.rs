@@ -131,6 +131,14 @@ async fn the_examples_filter_transform_and_route_live_events() {
     assert_eq!(last["id"], masked_id.as_str());
     assert_eq!(last["data"]["to"], json!(["b***@example.com"]));
     assert_eq!(last["data"]["subject"], "[redacted]");
+    // The audit log keeps the event as accepted, and who changed it.
+    let row = audited(&d, "message.received", &masked_id).await;
+    assert_eq!(
+        row["details"]["replaced_by"],
+        json!(["pii-redactor"]),
+        "{row}"
+    );
+    assert_eq!(row["details"]["data"]["subject"], "Hello", "{row}");
 
     // vip-router last: VIP-domain events also go to the endpoint named "vip".
     d.write_sidecar(

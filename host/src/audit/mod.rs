@@ -81,8 +81,8 @@ impl AuditOptions {
 
 enum Item {
     Event(Arc<Event>),
-    /// An accepted event a plugin stopped: recorded with who and why.
-    Dropped(Arc<Event>, crate::bus::Dropped),
+    /// An accepted event plugins dropped or replaced: recorded with what they did.
+    Decided(Arc<Event>, crate::bus::Verdict),
     Action(Entry),
 }
 
@@ -252,12 +252,12 @@ impl Subscriber for AuditSubscriber {
         true
     }
 
-    fn handle_dropped<'a>(
+    fn handle_decided<'a>(
         &'a self,
         event: &'a Arc<Event>,
-        dropped: &'a crate::bus::Dropped,
+        verdict: &'a crate::bus::Verdict,
     ) -> Handling<'a> {
-        let item = Item::Dropped(event.clone(), dropped.clone());
+        let item = Item::Decided(event.clone(), verdict.clone());
         Handling::hand_off(&self.tx, item, "the audit writer")
     }
 
@@ -306,7 +306,7 @@ impl Writer {
                 .drain(..)
                 .map(|item| match item {
                     Item::Event(event) => Entry::of_event(&event),
-                    Item::Dropped(event, dropped) => Entry::of_dropped_event(&event, &dropped),
+                    Item::Decided(event, verdict) => Entry::of_decided_event(&event, &verdict),
                     Item::Action(entry) => entry,
                 })
                 .collect();

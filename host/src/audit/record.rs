@@ -65,15 +65,19 @@ impl Entry {
         }
     }
 
-    /// The row of an accepted event that a plugin dropped: `details` holds the payload
-    /// under `data` and who dropped it under `dropped` (`{"plugin", "reason"}`).
-    pub fn of_dropped_event(event: &Arc<Event>, dropped: &crate::bus::Dropped) -> Entry {
+    /// The row of an accepted event that plugins dropped or replaced: `details` holds
+    /// the payload as accepted under `data`, who dropped it under `dropped`
+    /// (`{"plugin", "reason"}`) and who replaced it under `replaced_by`.
+    pub fn of_decided_event(event: &Arc<Event>, verdict: &crate::bus::Verdict) -> Entry {
         let mut entry = Entry::of_event(event);
-        entry.details = serde_json::json!({
-            "data": event.data,
-            "dropped": dropped,
-        })
-        .to_string();
+        let mut details = serde_json::json!({ "data": event.data });
+        if let Some(dropped) = &verdict.dropped {
+            details["dropped"] = serde_json::json!(dropped);
+        }
+        if !verdict.replaced_by.is_empty() {
+            details["replaced_by"] = serde_json::json!(verdict.replaced_by);
+        }
+        entry.details = details.to_string();
         entry
     }
 }

@@ -68,7 +68,7 @@ impl PipelineWorker for Worker {
         } else {
             (event.clone(), Outcome::default(), Vec::new())
         };
-        if outcome.dropped.is_none() {
+        if outcome.verdict.dropped.is_none() {
             for tap in set.tap.iter().filter(|p| p.wants(&current.kind)) {
                 if let Some(queue) = &tap.tap {
                     queue.offer(&current, &self.registry.metrics);
@@ -119,7 +119,7 @@ impl Worker {
             let slot = &plugin.slot;
             if !slot.breaker.allow(now_ms) {
                 if plugin.manifest.on_error == OnError::Drop {
-                    outcome.dropped = Some(Dropped {
+                    outcome.verdict.dropped = Some(Dropped {
                         plugin: plugin.name.clone(),
                         reason: "circuit breaker open (on_error = drop)".into(),
                     });
@@ -137,9 +137,10 @@ impl Worker {
                     deliveries.extend(decision.delivered);
                     if let Some(replacement) = decision.replace {
                         current = replacement;
+                        outcome.verdict.replaced_by.push(plugin.name.clone());
                     }
                     if let Some(reason) = decision.drop {
-                        outcome.dropped = Some(Dropped {
+                        outcome.verdict.dropped = Some(Dropped {
                             plugin: plugin.name.clone(),
                             reason,
                         });
@@ -149,7 +150,7 @@ impl Worker {
                 Err(error) => {
                     self.failed(plugin, &current, &error);
                     if plugin.manifest.on_error == OnError::Drop {
-                        outcome.dropped = Some(Dropped {
+                        outcome.verdict.dropped = Some(Dropped {
                             plugin: plugin.name.clone(),
                             reason: format!("plugin failed (on_error = drop): {error}"),
                         });
