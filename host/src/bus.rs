@@ -115,6 +115,10 @@ pub trait Pipeline: Send + Sync + 'static {
 
 /// One bus worker's share of the pipeline.
 pub trait PipelineWorker: Send {
+    /// Called with each batch the worker takes, before [`PipelineWorker::run`] is
+    /// called for its events in order: a chance to do the batch's work at once.
+    fn prepare(&mut self, _events: &[Arc<Event>]) {}
+
     fn run<'a>(&'a mut self, event: &'a Arc<Event>) -> Pipelined<'a>;
 }
 
@@ -474,6 +478,7 @@ async fn worker(
 ) {
     let mut jobs = Vec::with_capacity(TAKE);
     let mut pipeline: Option<Box<dyn PipelineWorker>> = None;
+    let mut batch: Vec<Arc<Event>> = Vec::with_capacity(TAKE);
     loop {
         {
             let mut rx = rx.lock().await;
@@ -494,6 +499,11 @@ async fn worker(
         }
         if pipeline.is_none() {
             pipeline = shared.pipeline.get().map(|p| p.worker());
+        }
+        if let Some(pipeline) = pipeline.as_deref_mut() {
+            batch.clear();
+            batch.extend(jobs.iter().map(|job| job.event.clone()));
+            pipeline.prepare(&batch);
         }
         let subscriptions = shared.subscriptions.load();
         for job in jobs.drain(..) {

@@ -65,7 +65,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 200_000)]
     audit_rows: u64,
     /// Events pushed through the bus in each plugin measurement.
-    #[arg(long, default_value_t = 200_000)]
+    #[arg(long, default_value_t = 500_000)]
     plugin_events: u64,
     /// Where the built plugins are (cargo build --profile plugin --target wasm32-wasip2).
     #[arg(long, default_value = "target/wasm32-wasip2/plugin")]
