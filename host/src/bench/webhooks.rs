@@ -17,15 +17,15 @@ use super::{InProcess, PAYLOAD, row, thousands};
 
 /// The receiver: answers 200 at once and counts; when `timing`, also notes when each
 /// body's `id` arrived.
-struct Receiver {
-    addr: SocketAddr,
-    count: Arc<AtomicU64>,
-    arrivals: Arc<Mutex<HashMap<String, Instant>>>,
+pub(super) struct Receiver {
+    pub(super) addr: SocketAddr,
+    pub(super) count: Arc<AtomicU64>,
+    pub(super) arrivals: Arc<Mutex<HashMap<String, Instant>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Receiver {
-    async fn start(timing: bool) -> anyhow::Result<Receiver> {
+    pub(super) async fn start(timing: bool) -> anyhow::Result<Receiver> {
         let count = Arc::new(AtomicU64::new(0));
         let arrivals: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
         let (c, a) = (count.clone(), arrivals.clone());
@@ -111,7 +111,7 @@ async fn start_daemon(postgres: Option<&str>) -> anyhow::Result<InProcess> {
     .await
 }
 
-async fn add_endpoints(
+pub(super) async fn add_endpoints(
     client: &reqwest::Client,
     daemon: SocketAddr,
     receiver: SocketAddr,
@@ -131,7 +131,7 @@ async fn add_endpoints(
 }
 
 /// Publishes a batch, waiting out 503s.
-async fn publish_batch(
+pub(super) async fn publish_batch(
     client: &reqwest::Client,
     daemon: SocketAddr,
     body: String,
@@ -151,7 +151,7 @@ async fn publish_batch(
     }
 }
 
-fn batch_body(ids: impl Iterator<Item = String>) -> String {
+pub(super) fn batch_body(ids: impl Iterator<Item = String>) -> String {
     let events: Vec<String> = ids
         .map(|id| format!(r#"{{"id":"{id}","type":"message.received","data":{PAYLOAD}}}"#))
         .collect();
