@@ -91,6 +91,12 @@ async fn the_examples_filter_transform_and_route_live_events() {
         .install_plugin("spam-router", &plugin_wasm("spam_router"))
         .await;
     eprintln!("spam-router serving {took:?} after the copy");
+    // The release build serves within about 0.25 s (BENCHMARKS.md); this debug build
+    // shares two cores with the rest of the suite, so the bound here is looser.
+    assert!(
+        took < Duration::from_secs(3),
+        "{took:?} from the copy to serving"
+    );
     let spam_id = d
         .publish("message.received", &received("example.com", true))
         .await;
