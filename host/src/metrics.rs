@@ -738,6 +738,12 @@ impl Subscriber for EventMetrics {
     fn handle<'a>(&'a self, event: &'a Arc<Event>) -> Handling<'a> {
         self.count(event).into()
     }
+
+    /// The platform's counters count what was accepted (a message a plugin drops
+    /// was still received), as the audit log records it.
+    fn records_accepted(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

@@ -185,6 +185,14 @@ async fn the_examples_filter_transform_and_route_live_events() {
     assert!(
         metrics.contains("evhost_plugin_actions_total{plugin=\"vip-router\",action=\"deliver\"} 1")
     );
+    // The platform's counters count accepted messages, the dropped spam included:
+    // five message.received events were published.
+    let received_total: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("esp_messages_received_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(received_total, 5.0, "{metrics}");
 }
 
 #[tokio::test]
