@@ -223,7 +223,7 @@ pub struct PluginMetrics {
     call_seconds: Family<PluginLabel, Histogram, fn() -> Histogram>,
     actions: Family<PluginActionLabels, Counter>,
     counters: Family<PluginCounterLabels, Counter>,
-    counter_names: std::sync::Mutex<std::collections::HashMap<String, HashSet<String>>>,
+    counter_names: RwLock<std::collections::HashMap<String, HashSet<String>>>,
     pub loaded: Gauge,
     pub load_failures: Family<PluginLabel, Counter>,
     pub breaker_open: Family<PluginLabel, Gauge>,
@@ -378,8 +378,15 @@ impl PluginMetrics {
 
     /// Adds to a plugin's own counter; a plugin gets at most `max_names` of them.
     pub fn counter_add(&self, plugin: &str, name: &str, value: u64, max_names: usize) {
-        {
-            let mut names = self.counter_names.lock().expect("not poisoned");
+        // A name seen before takes only the shared lock.
+        let known = self
+            .counter_names
+            .read()
+            .expect("not poisoned")
+            .get(plugin)
+            .is_some_and(|seen| seen.contains(name));
+        if !known {
+            let mut names = self.counter_names.write().expect("not poisoned");
             let seen = names.entry(plugin.to_string()).or_default();
             if !seen.contains(name) {
                 if seen.len() >= max_names {
@@ -749,6 +756,27 @@ impl Subscriber for EventMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plugin_counters_are_capped_per_plugin() {
+        let m = Metrics::new(10);
+        m.plugins.counter_add("p", "a", 2, 2);
+        m.plugins.counter_add("p", "a", 3, 2);
+        m.plugins.counter_add("p", "b", 1, 2);
+        m.plugins.counter_add("p", "c", 1, 2);
+        m.plugins.counter_add("q", "c", 7, 2);
+        let text = m.encode();
+        assert!(
+            text.contains("evhost_plugin_counter_total{plugin=\"p\",name=\"a\"} 5"),
+            "{text}"
+        );
+        assert!(text.contains("evhost_plugin_counter_total{plugin=\"p\",name=\"b\"} 1"));
+        assert!(
+            !text.contains("plugin=\"p\",name=\"c\""),
+            "a third name is refused"
+        );
+        assert!(text.contains("evhost_plugin_counter_total{plugin=\"q\",name=\"c\"} 7"));
+    }
 
     #[test]
     fn domains_past_the_limit_count_as_other() {
