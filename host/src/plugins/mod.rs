@@ -86,6 +86,18 @@ pub struct Slot {
 }
 
 impl Slot {
+    /// Makes one call, timed and counted.
+    fn call<T>(&self, call: impl FnOnce() -> T) -> T {
+        let started = std::time::Instant::now();
+        let result = call();
+        self.series
+            .call_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.series.calls.inc();
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        result
+    }
+
     fn record_error(&self, error: &CallError) {
         let kind = error.kind();
         self.series.error(kind);

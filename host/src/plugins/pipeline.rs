@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use serde_json::value::RawValue;
 
@@ -240,14 +239,7 @@ impl Worker {
                 e.insert(instance)
             }
         };
-        let started = Instant::now();
-        let result = instance.handle(event);
-        slot.series
-            .call_seconds
-            .observe(started.elapsed().as_secs_f64());
-        slot.series.calls.inc();
-        slot.calls
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let result = slot.call(|| instance.handle(event));
         match result {
             Ok(actions) => decide(&self.registry, plugin, event, actions),
             Err(error) => {

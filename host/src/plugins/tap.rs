@@ -5,7 +5,6 @@
 
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::time::Instant;
 
 use super::runtime::{Compiled, Instance, Limits, PluginContext};
 use super::{Manifest, Slot};
@@ -87,14 +86,7 @@ fn run(
                 }
             }
         };
-        let started = Instant::now();
-        let result = live.handle(&event);
-        slot.series
-            .call_seconds
-            .observe(started.elapsed().as_secs_f64());
-        slot.series.calls.inc();
-        slot.calls
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let result = slot.call(|| live.handle(&event));
         match result {
             Ok(_) => {
                 slot.breaker.success();
