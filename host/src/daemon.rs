@@ -168,6 +168,7 @@ pub async fn serve(
             config.plugin_cache_dir(),
             metrics.clone(),
             catalog.clone(),
+            audit.clone(),
         )
         .await?;
         if let Some(webhooks) = &webhooks {

@@ -276,6 +276,33 @@ async fn swaps_corrupt_files_failing_inits_and_deletions() {
     assert_eq!(got[3].json()["id"], id.as_str());
     assert_eq!(got[3].json()["data"]["subject"], "Hello");
     assert!(d.log().contains("plugin unloaded"));
+
+    // Each load, failed load and the unload is in the audit log, as the daemon's own
+    // action on the plugin.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let rows = d.audit_rows("types=plugin.*", 100, Some(ADMIN)).await;
+        let kinds: Vec<&str> = rows
+            .iter()
+            .map(|r| r["event_type"].as_str().unwrap())
+            .collect();
+        let count = |k: &str| kinds.iter().filter(|x| **x == k).count();
+        if count("plugin.unloaded") == 1 {
+            assert_eq!(count("plugin.loaded"), 2, "{kinds:?}");
+            assert!(count("plugin.load_failed") >= 2, "{kinds:?}");
+            assert!(count("plugin.reload") == 1, "the API reload: {kinds:?}");
+            let loaded = rows
+                .iter()
+                .find(|r| r["event_type"] == "plugin.loaded")
+                .unwrap();
+            assert_eq!(loaded["actor"], "evhost");
+            assert_eq!(loaded["resource_type"], "plugin");
+            assert_eq!(loaded["resource_id"], "p");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{kinds:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]

@@ -85,6 +85,7 @@ pub async fn report(args: &BenchArgs) -> anyhow::Result<()> {
         cache,
         Metrics::new(10),
         Arc::new(Catalog::new(true, false)),
+        None,
     )
     .await?;
     let mut cold = Vec::new();
@@ -238,6 +239,7 @@ async fn started_with(
         scratch.join("cache"),
         Metrics::new(10),
         Arc::new(Catalog::new(true, false)),
+        None,
     )
     .await?;
     match plugins.status("p") {

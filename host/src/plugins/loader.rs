@@ -62,6 +62,8 @@ pub struct Plugins {
     /// One load at a time (watcher and API), so two loads of one name cannot race.
     loading: Arc<tokio::sync::Mutex<()>>,
     stop: CancellationToken,
+    /// Where loads, failed loads and unloads are recorded, when the audit log is on.
+    audit: Arc<std::sync::OnceLock<Arc<crate::audit::Audit>>>,
 }
 
 /// Whether `name` may name a plugin.
@@ -81,6 +83,7 @@ impl Plugins {
         cache_dir: PathBuf,
         metrics: Arc<Metrics>,
         catalog: Arc<Catalog>,
+        audit: Option<Arc<crate::audit::Audit>>,
     ) -> Result<Plugins, PluginError> {
         std::fs::create_dir_all(&dir).map_err(|source| PluginError::Read {
             path: dir.clone(),
@@ -104,7 +107,11 @@ impl Plugins {
             runtime,
             loading: Default::default(),
             stop: CancellationToken::new(),
+            audit: Default::default(),
         };
+        if let Some(audit) = audit {
+            plugins.set_audit(audit);
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -145,6 +152,32 @@ impl Plugins {
         Arc::new(PluginPipeline {
             registry: self.registry.clone(),
         })
+    }
+
+    /// Records every load, failed load and unload in the audit log (actor
+    /// `evhost`: the folder changed) as `plugin.loaded`, `plugin.load_failed` and
+    /// `plugin.unloaded` rows with resource `plugin:<name>`.
+    fn set_audit(&self, audit: Arc<crate::audit::Audit>) {
+        let _ = self.audit.set(audit);
+    }
+
+    async fn record(&self, name: &str, action: &str, details: serde_json::Value) {
+        let Some(audit) = self.audit.get() else {
+            return;
+        };
+        audit
+            .record_action(crate::audit::Entry {
+                event_id: crate::event::new_event_id().to_string(),
+                event_type: format!("plugin.{action}"),
+                actor: Some("evhost".into()),
+                actor_token: None,
+                actor_ip: None,
+                resource_type: Some("plugin".into()),
+                resource_id: Some(name.to_string()),
+                details: details.to_string(),
+                time_us: Utc::now().timestamp_micros(),
+            })
+            .await;
     }
 
     /// Where `deliver` actions go.
@@ -191,6 +224,7 @@ impl Plugins {
         if !path.exists() {
             if self.registry.remove(name) {
                 tracing::info!(plugin = name, "plugin unloaded (its file was removed)");
+                self.record(name, "unloaded", serde_json::json!({})).await;
             }
             return;
         }
@@ -228,6 +262,18 @@ impl Plugins {
                         "plugin loaded"
                     );
                     self.registry.install(loaded.clone());
+                    self.record(
+                        name,
+                        "loaded",
+                        serde_json::json!({
+                            "version": loaded.info.version,
+                            "plugin_name": loaded.info.name,
+                            "file_hash": loaded.hash,
+                            "mode": loaded.manifest.mode,
+                            "priority": loaded.manifest.priority,
+                        }),
+                    )
+                    .await;
                     return Ok(loaded);
                 }
                 Err(error) => {
@@ -243,6 +289,8 @@ impl Plugins {
                     let kept = self.registry.serving(name).map(|p| p.info.version.clone());
                     tracing::error!(plugin = name, %error, previous_version_kept = kept.as_deref(), "plugin not loaded");
                     self.registry.load_failed(name, error.to_string());
+                    let details = serde_json::json!({"error": error.to_string(), "previous_version_kept": kept});
+                    self.record(name, "load_failed", details).await;
                     return Err(error);
                 }
             }
