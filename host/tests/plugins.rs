@@ -262,3 +262,35 @@ fn log_lines_and_counters_are_captured_offline() {
     assert!(actions[1]["drop"].as_str().unwrap().contains("9"));
     assert_eq!(report.counters, [("spam_routed".to_string(), 1)]);
 }
+
+#[test]
+fn offline_runs_apply_the_daemons_action_checks() {
+    let events = [
+        event("test.probe", json!({"do": "bad-replace"})),
+        event("test.probe", json!({"do": "many-actions"})),
+        event("test.probe", json!({"do": "stamp"})),
+    ];
+    let report = hostile(
+        "timeout = \"5s\"\n[config]\nbehave = \"by-event\"\nstamp = \"s1\"",
+        &events,
+    );
+    let bad = &report.calls[0];
+    assert_eq!(bad.error_kind, Some("invalid_action"), "{bad:?}");
+    assert!(
+        bad.error.as_deref().unwrap().contains("message.received"),
+        "{bad:?}"
+    );
+    assert_eq!(bad.actions.len(), 1, "the refused actions are still shown");
+    let many = &report.calls[1];
+    assert_eq!(many.error_kind, Some("invalid_action"), "{many:?}");
+    assert!(
+        many.error
+            .as_deref()
+            .unwrap()
+            .contains("plugins.max_actions"),
+        "{many:?}"
+    );
+    // A custom type's replacement passes.
+    assert!(report.calls[2].error.is_none(), "{:?}", report.calls[2]);
+    assert_eq!(report.calls[2].actions[0]["replace"]["data"]["stamp"], "s1");
+}

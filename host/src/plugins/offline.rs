@@ -1,6 +1,7 @@
 //! Running a plugin file outside the daemon: `evhost plugin check` and
-//! `evhost plugin run`. Same runtime, same limits, same action checks as the daemon;
-//! log lines and counters are captured and shown instead of exported.
+//! `evhost plugin run`. Same runtime, same limits, same action checks as the daemon
+//! (with its default settings); log lines and counters are captured and shown
+//! instead of exported.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -10,8 +11,9 @@ use serde::Serialize;
 
 use super::Manifest;
 use super::loader::{PluginError, read_plugin, subscriptions};
+use super::pipeline::{Rules, decide};
 use super::runtime::{Action, CallError, Instance, Level, Limits, LogSink, PluginContext, Runtime};
-use crate::event::Event;
+use crate::event::{Catalog, Event};
 
 /// What `evhost plugin check` reports.
 #[derive(Debug, Serialize)]
@@ -141,13 +143,27 @@ pub fn run(
         context,
         check,
     } = prepare(path, manifest)?;
+    let catalog = Catalog::new(true, false);
+    let options = crate::config::PluginsConfig::default();
     let mut calls = Vec::new();
     for event in events {
         let started = Instant::now();
         let result = instance.handle(event);
         let duration_us = started.elapsed().as_micros() as u64;
         let (actions, error) = match result {
-            Ok(actions) => (actions.iter().map(action_json).collect(), None),
+            // The daemon's checks too (schema, limits): a refused result is shown
+            // with its actions and the reason.
+            Ok(actions) => {
+                let shown = actions.iter().map(action_json).collect();
+                let rules = Rules {
+                    catalog: &catalog,
+                    options: &options,
+                    plugin: &check.name,
+                    series: None,
+                    metrics: None,
+                };
+                (shown, decide(&rules, event, actions).err())
+            }
             Err(error) => (Vec::new(), Some(error)),
         };
         if error.as_ref().is_some_and(CallError::poisons) {

@@ -10,7 +10,9 @@ use serde_json::value::RawValue;
 use super::runtime::{Action, CallError, Instance, NewEvent};
 use super::{Loaded, OnError, PluginSet, Registry};
 use crate::bus::{Dropped, Outcome, Pipeline, PipelineWorker, Pipelined};
-use crate::event::{Event, new_event_id};
+use crate::config::PluginsConfig;
+use crate::event::{Catalog, Event, new_event_id};
+use crate::metrics::{Metrics, PluginSeries};
 
 /// The inline-plugin stage of the bus.
 pub struct PluginPipeline {
@@ -50,7 +52,7 @@ unsafe impl Send for Worker {}
 type Delivery = (String, Option<Event>);
 
 /// What one plugin call decided, once its actions passed validation.
-struct Decision {
+pub(super) struct Decision {
     replace: Option<Arc<Event>>,
     emitted: Vec<Event>,
     delivered: Vec<Delivery>,
@@ -241,7 +243,16 @@ impl Worker {
         };
         let result = slot.call(|| instance.handle(event));
         match result {
-            Ok(actions) => decide(&self.registry, plugin, event, actions),
+            Ok(actions) => {
+                let rules = Rules {
+                    catalog: &self.registry.catalog,
+                    options: &self.registry.options,
+                    plugin: &plugin.name,
+                    series: Some(&slot.series),
+                    metrics: Some(&self.registry.metrics),
+                };
+                decide(&rules, event, actions)
+            }
             Err(error) => {
                 if error.poisons() {
                     self.instances.remove(&plugin.generation);
@@ -267,16 +278,25 @@ impl Worker {
     }
 }
 
+/// What a plugin's actions are checked against, and where they are counted.
+pub(super) struct Rules<'a> {
+    pub catalog: &'a Catalog,
+    pub options: &'a PluginsConfig,
+    /// The plugin's name (the source of the events it makes).
+    pub plugin: &'a str,
+    pub series: Option<&'a PluginSeries>,
+    pub metrics: Option<&'a Metrics>,
+}
+
 /// Checks a call's actions and turns them into a decision. Any refused action
 /// refuses the whole result (it counts as one failed call), so a plugin never has
 /// half its decision applied.
-fn decide(
-    registry: &Registry,
-    plugin: &Loaded,
+pub(super) fn decide(
+    rules: &Rules,
     event: &Arc<Event>,
     actions: Vec<Action>,
 ) -> Result<Decision, CallError> {
-    let options = &registry.options;
+    let options = rules.options;
     if actions.len() > options.max_actions {
         return Err(CallError::Invalid(format!(
             "{} actions; at most {} (plugins.max_actions)",
@@ -297,16 +317,20 @@ fn decide(
         delivered: Vec::new(),
         drop: None,
     };
-    let series = &plugin.slot.series;
+    let count = |i: usize| {
+        if let Some(series) = rules.series {
+            series.actions[i].inc();
+        }
+    };
     for action in actions {
         match action {
             Action::Drop(reason) => {
-                series.actions[0].inc();
+                count(0);
                 decision.drop = Some(truncate(reason, 1024));
             }
             Action::Replace(new) => {
-                series.actions[1].inc();
-                let data = checked(registry, &new, "replace")?;
+                count(1);
+                let data = checked(rules.catalog, &new, "replace")?;
                 let base = decision.replace.as_ref().unwrap_or(event);
                 decision.replace = Some(Arc::new(Event {
                     kind: new.kind.into(),
@@ -315,10 +339,12 @@ fn decide(
                 }));
             }
             Action::Emit(new) => {
-                series.actions[2].inc();
-                let data = checked(registry, &new, "emit")?;
+                count(2);
+                let data = checked(rules.catalog, &new, "emit")?;
                 if event.hops >= options.max_hops {
-                    registry.metrics.plugins.emits_refused.inc();
+                    if let Some(metrics) = rules.metrics {
+                        metrics.plugins.emits_refused.inc();
+                    }
                     return Err(CallError::Invalid(format!(
                         "emit of {:?} from an event that is already {} emits deep (plugins.max_hops = {}): a loop?",
                         new.kind, event.hops, options.max_hops
@@ -326,10 +352,10 @@ fn decide(
                 }
                 decision
                     .emitted
-                    .push(derived(plugin, event, new.kind, data));
+                    .push(derived(rules.plugin, event, new.kind, data));
             }
             Action::Deliver(delivery) => {
-                series.actions[3].inc();
+                count(3);
                 if delivery.target.is_empty() || delivery.target.len() > 200 {
                     return Err(CallError::Invalid(
                         "deliver needs the name of a webhook endpoint".into(),
@@ -337,8 +363,8 @@ fn decide(
                 }
                 let new = match delivery.event {
                     Some(new) => {
-                        let data = checked(registry, &new, "deliver")?;
-                        Some(derived(plugin, event, new.kind, data))
+                        let data = checked(rules.catalog, &new, "deliver")?;
+                        Some(derived(rules.plugin, event, new.kind, data))
                     }
                     None => None,
                 };
@@ -351,12 +377,12 @@ fn decide(
 
 /// A new event made by a plugin: its own id and time, the plugin as source, the
 /// handled event's actor, one hop further.
-fn derived(plugin: &Loaded, parent: &Event, kind: String, data: Arc<RawValue>) -> Event {
+fn derived(plugin: &str, parent: &Event, kind: String, data: Arc<RawValue>) -> Event {
     Event {
         id: new_event_id(),
         kind: kind.into(),
         time: chrono::Utc::now(),
-        source: format!("/plugins/{}", plugin.name).into(),
+        source: format!("/plugins/{plugin}").into(),
         actor: parent.actor.clone(),
         data,
         hops: parent.hops.saturating_add(1),
@@ -364,12 +390,11 @@ fn derived(plugin: &Loaded, parent: &Event, kind: String, data: Arc<RawValue>) -
 }
 
 /// Parses and validates a plugin's event against the catalog.
-fn checked(registry: &Registry, new: &NewEvent, action: &str) -> Result<Arc<RawValue>, CallError> {
+fn checked(catalog: &Catalog, new: &NewEvent, action: &str) -> Result<Arc<RawValue>, CallError> {
     let data = RawValue::from_string(new.data.clone()).map_err(|e| {
         CallError::Invalid(format!("{action} of {:?}: data is not JSON: {e}", new.kind))
     })?;
-    registry
-        .catalog
+    catalog
         .validate(&new.kind, &data)
         .map_err(|e| CallError::Invalid(format!("{action}: {e}")))?;
     Ok(Arc::from(data))
