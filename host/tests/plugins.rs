@@ -294,3 +294,25 @@ fn offline_runs_apply_the_daemons_action_checks() {
     assert!(report.calls[2].error.is_none(), "{:?}", report.calls[2]);
     assert_eq!(report.calls[2].actions[0]["replace"]["data"]["stamp"], "s1");
 }
+
+#[test]
+fn the_compile_cache_keeps_the_most_recently_used_entries() {
+    use evhost::plugins::runtime::prune_cache;
+    let dir = tempfile::tempdir().unwrap();
+    let base = std::time::SystemTime::now() - Duration::from_secs(3600);
+    for n in 0..5u64 {
+        let path = dir.path().join(format!("entry-{n}.cwasm"));
+        std::fs::write(&path, b"x").unwrap();
+        let file = std::fs::File::options().append(true).open(&path).unwrap();
+        file.set_modified(base + Duration::from_secs(n * 60))
+            .unwrap();
+    }
+    std::fs::write(dir.path().join("notes.txt"), b"not a cache entry").unwrap();
+    assert_eq!(prune_cache(dir.path(), 2).unwrap(), 3);
+    let mut left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["entry-3.cwasm", "entry-4.cwasm", "notes.txt"]);
+}

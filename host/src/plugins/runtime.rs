@@ -10,7 +10,7 @@ use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
@@ -375,6 +375,7 @@ impl Runtime {
                 Ok(c) => {
                     component = Some(c);
                     from_cache = true;
+                    touch(path);
                 }
                 Err(error) => {
                     tracing::warn!(path = %path.display(), error = %format!("{error:#}"), "ignoring an unreadable compiled-plugin cache entry");
@@ -423,6 +424,36 @@ impl Runtime {
     }
 }
 
+/// Compiled plugins kept in the cache: the most recently used ones; older entries
+/// (earlier versions, other engine builds) are removed when a new one is written.
+pub const CACHE_ENTRIES: usize = 32;
+
+/// Removes all but the `keep` most recently used `.cwasm` files of `dir`; returns
+/// how many went.
+pub fn prune_cache(dir: &Path, keep: usize) -> std::io::Result<usize> {
+    let mut entries: Vec<(SystemTime, PathBuf)> = std::fs::read_dir(dir)?
+        .filter_map(|entry| entry.ok())
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|e| e == "cwasm"))
+        .filter_map(|path| Some((std::fs::metadata(&path).ok()?.modified().ok()?, path)))
+        .collect();
+    entries.sort_by_key(|entry| std::cmp::Reverse(entry.0));
+    let mut removed = 0;
+    for (_, path) in entries.into_iter().skip(keep) {
+        if std::fs::remove_file(&path).is_ok() {
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// Marks a cache entry as just used, so pruning keeps it.
+fn touch(path: &Path) {
+    if let Ok(file) = std::fs::File::options().append(true).open(path) {
+        let _ = file.set_modified(SystemTime::now());
+    }
+}
+
 /// Writes a compiled component to the cache atomically; a failure only costs a
 /// recompilation at the next start, so it is logged, not returned.
 fn store_cache(path: &Path, component: &Component) {
@@ -437,6 +468,15 @@ fn store_cache(path: &Path, component: &Component) {
     };
     if let Err(error) = write() {
         tracing::warn!(path = %path.display(), %error, "could not cache a compiled plugin");
+    }
+    if let Some(dir) = path.parent() {
+        match prune_cache(dir, CACHE_ENTRIES) {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(removed = n, "pruned the compiled-plugin cache"),
+            Err(error) => {
+                tracing::warn!(dir = %dir.display(), %error, "could not prune the compiled-plugin cache")
+            }
+        }
     }
 }
 
