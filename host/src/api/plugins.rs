@@ -106,9 +106,9 @@ pub async fn reload(
     }
     match result {
         Ok(status) => Ok(Json(status).into_response()),
-        Err(PluginError::BadName(_)) | Err(PluginError::NotFound(_)) => Err(ApiError::not_found(
-            result.err().map(|e| e.to_string()).unwrap_or_default(),
-        )),
+        Err(e @ (PluginError::BadName(_) | PluginError::NotFound(_))) => {
+            Err(ApiError::not_found(e.to_string()))
+        }
         Err(e) => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "plugin_not_loaded",

@@ -254,11 +254,14 @@ fn build(path: &Path) -> anyhow::Result<()> {
     let manifest = path.join("Cargo.toml");
     let text = std::fs::read_to_string(&manifest)
         .with_context(|| format!("{} is not a plugin crate", path.display()))?;
-    let name = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("name = "))
-        .map(|n| n.trim().trim_matches('"').replace('-', "_"))
-        .with_context(|| format!("no package name in {}", manifest.display()))?;
+    let parsed: toml::Table = toml::from_str(&text)
+        .with_context(|| format!("{} is not valid TOML", manifest.display()))?;
+    let name = parsed
+        .get("package")
+        .and_then(|p| p.get("name"))
+        .and_then(|n| n.as_str())
+        .map(|n| n.replace('-', "_"))
+        .with_context(|| format!("no [package] name in {}", manifest.display()))?;
     let status = std::process::Command::new("cargo")
         .args([
             "build",

@@ -382,14 +382,15 @@ fn load_version(
     let path = dir.join(format!("{name}.wasm"));
     let manifest = Manifest::load(&dir.join(format!("{name}.toml")), &registry.options)?;
     let bytes = read_plugin(&path)?;
+    let hash = super::runtime::file_hash(&bytes);
     if !force
         && let Some(serving) = registry.serving(name)
         && serving.manifest == manifest
-        && serving.hash == super::runtime::file_hash(&bytes)
+        && serving.hash == hash
     {
         return Ok(Fresh::Unchanged(serving));
     }
-    let compiled = runtime.compile(&bytes, manifest.fuel.is_some())?;
+    let compiled = runtime.compile_hashed(&bytes, hash, manifest.fuel.is_some())?;
     let limits = Limits {
         memory_mib: manifest.memory_mib,
         timeout: manifest.timeout,
@@ -402,9 +403,8 @@ fn load_version(
         LogSink::Tracing,
         Some(registry.metrics.plugins.clone()),
     );
-    let mut instance =
-        Instance::new(&compiled, context.clone(), limits).map_err(PluginError::Init)?;
-    let info = instance.init(&manifest.config).map_err(PluginError::Init)?;
+    let (_, info) = Instance::start(&compiled, context.clone(), limits, &manifest.config)
+        .map_err(PluginError::Init)?;
     let patterns = subscriptions(&info, &manifest)?;
     let slot = registry.slot(name);
     let tap = match manifest.mode {

@@ -22,7 +22,7 @@ mod tap;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use arc_swap::ArcSwap;
@@ -74,14 +74,12 @@ impl Loaded {
     }
 }
 
-/// What is kept per plugin name across versions: the breaker, counters for the
-/// API, the last error.
+/// What is kept per plugin name across versions: the breaker, the metric series
+/// (which the API reads its counters from), the last error.
 pub struct Slot {
     name: String,
     series: PluginSeries,
     breaker: Breaker,
-    calls: AtomicU64,
-    errors: [AtomicU64; 5],
     last_error: Mutex<Option<(DateTime<Utc>, String)>>,
 }
 
@@ -94,16 +92,11 @@ impl Slot {
             .call_seconds
             .observe(started.elapsed().as_secs_f64());
         self.series.calls.inc();
-        self.calls.fetch_add(1, Ordering::Relaxed);
         result
     }
 
     fn record_error(&self, error: &CallError) {
-        let kind = error.kind();
-        self.series.error(kind);
-        if let Some(i) = PLUGIN_ERROR_KINDS.iter().position(|k| *k == kind) {
-            self.errors[i].fetch_add(1, Ordering::Relaxed);
-        }
+        self.series.error(error.kind());
         *self.last_error.lock().expect("not poisoned") = Some((Utc::now(), error.to_string()));
     }
 }
@@ -198,8 +191,6 @@ impl Registry {
                         self.options.breaker_failures,
                         self.options.breaker_cooldown,
                     ),
-                    calls: AtomicU64::new(0),
-                    errors: Default::default(),
                     last_error: Mutex::new(None),
                 })
             })
@@ -319,11 +310,11 @@ impl Registry {
             timeout_ms: loaded.as_ref().map(|l| l.limits.timeout.as_millis() as u64),
             last_error: last.as_ref().map(|(_, e)| e.clone()),
             last_error_at: last.map(|(t, _)| t),
-            calls: slot.calls.load(Ordering::Relaxed),
+            calls: slot.series.calls.get(),
             errors: PLUGIN_ERROR_KINDS
                 .iter()
-                .zip(&slot.errors)
-                .map(|(k, n)| (k.to_string(), n.load(Ordering::Relaxed)))
+                .zip(&slot.series.errors)
+                .map(|(k, n)| (k.to_string(), n.get()))
                 .collect(),
             failures_in_a_row: slot.breaker.failures_in_a_row(),
         }

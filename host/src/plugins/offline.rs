@@ -96,9 +96,8 @@ fn prepare(path: &Path, manifest: &Manifest) -> Result<Prepared, PluginError> {
         None,
     );
     let started = Instant::now();
-    let mut instance =
-        Instance::new(&compiled, context.clone(), limits).map_err(PluginError::Init)?;
-    let info = instance.init(&manifest.config).map_err(PluginError::Init)?;
+    let (instance, info) = Instance::start(&compiled, context.clone(), limits, &manifest.config)
+        .map_err(PluginError::Init)?;
     let init_ms = started.elapsed().as_millis() as u64;
     let patterns = subscriptions(&info, manifest)?;
     Ok(Prepared {
@@ -168,9 +167,9 @@ pub fn run(
         };
         if error.as_ref().is_some_and(CallError::poisons) {
             // Like the daemon: a fresh instance for the next event.
-            instance =
-                Instance::new(&compiled, context.clone(), limits).map_err(PluginError::Init)?;
-            instance.init(&manifest.config).map_err(PluginError::Init)?;
+            instance = Instance::start(&compiled, context.clone(), limits, &manifest.config)
+                .map_err(PluginError::Init)?
+                .0;
         }
         calls.push(CallReport {
             event_id: event.id.to_string(),

@@ -24,7 +24,7 @@ impl Pipeline for PluginPipeline {
         Box::new(Worker {
             registry: self.registry.clone(),
             instances: HashMap::new(),
-            seen: std::ptr::null(),
+            seen: std::sync::Weak::new(),
             prepared: std::collections::VecDeque::new(),
         })
     }
@@ -34,8 +34,10 @@ struct Worker {
     registry: Arc<Registry>,
     /// By plugin generation.
     instances: HashMap<u64, Instance>,
-    /// The set the cache was last pruned against.
-    seen: *const PluginSet,
+    /// The set the cache was last pruned against (weak: it must not keep unloaded
+    /// versions alive, and it keeps the allocation, so an address is never reused
+    /// under it).
+    seen: std::sync::Weak<PluginSet>,
     /// Results of [`PipelineWorker::prepare`], in batch order, taken by `run`.
     prepared: std::collections::VecDeque<(Arc<Event>, Inline)>,
 }
@@ -43,9 +45,6 @@ struct Worker {
 /// What the inline plugins made of one event: the event as it leaves them, the
 /// outcome so far (verdict, emits) and the deliveries asked for.
 type Inline = (Arc<Event>, Outcome, Vec<Delivery>);
-
-// SAFETY: `seen` is only compared, never dereferenced.
-unsafe impl Send for Worker {}
 
 /// A `deliver` action: the endpoint's name, and the plugin's own event (or none for
 /// the handled event as it leaves the pipeline).
@@ -136,8 +135,8 @@ impl PipelineWorker for Worker {
 impl Worker {
     /// Drops the instances of versions no longer in `set`.
     fn prune(&mut self, set: &Arc<PluginSet>) {
-        if !std::ptr::eq(self.seen, Arc::as_ptr(set)) {
-            self.seen = Arc::as_ptr(set);
+        if !std::ptr::eq(self.seen.as_ptr(), Arc::as_ptr(set)) {
+            self.seen = Arc::downgrade(set);
             self.instances
                 .retain(|generation, _| set.inline.iter().any(|p| p.generation == *generation));
         }
@@ -235,9 +234,12 @@ impl Worker {
         let instance = match self.instances.entry(plugin.generation) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
-                let mut instance =
-                    Instance::new(&plugin.compiled, plugin.context.clone(), plugin.limits)?;
-                instance.init(&plugin.manifest.config)?;
+                let (instance, _) = Instance::start(
+                    &plugin.compiled,
+                    plugin.context.clone(),
+                    plugin.limits,
+                    &plugin.manifest.config,
+                )?;
                 e.insert(instance)
             }
         };

@@ -355,12 +355,21 @@ impl Runtime {
     /// Compiles a component (or takes it from the cache) and checks it against the
     /// contract. Slow (Cranelift); call it off the event path.
     pub fn compile(&self, bytes: &[u8], fuel: bool) -> Result<Compiled, LoadError> {
+        self.compile_hashed(bytes, file_hash(bytes), fuel)
+    }
+
+    /// [`Runtime::compile`] for a caller that already has the file's [`file_hash`].
+    pub fn compile_hashed(
+        &self,
+        bytes: &[u8],
+        hash: String,
+        fuel: bool,
+    ) -> Result<Compiled, LoadError> {
         let (engine, linker) = if fuel {
             (&self.fueled, &self.fueled_linker)
         } else {
             (&self.plain, &self.plain_linker)
         };
-        let hash = file_hash(bytes);
         let cached = self.cache_path(engine, &hash);
         let mut from_cache = false;
         let mut component = None;
@@ -498,12 +507,16 @@ pub struct Instance {
 }
 
 impl Instance {
-    /// Instantiates `compiled` in a fresh, empty sandbox.
-    pub fn new(
+    /// Instantiates `compiled` in a fresh, empty sandbox and calls `init` with the
+    /// plugin's configuration. Instantiation and `init` get a deadline of at least
+    /// [`INIT_TIMEOUT`] (a plugin may build its tables there); calls get
+    /// `limits.timeout`.
+    pub fn start(
         compiled: &Compiled,
         context: Arc<PluginContext>,
         limits: Limits,
-    ) -> Result<Instance, CallError> {
+        config: &[(String, String)],
+    ) -> Result<(Instance, Info), CallError> {
         let engine = compiled.pre.engine();
         let wasi = WasiCtx::builder()
             .allow_tcp(false)
@@ -521,39 +534,28 @@ impl Instance {
         };
         let mut store = Store::new(engine, state);
         store.limiter(|state| &mut state.memory);
+        let starting = Limits {
+            timeout: limits.timeout.max(INIT_TIMEOUT),
+            ..limits
+        };
+        arm(&mut store, &starting);
+        let bindings = compiled
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| classify(e, &store, &limits))?;
         let mut instance = Instance {
-            bindings: {
-                let start = Limits {
-                    timeout: limits.timeout.max(INIT_TIMEOUT),
-                    ..limits
-                };
-                arm(&mut store, &start);
-                compiled
-                    .pre
-                    .instantiate(&mut store)
-                    .map_err(|e| classify(e, &store, &limits))?
-            },
             store,
+            bindings,
             limits,
         };
+        arm(&mut instance.store, &starting);
         instance.store.data_mut().memory.hit = false;
-        Ok(instance)
-    }
-
-    /// Calls `init` with the plugin's configuration. Its deadline is at least
-    /// [`INIT_TIMEOUT`]: a plugin may build its tables there.
-    pub fn init(&mut self, config: &[(String, String)]) -> Result<Info, CallError> {
-        let limits = Limits {
-            timeout: self.limits.timeout.max(INIT_TIMEOUT),
-            ..self.limits
-        };
-        arm(&mut self.store, &limits);
-        self.store.data_mut().memory.hit = false;
-        let result = self
+        let result = instance
             .bindings
             .evhost_plugin_subscriber()
-            .call_init(&mut self.store, config);
-        self.finish(result)
+            .call_init(&mut instance.store, config);
+        let info = instance.finish(result)?;
+        Ok((instance, info))
     }
 
     /// Calls `handle` with one event.

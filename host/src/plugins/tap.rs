@@ -71,20 +71,14 @@ fn run(
         }
         let live = match instance.as_mut() {
             Some(i) => i,
-            None => {
-                let made = Instance::new(&compiled, context.clone(), limits).and_then(|mut i| {
-                    i.init(&config)?;
-                    Ok(i)
-                });
-                match made {
-                    Ok(i) => instance.insert(i),
-                    Err(error) => {
-                        slot.record_error(&error);
-                        slot.breaker.failure(chrono::Utc::now().timestamp_millis());
-                        continue;
-                    }
+            None => match Instance::start(&compiled, context.clone(), limits, &config) {
+                Ok((i, _)) => instance.insert(i),
+                Err(error) => {
+                    slot.record_error(&error);
+                    slot.breaker.failure(chrono::Utc::now().timestamp_millis());
+                    continue;
                 }
-            }
+            },
         };
         let result = slot.call(|| live.handle(&event));
         match result {
