@@ -3,6 +3,7 @@
 //! compiles each function body once per backend.
 
 use std::collections::HashSet;
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
 use sqlx::QueryBuilder;
 
@@ -54,7 +55,7 @@ fn from_row(r: Row) -> Record {
 }
 
 /// Where a chain continues: its last row, else its retention anchor, else genesis.
-pub async fn chain_head(store: &Store, chain: &str) -> Result<(i64, [u8; 32]), sqlx::Error> {
+pub async fn chain_head(store: &Store, chain: &str) -> Result<Head, sqlx::Error> {
     let last: Option<(i64, String)> = dispatch!(store, |pool| {
         sqlx::query_as("SELECT chain_seq, hash FROM audit_log WHERE chain = $1 ORDER BY chain_seq DESC LIMIT 1")
             .bind(chain)
@@ -81,159 +82,334 @@ pub async fn anchor(store: &Store, chain: &str) -> Result<Option<(i64, String)>,
     }))
 }
 
-/// Writes `entries` after `head` in one transaction, skipping event ids already
-/// recorded (by any writer) or repeated within the batch. Returns the new head and
-/// the number of rows written; nothing is written if it fails.
-///
-/// Resends are rare (ingest drops most within its window), so the batch is first
-/// inserted as it is; only if the database reports a duplicate event id is the
-/// batch filtered against the table and written again.
-pub async fn append(
-    store: &Store,
-    chain: &str,
-    head: (i64, [u8; 32]),
-    entries: &[Entry],
-    recorded_us: i64,
-) -> Result<((i64, [u8; 32]), usize), sqlx::Error> {
-    match append_filtered(store, chain, head, entries, recorded_us, false).await {
-        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-            append_filtered(store, chain, head, entries, recorded_us, true).await
-        }
-        other => other,
-    }
+/// A chain position: the last row's `chain_seq` and hash.
+pub type Head = (i64, [u8; 32]);
+
+/// A batch of entries placed in a chain after a known head: each row's position and
+/// hashes are computed, nothing is written yet. Placing is CPU work only, so the
+/// writer places the next batch while the previous one is being inserted.
+#[derive(Debug)]
+pub struct Placed {
+    /// The head the batch continues.
+    pub after: Head,
+    /// The head once the batch is written.
+    pub head: Head,
+    pub recorded_us: i64,
+    rows: Vec<PlacedRow>,
 }
 
-/// One row's place in the chain.
-struct Link {
+#[derive(Debug)]
+struct PlacedRow {
+    entry: Entry,
     chain_seq: i64,
     prev_hash: String,
     hash: String,
 }
 
-async fn append_filtered(
-    store: &Store,
-    chain: &str,
-    head: (i64, [u8; 32]),
-    entries: &[Entry],
-    recorded_us: i64,
-    check_table: bool,
-) -> Result<((i64, [u8; 32]), usize), sqlx::Error> {
-    let mut seen: HashSet<&str> = HashSet::with_capacity(entries.len());
-    if check_table {
-        // Outside the insert's transaction: the unique index still guards against a
-        // concurrent writer, whose insert would then fail and be retried.
-        for ids in entries.chunks(500) {
-            let found: Vec<(String,)> = dispatch!(store, |pool| {
-                let mut q = QueryBuilder::new("SELECT event_id FROM audit_log WHERE event_id IN (");
-                let mut list = q.separated(", ");
-                for e in ids {
-                    list.push_bind(e.event_id.as_str());
-                }
-                q.push(")");
-                q.build_query_as().fetch_all(pool).await?
-            });
-            for (id,) in found {
-                if let Some(e) = ids.iter().find(|e| e.event_id == id) {
-                    seen.insert(e.event_id.as_str());
-                }
-            }
-        }
+impl Placed {
+    /// Rows the batch writes (repeated event ids were left out).
+    pub fn len(&self) -> usize {
+        self.rows.len()
     }
-    let (mut seq, mut prev) = head;
-    let mut rows: Vec<(&Entry, Link)> = Vec::with_capacity(entries.len());
-    for entry in entries {
-        if !seen.insert(entry.event_id.as_str()) {
+
+    /// The entries, to place them again after another head.
+    pub fn entries(&self) -> Vec<Entry> {
+        self.rows.iter().map(|row| row.entry.clone()).collect()
+    }
+}
+
+/// Places `entries` after `after`, leaving out event ids in `skip` and ids repeated
+/// within the batch.
+pub fn place(
+    chain: &str,
+    after: Head,
+    entries: Vec<Entry>,
+    recorded_us: i64,
+    skip: &HashSet<String>,
+) -> Placed {
+    let keep: Vec<bool> = {
+        let mut seen: HashSet<&str> = HashSet::with_capacity(entries.len());
+        entries
+            .iter()
+            .map(|e| !skip.contains(&e.event_id) && seen.insert(&e.event_id))
+            .collect()
+    };
+    let (mut seq, mut prev) = after;
+    let mut prev_hex = hex32(&prev);
+    let mut rows = Vec::with_capacity(entries.len());
+    for (entry, keep) in entries.into_iter().zip(keep) {
+        if !keep {
             continue;
         }
         seq += 1;
-        let prev_hash = hex::encode(prev);
-        prev = super::record::row_hash(chain, seq, entry, recorded_us, &prev_hash);
-        rows.push((
+        prev = super::record::row_hash(chain, seq, &entry, recorded_us, &prev_hex);
+        let hash = hex32(&prev);
+        rows.push(PlacedRow {
             entry,
-            Link {
-                chain_seq: seq,
-                prev_hash,
-                hash: hex::encode(prev),
-            },
-        ));
+            chain_seq: seq,
+            prev_hash: std::mem::replace(&mut prev_hex, hash.clone()),
+            hash,
+        });
     }
-    if !rows.is_empty() {
-        insert(store, chain, &rows, recorded_us).await?;
+    Placed {
+        after,
+        head: (seq, prev),
+        recorded_us,
+        rows,
     }
-    Ok(((seq, prev), rows.len()))
 }
 
-/// Inserts a batch atomically: on SQLite as multi-row inserts in one transaction, on
-/// PostgreSQL as one statement binding one array per column (`UNNEST`), since
-/// binding thousands of separate values over the wire costs more than the insert.
-async fn insert(
-    store: &Store,
-    chain: &str,
-    rows: &[(&Entry, Link)],
-    recorded_us: i64,
-) -> Result<(), sqlx::Error> {
-    match store {
-        Store::Sqlite(pool) => {
-            // SQLite is in-process: plain bound values beat packing the batch into
-            // JSON and unpacking it with json_each (measured: 42 k vs 24 k rows/s).
-            let mut tx = pool.begin().await?;
-            for chunk in rows.chunks(1000) {
-                let mut q = QueryBuilder::new(
-                    "INSERT INTO audit_log (chain, chain_seq, event_id, event_type, actor, actor_token, actor_ip, \
-                     resource_type, resource_id, details, time_us, recorded_us, prev_hash, hash) ",
-                );
-                q.push_values(chunk, |mut b, (e, link)| {
-                    b.push_bind(chain)
-                        .push_bind(link.chain_seq)
-                        .push_bind(e.event_id.as_str())
-                        .push_bind(e.event_type.as_str())
-                        .push_bind(e.actor.as_deref())
-                        .push_bind(e.actor_token.as_deref())
-                        .push_bind(e.actor_ip.as_deref())
-                        .push_bind(e.resource_type.as_deref())
-                        .push_bind(e.resource_id.as_deref())
-                        .push_bind(e.details.as_str())
-                        .push_bind(e.time_us)
-                        .push_bind(recorded_us)
-                        .push_bind(link.prev_hash.as_str())
-                        .push_bind(link.hash.as_str());
-                });
-                q.build().execute(&mut *tx).await?;
-            }
-            tx.commit().await?;
-        }
-        Store::Postgres(pool) => {
-            let column = |f: for<'a> fn(&'a (&'a Entry, Link)) -> Option<&'a str>| {
-                rows.iter().map(f).collect::<Vec<_>>()
-            };
-            sqlx::query(
-                "INSERT INTO audit_log (chain, chain_seq, event_id, event_type, actor, actor_token, actor_ip, \
-                 resource_type, resource_id, details, time_us, recorded_us, prev_hash, hash) \
-                 SELECT $1, u.chain_seq, u.event_id, u.event_type, u.actor, u.actor_token, u.actor_ip, u.resource_type, \
-                 u.resource_id, u.details, u.time_us, u.recorded_us, u.prev_hash, u.hash FROM UNNEST($2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
-                 $8::text[], $9::text[], $10::text[], $11::int8[], $12::int8[], $13::text[], $14::text[]) \
-                 WITH ORDINALITY AS u(chain_seq, event_id, event_type, actor, actor_token, actor_ip, resource_type, \
-                 resource_id, details, time_us, recorded_us, prev_hash, hash, n) ORDER BY u.n",
-            )
-            .bind(chain)
-            .bind(rows.iter().map(|(_, l)| l.chain_seq).collect::<Vec<_>>())
-            .bind(column(|(e, _)| Some(e.event_id.as_str())))
-            .bind(column(|(e, _)| Some(e.event_type.as_str())))
-            .bind(column(|(e, _)| e.actor.as_deref()))
-            .bind(column(|(e, _)| e.actor_token.as_deref()))
-            .bind(column(|(e, _)| e.actor_ip.as_deref()))
-            .bind(column(|(e, _)| e.resource_type.as_deref()))
-            .bind(column(|(e, _)| e.resource_id.as_deref()))
-            .bind(column(|(e, _)| Some(e.details.as_str())))
-            .bind(rows.iter().map(|(e, _)| e.time_us).collect::<Vec<_>>())
-            .bind(vec![recorded_us; rows.len()])
-            .bind(column(|(_, l)| Some(l.prev_hash.as_str())))
-            .bind(column(|(_, l)| Some(l.hash.as_str())))
-            .execute(pool)
-            .await?;
+/// Lower-case hex of a hash (`hex::encode` goes char by char; this is a table copy).
+pub fn hex32(hash: &[u8; 32]) -> String {
+    let mut out = [0u8; 64];
+    hex::encode_to_slice(hash, &mut out).expect("64 bytes hold 32 in hex");
+    String::from_utf8(out.to_vec()).expect("hex is ASCII")
+}
+
+/// Why a batch was not written.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Pool(#[from] sqlx::Error),
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("the audit insert task failed: {0}")]
+    Task(String),
+}
+
+impl WriteError {
+    /// An event id (or chain position) the table already holds.
+    pub fn is_duplicate(&self) -> bool {
+        match self {
+            WriteError::Pool(sqlx::Error::Database(e)) => e.is_unique_violation(),
+            WriteError::Sqlite(e) => e.sqlite_error().is_some_and(|e| {
+                e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                    || e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+            }),
+            WriteError::Pool(_) | WriteError::Task(_) => false,
         }
     }
+}
+
+const INSERT_INTO: &str = "INSERT INTO audit_log (chain, chain_seq, event_id, event_type, actor, \
+     actor_token, actor_ip, resource_type, resource_id, details, time_us, recorded_us, prev_hash, hash) VALUES ";
+
+/// Rows per SQLite insert statement: 50 rows of 14 values measured about 15 % faster
+/// than one row per statement (rusqlite, this schema), and the statement stays small
+/// enough to keep prepared.
+const SQLITE_ROWS_PER_STATEMENT: usize = 50;
+
+/// `INSERT … VALUES (?1, …, ?14), (?15, …)` for `rows` rows.
+fn insert_sql(rows: usize) -> String {
+    let mut sql = String::from(INSERT_INTO);
+    for r in 0..rows {
+        sql.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..14 {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("?{}", r * 14 + c + 1));
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+/// Where the writer inserts its batches.
+///
+/// On SQLite that is a connection of its own (rusqlite, on the same file and the same
+/// bundled SQLite as the pool) with cached 50-row statements binding borrowed values,
+/// run on a blocking thread. Through sqlx the batch went as one 14,000-value statement
+/// whose values are copied twice and handed to sqlx's worker thread: about 17 µs per
+/// row in the writer's insert, against about 11 µs this way. On PostgreSQL it is the
+/// pool.
+#[derive(Clone)]
+pub enum Inserter {
+    Sqlite(Arc<Mutex<rusqlite::Connection>>),
+    Postgres(sqlx::PgPool),
+}
+
+impl Inserter {
+    /// Opens the writer's SQLite connection, or shares the PostgreSQL pool.
+    pub fn open(store: &Store) -> Result<Inserter, WriteError> {
+        Ok(match store {
+            Store::Sqlite(pool) => {
+                let options = pool.connect_options();
+                let conn = rusqlite::Connection::open(options.get_filename())?;
+                conn.busy_timeout(std::time::Duration::from_secs(10))?;
+                // As the pool's connections: survive a power cut; checkpoints run aside
+                // (see store::checkpoint_wal). The file is in WAL mode already.
+                conn.pragma_update(None, "synchronous", "FULL")?;
+                conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+                Inserter::Sqlite(Arc::new(Mutex::new(conn)))
+            }
+            Store::Postgres(pool) => Inserter::Postgres(pool.clone()),
+        })
+    }
+
+    /// Inserts a placed batch atomically: on SQLite one statement per row in one
+    /// transaction, on PostgreSQL one statement binding one array per column
+    /// (`UNNEST`), since binding thousands of separate values over the wire costs
+    /// more than the insert.
+    pub async fn insert(&self, chain: &str, placed: Arc<Placed>) -> Result<(), WriteError> {
+        if placed.rows.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Inserter::Sqlite(conn) => {
+                let (conn, chain) = (conn.clone(), chain.to_string());
+                tokio::task::spawn_blocking(move || {
+                    let mut conn = conn.lock().unwrap_or_else(PoisonError::into_inner);
+                    insert_sqlite(&mut conn, &chain, &placed)
+                })
+                .await
+                .map_err(|e| WriteError::Task(e.to_string()))??;
+            }
+            Inserter::Postgres(pool) => insert_postgres(pool, chain, &placed).await?,
+        }
+        Ok(())
+    }
+}
+
+fn insert_sqlite(
+    conn: &mut rusqlite::Connection,
+    chain: &str,
+    placed: &Placed,
+) -> Result<(), rusqlite::Error> {
+    // IMMEDIATE: take the write lock (waiting up to the busy timeout) before the
+    // first insert rather than upgrading midway.
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    {
+        static FULL: LazyLock<String> = LazyLock::new(|| insert_sql(SQLITE_ROWS_PER_STATEMENT));
+        let mut values: Vec<&dyn rusqlite::ToSql> =
+            Vec::with_capacity(SQLITE_ROWS_PER_STATEMENT * 14);
+        for chunk in placed.rows.chunks(SQLITE_ROWS_PER_STATEMENT) {
+            values.clear();
+            for row in chunk {
+                let e = &row.entry;
+                values.extend([
+                    &chain as &dyn rusqlite::ToSql,
+                    &row.chain_seq,
+                    &e.event_id,
+                    &e.event_type,
+                    &e.actor,
+                    &e.actor_token,
+                    &e.actor_ip,
+                    &e.resource_type,
+                    &e.resource_id,
+                    &e.details,
+                    &e.time_us,
+                    &placed.recorded_us,
+                    &row.prev_hash,
+                    &row.hash,
+                ]);
+            }
+            // The last, shorter chunk has its own statement (also kept prepared: a
+            // daemon's batches tend to end the same way under steady load).
+            let sql = if chunk.len() == SQLITE_ROWS_PER_STATEMENT {
+                std::borrow::Cow::Borrowed(FULL.as_str())
+            } else {
+                std::borrow::Cow::Owned(insert_sql(chunk.len()))
+            };
+            tx.prepare_cached(&sql)?.execute(values.as_slice())?;
+        }
+    }
+    tx.commit()
+}
+
+async fn insert_postgres(
+    pool: &sqlx::PgPool,
+    chain: &str,
+    placed: &Placed,
+) -> Result<(), sqlx::Error> {
+    let rows = &placed.rows;
+    let column =
+        |f: for<'a> fn(&'a PlacedRow) -> Option<&'a str>| rows.iter().map(f).collect::<Vec<_>>();
+    sqlx::query(
+        "INSERT INTO audit_log (chain, chain_seq, event_id, event_type, actor, actor_token, actor_ip, \
+         resource_type, resource_id, details, time_us, recorded_us, prev_hash, hash) \
+         SELECT $1, u.chain_seq, u.event_id, u.event_type, u.actor, u.actor_token, u.actor_ip, u.resource_type, \
+         u.resource_id, u.details, u.time_us, u.recorded_us, u.prev_hash, u.hash FROM UNNEST($2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
+         $8::text[], $9::text[], $10::text[], $11::int8[], $12::int8[], $13::text[], $14::text[]) \
+         WITH ORDINALITY AS u(chain_seq, event_id, event_type, actor, actor_token, actor_ip, resource_type, \
+         resource_id, details, time_us, recorded_us, prev_hash, hash, n) ORDER BY u.n",
+    )
+    .bind(chain)
+    .bind(rows.iter().map(|r| r.chain_seq).collect::<Vec<_>>())
+    .bind(column(|r| Some(r.entry.event_id.as_str())))
+    .bind(column(|r| Some(r.entry.event_type.as_str())))
+    .bind(column(|r| r.entry.actor.as_deref()))
+    .bind(column(|r| r.entry.actor_token.as_deref()))
+    .bind(column(|r| r.entry.actor_ip.as_deref()))
+    .bind(column(|r| r.entry.resource_type.as_deref()))
+    .bind(column(|r| r.entry.resource_id.as_deref()))
+    .bind(column(|r| Some(r.entry.details.as_str())))
+    .bind(rows.iter().map(|r| r.entry.time_us).collect::<Vec<_>>())
+    .bind(vec![placed.recorded_us; rows.len()])
+    .bind(column(|r| Some(r.prev_hash.as_str())))
+    .bind(column(|r| Some(r.hash.as_str())))
+    .execute(pool)
+    .await?;
     Ok(())
+}
+
+/// Writes `entries` after `head` in one transaction, leaving out event ids already
+/// recorded (by any writer) or repeated within the batch. Returns what was written;
+/// nothing is written if it fails.
+///
+/// Resends are rare (ingest drops most within its window), so the batch is first
+/// inserted as it is (unless `known_duplicate` says that was tried); only if the
+/// database reports a duplicate event id is the batch filtered against the table and
+/// written again.
+pub async fn append(
+    store: &Store,
+    inserter: &Inserter,
+    chain: &str,
+    head: Head,
+    entries: Vec<Entry>,
+    recorded_us: i64,
+    known_duplicate: bool,
+) -> Result<Arc<Placed>, WriteError> {
+    if !known_duplicate {
+        let placed = Arc::new(place(chain, head, entries, recorded_us, &HashSet::new()));
+        match inserter.insert(chain, placed.clone()).await {
+            Err(e) if e.is_duplicate() => {
+                let entries = placed.entries();
+                return append_new(store, inserter, chain, head, entries, recorded_us).await;
+            }
+            other => return other.map(|()| placed),
+        }
+    }
+    append_new(store, inserter, chain, head, entries, recorded_us).await
+}
+
+/// [`append`] after a duplicate: leaves out the ids the table already holds.
+async fn append_new(
+    store: &Store,
+    inserter: &Inserter,
+    chain: &str,
+    head: Head,
+    entries: Vec<Entry>,
+    recorded_us: i64,
+) -> Result<Arc<Placed>, WriteError> {
+    // Outside the insert's transaction: the unique index still guards against a
+    // concurrent writer, whose insert would then fail and be retried.
+    let mut recorded = HashSet::new();
+    for ids in entries.chunks(500) {
+        let found: Vec<(String,)> = dispatch!(store, |pool| {
+            let mut q = QueryBuilder::new("SELECT event_id FROM audit_log WHERE event_id IN (");
+            let mut list = q.separated(", ");
+            for e in ids {
+                list.push_bind(e.event_id.as_str());
+            }
+            q.push(")");
+            q.build_query_as().fetch_all(pool).await?
+        });
+        recorded.extend(found.into_iter().map(|(id,)| id));
+    }
+    let placed = Arc::new(place(chain, head, entries, recorded_us, &recorded));
+    inserter.insert(chain, placed.clone()).await?;
+    Ok(placed)
 }
 
 /// Filters for [`query`]; every field narrows the result.

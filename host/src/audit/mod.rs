@@ -13,7 +13,7 @@ mod db;
 pub mod record;
 pub mod verify;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -46,6 +46,8 @@ pub enum AuditError {
     Checkpoint(#[from] checkpoint::CheckpointError),
     #[error("reading the audit chain head")]
     Db(#[from] sqlx::Error),
+    #[error("opening the audit writer's database connection")]
+    Writer(#[from] db::WriteError),
 }
 
 /// Audit settings (from `audit.*`).
@@ -109,6 +111,7 @@ impl Audit {
     ) -> Result<Arc<Audit>, AuditError> {
         let key = checkpoint::load_or_create_key(&options.checkpoint_key)?;
         let head = db::chain_head(&store, &chain).await?;
+        let inserter = db::Inserter::open(&store)?;
         let (tx, rx) = mpsc::channel(options.max_backlog);
         let stop = CancellationToken::new();
         let healthy = Arc::new(AtomicBool::new(true));
@@ -119,6 +122,7 @@ impl Audit {
             .set(options.max_backlog as i64);
         let writer = Writer {
             store: store.clone(),
+            inserter,
             chain: chain.clone(),
             head,
             rx,
@@ -268,6 +272,7 @@ impl Subscriber for AuditSubscriber {
 
 struct Writer {
     store: Store,
+    inserter: db::Inserter,
     chain: String,
     head: (i64, [u8; 32]),
     rx: mpsc::Receiver<Item>,
@@ -282,11 +287,26 @@ struct Writer {
     last_checkpoint: Option<Instant>,
 }
 
+/// A batch being inserted by its own task while the writer places the next one.
+struct InFlight {
+    placed: Arc<db::Placed>,
+    task: JoinHandle<(Result<(), db::WriteError>, Duration)>,
+}
+
 impl Writer {
     async fn run(mut self, stop: CancellationToken) {
         let mut items = Vec::with_capacity(self.options.batch_size);
+        let mut in_flight: Option<InFlight> = None;
         loop {
             self.metrics.audit.backlog.set(self.rx.len() as i64);
+            // With nothing queued there is nothing to overlap the insert with: finish
+            // it, so its rows count and the checkpoint follows, before waiting.
+            if self.rx.is_empty()
+                && let Some(batch) = in_flight.take()
+            {
+                self.settle(batch).await;
+                self.checkpoint_if_due();
+            }
             if !recv_batch(&mut self.rx, &mut items, self.options.batch_size, &stop).await {
                 break;
             }
@@ -310,47 +330,121 @@ impl Writer {
                     Item::Action(entry) => entry,
                 })
                 .collect();
-            self.write(entries).await;
-            if self
-                .last_checkpoint
-                .is_none_or(|at| at.elapsed() >= self.options.checkpoint_interval)
-            {
-                self.checkpoint();
+            // Place the batch after the one in flight, assuming it goes in as placed;
+            // if it does not (a duplicate was left out, or it failed and was retried),
+            // place it again after the head that was written.
+            let after = in_flight
+                .as_ref()
+                .map_or(self.head, |batch| batch.placed.head);
+            let recorded_us = chrono::Utc::now().timestamp_micros();
+            let mut placed = db::place(&self.chain, after, entries, recorded_us, &HashSet::new());
+            if let Some(batch) = in_flight.take() {
+                self.settle(batch).await;
             }
+            if placed.after != self.head {
+                placed = db::place(
+                    &self.chain,
+                    self.head,
+                    placed.entries(),
+                    recorded_us,
+                    &HashSet::new(),
+                );
+            }
+            in_flight = Some(self.start_insert(placed));
+            self.checkpoint_if_due();
+        }
+        if let Some(batch) = in_flight.take() {
+            self.settle(batch).await;
         }
         self.checkpoint();
         self.metrics.audit.backlog.set(0);
         tracing::info!(chain = %self.chain, head = self.head.0, "audit writer stopped; every row written");
     }
 
-    /// Writes one batch, retrying until it is in.
-    async fn write(&mut self, entries: Vec<Entry>) {
+    fn start_insert(&self, placed: db::Placed) -> InFlight {
+        let placed = Arc::new(placed);
+        let (inserter, chain, batch) = (self.inserter.clone(), self.chain.clone(), placed.clone());
+        let task = tokio::spawn(async move {
+            let started = Instant::now();
+            let result = inserter.insert(&chain, batch).await;
+            (result, started.elapsed())
+        });
+        InFlight { placed, task }
+    }
+
+    /// Waits for the batch in flight; if its insert failed, writes it again until it
+    /// is in.
+    async fn settle(&mut self, batch: InFlight) {
+        let first = match batch.task.await {
+            Ok((Ok(()), took)) => {
+                self.written(batch.placed.head, batch.placed.len(), took);
+                return;
+            }
+            Ok((Err(error), _)) => error,
+            Err(panic) => db::WriteError::Task(panic.to_string()),
+        };
+        let duplicate = first.is_duplicate();
+        if !duplicate {
+            self.failed(&first, batch.placed.len());
+        }
+        self.write(batch.placed.entries(), duplicate).await;
+    }
+
+    fn written(&mut self, head: db::Head, rows: usize, took: Duration) {
+        self.head = head;
+        self.metrics.audit.rows_written.inc_by(rows as u64);
+        self.metrics.audit.write_seconds.observe(took.as_secs_f64());
+        self.last_write_ms
+            .store(took.as_millis() as i64, Ordering::Relaxed);
+        if !self.healthy.swap(true, Ordering::Relaxed) {
+            tracing::info!("audit writes succeed again");
+        }
+    }
+
+    fn failed(&mut self, error: &db::WriteError, rows: usize) {
+        self.metrics.audit.write_errors.inc();
+        if self.healthy.swap(false, Ordering::Relaxed) {
+            tracing::error!(%error, rows, "audit write failed; retrying with backoff, nothing is dropped");
+        }
+    }
+
+    /// Writes one batch after the current head, retrying until it is in.
+    async fn write(&mut self, entries: Vec<Entry>, mut known_duplicate: bool) {
         let mut backoff = Duration::from_millis(100);
         loop {
             let started = Instant::now();
             let recorded_us = chrono::Utc::now().timestamp_micros();
-            match db::append(&self.store, &self.chain, self.head, &entries, recorded_us).await {
-                Ok((head, written)) => {
-                    let took = started.elapsed();
-                    self.head = head;
-                    self.metrics.audit.rows_written.inc_by(written as u64);
-                    self.metrics.audit.write_seconds.observe(took.as_secs_f64());
-                    self.last_write_ms
-                        .store(took.as_millis() as i64, Ordering::Relaxed);
-                    if !self.healthy.swap(true, Ordering::Relaxed) {
-                        tracing::info!("audit writes succeed again");
-                    }
+            let result = db::append(
+                &self.store,
+                &self.inserter,
+                &self.chain,
+                self.head,
+                entries.clone(),
+                recorded_us,
+                known_duplicate,
+            )
+            .await;
+            match result {
+                Ok(placed) => {
+                    self.written(placed.head, placed.len(), started.elapsed());
                     return;
                 }
                 Err(error) => {
-                    self.metrics.audit.write_errors.inc();
-                    if self.healthy.swap(false, Ordering::Relaxed) {
-                        tracing::error!(%error, rows = entries.len(), "audit write failed; retrying with backoff, nothing is dropped");
-                    }
+                    self.failed(&error, entries.len());
+                    known_duplicate = false;
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
+        }
+    }
+
+    fn checkpoint_if_due(&mut self) {
+        if self
+            .last_checkpoint
+            .is_none_or(|at| at.elapsed() >= self.options.checkpoint_interval)
+        {
+            self.checkpoint();
         }
     }
 
