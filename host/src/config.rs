@@ -113,6 +113,10 @@ pub struct AuditConfig {
     pub purge_interval: Duration,
     /// Refused API authentications recorded per client address and minute.
     pub refusals_per_minute: u32,
+    /// Writers, each with its own hash chain and database connection, sharing the
+    /// events between them. Unset: 1 on SQLite (one writer at a time anyway), 2 on
+    /// PostgreSQL (two server processes insert in parallel).
+    pub writers: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -327,6 +331,9 @@ impl Default for EventsConfig {
     }
 }
 
+/// Most audit writers (`audit.writers`).
+pub const MAX_AUDIT_WRITERS: usize = 8;
+
 impl Default for AuditConfig {
     fn default() -> Self {
         AuditConfig {
@@ -340,6 +347,7 @@ impl Default for AuditConfig {
             checkpoint_key: None,
             purge_interval: Duration::from_secs(3600),
             refusals_per_minute: 10,
+            writers: None,
         }
     }
 }
@@ -615,6 +623,14 @@ impl Config {
             return Err(invalid(
                 "audit.max_backlog",
                 "0 is not allowed; allowed: at least 1".into(),
+            ));
+        }
+        if let Some(writers) = self.audit.writers
+            && !(1..=MAX_AUDIT_WRITERS).contains(&writers)
+        {
+            return Err(invalid(
+                "audit.writers",
+                format!("{writers} is out of range; allowed: 1 to {MAX_AUDIT_WRITERS}"),
             ));
         }
         for (key, d) in [
@@ -999,6 +1015,16 @@ mod tests {
             err.contains("events.workers") && err.contains("1 to 1024"),
             "{err}"
         );
+
+        let err = Config::load_from(None, env(&[("EVHOST_AUDIT__WRITERS", "9")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("audit.writers") && err.contains("1 to 8"),
+            "{err}"
+        );
+        let ok = Config::load_from(None, env(&[("EVHOST_AUDIT__WRITERS", "3")])).unwrap();
+        assert_eq!(ok.audit.writers, Some(3));
 
         let f = file("server:\n  lisen: 1.2.3.4:5\n");
         let err = Config::load_from(Some(f.path()), env(&[]))

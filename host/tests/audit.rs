@@ -24,6 +24,9 @@ impl TestDb {
             flush_interval: Duration::from_millis(5),
             max_backlog: 1000,
             retention_days: 0,
+            // One chain per Audit: these tests look at one chain's rows; the test
+            // of several writers sets its own.
+            writers: Some(1),
             ..AuditOptions::from_config(&Self::config(self.dir.path(), None, None))
         }
     }
@@ -285,6 +288,85 @@ async fn signed_checkpoints_catch_a_rewritten_or_shortened_chain() {
         assert!(
             report.broken.as_ref().unwrap().reason.contains("cut short"),
             "{report:?}"
+        );
+        db.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn several_writers_share_the_events_each_with_its_own_chain() {
+    for db in TestDb::all().await {
+        let audit = Audit::start(
+            db.store.clone(),
+            AuditOptions {
+                writers: Some(3),
+                ..db.options()
+            },
+            Metrics::new(10),
+            "host".into(),
+        )
+        .await
+        .unwrap();
+        let events: Vec<_> = (0..300)
+            .map(|i| event(&format!("e{i}"), "message.received", Some("smtp")))
+            .collect();
+        record(&audit, &events).await;
+        // Resent ids land on other writers: still one row each.
+        record(&audit, &events[..10]).await;
+        audit.shutdown().await;
+        let backend = db.store.backend();
+        assert_eq!(audit::count(&db.store).await.unwrap(), 300, "{backend}");
+        let mut report = audit::verify(&db.store).await.unwrap();
+        assert!(
+            report.ok && report.chains == 3 && report.rows == 300,
+            "{backend}: {report:?}"
+        );
+        let checkpoints =
+            checkpoint::read_latest(&db.dir.path().join("audit-checkpoints.jsonl")).unwrap();
+        let mut chains: Vec<_> = checkpoints
+            .iter()
+            .map(|cp| (cp.chain.as_str(), cp.chain_seq))
+            .collect();
+        chains.sort();
+        assert_eq!(chains.len(), 3, "{backend}: {chains:?}");
+        assert_eq!(
+            chains.iter().map(|(_, n)| n).sum::<i64>(),
+            300,
+            "{backend}: {chains:?}"
+        );
+        assert_eq!(
+            chains.iter().map(|(c, _)| *c).collect::<Vec<_>>(),
+            ["host", "host.1", "host.2"]
+        );
+        let key = checkpoint::load_or_create_key(&db.dir.path().join("audit-checkpoint.key"))
+            .unwrap()
+            .verifying_key();
+        checkpoint::verify_against(&db.store, &checkpoints, Some(&key), &mut report)
+            .await
+            .unwrap();
+        assert!(report.ok, "{backend}: {report:?}");
+
+        // A restart continues each chain where it ended.
+        let again = Audit::start(
+            db.store.clone(),
+            AuditOptions {
+                writers: Some(3),
+                ..db.options()
+            },
+            Metrics::new(10),
+            "host".into(),
+        )
+        .await
+        .unwrap();
+        let more: Vec<_> = (300..330)
+            .map(|i| event(&format!("e{i}"), "message.received", None))
+            .collect();
+        record(&again, &more).await;
+        again.shutdown().await;
+        let report = audit::verify(&db.store).await.unwrap();
+        assert!(
+            report.ok && report.chains == 3 && report.rows == 330,
+            "{backend}: {report:?}"
         );
         db.cleanup().await;
     }

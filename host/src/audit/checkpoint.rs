@@ -142,6 +142,11 @@ pub fn append(path: &Path, checkpoint: &Checkpoint) -> Result<(), CheckpointErro
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
+    // Several writers of one daemon sign into the same file; one line at a time.
+    static APPENDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = APPENDING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

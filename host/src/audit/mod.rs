@@ -16,7 +16,7 @@ pub mod verify;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -62,6 +62,8 @@ pub struct AuditOptions {
     pub retention_days: u32,
     pub purge_interval: Duration,
     pub refusals_per_minute: u32,
+    /// Writers (chains); `None`: 1 on SQLite, 2 on PostgreSQL.
+    pub writers: Option<usize>,
 }
 
 impl AuditOptions {
@@ -77,6 +79,7 @@ impl AuditOptions {
             retention_days: config.audit.retention_days,
             purge_interval: config.audit.purge_interval,
             refusals_per_minute: config.audit.refusals_per_minute,
+            writers: config.audit.writers,
         }
     }
 }
@@ -90,9 +93,10 @@ enum Item {
 
 /// A running audit log. Dropping it does not flush; call [`Audit::shutdown`].
 pub struct Audit {
-    tx: mpsc::Sender<Item>,
+    lanes: Arc<Lanes>,
     capacity: usize,
-    healthy: Arc<AtomicBool>,
+    /// One flag per writer.
+    healthy: Vec<Arc<AtomicBool>>,
     last_write_ms: Arc<AtomicI64>,
     stop: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -102,7 +106,10 @@ pub struct Audit {
 }
 
 impl Audit {
-    /// Starts the writer (and retention) for this daemon's chain.
+    /// Starts the writers (and retention) for this daemon's chain. With several
+    /// writers (`audit.writers`), the first keeps `chain` and writer `k` the chain
+    /// `<chain>.<k>`; each has its own database connection and backlog, and events
+    /// are handed to them in turn.
     pub async fn start(
         store: Store,
         options: AuditOptions,
@@ -110,31 +117,47 @@ impl Audit {
         chain: String,
     ) -> Result<Arc<Audit>, AuditError> {
         let key = checkpoint::load_or_create_key(&options.checkpoint_key)?;
-        let head = db::chain_head(&store, &chain).await?;
-        let inserter = db::Inserter::open(&store)?;
-        let (tx, rx) = mpsc::channel(options.max_backlog);
+        let writers = options.writers.unwrap_or(match store {
+            Store::Sqlite(_) => 1,
+            Store::Postgres(_) => 2,
+        });
+        let per_writer = options.max_backlog.div_ceil(writers);
         let stop = CancellationToken::new();
-        let healthy = Arc::new(AtomicBool::new(true));
         let last_write_ms = Arc::new(AtomicI64::new(0));
-        metrics
-            .audit
-            .backlog_capacity
-            .set(options.max_backlog as i64);
-        let writer = Writer {
-            store: store.clone(),
-            inserter,
-            chain: chain.clone(),
-            head,
-            rx,
-            options: options.clone(),
-            metrics: metrics.clone(),
-            healthy: healthy.clone(),
-            last_write_ms: last_write_ms.clone(),
-            key,
-            checkpointed: head.0,
-            last_checkpoint: None,
-        };
-        let mut tasks = vec![tokio::spawn(writer.run(stop.clone()))];
+        let mut senders = Vec::with_capacity(writers);
+        let mut healthy = Vec::with_capacity(writers);
+        let mut tasks = Vec::with_capacity(writers + 1);
+        for k in 0..writers {
+            let chain = if k == 0 {
+                chain.clone()
+            } else {
+                format!("{chain}.{k}")
+            };
+            let head = db::chain_head(&store, &chain).await?;
+            let (tx, rx) = mpsc::channel(per_writer);
+            let ok = Arc::new(AtomicBool::new(true));
+            let writer = Writer {
+                store: store.clone(),
+                inserter: db::Inserter::open(&store)?,
+                chain,
+                head,
+                rx,
+                backlog_shown: 0,
+                options: options.clone(),
+                metrics: metrics.clone(),
+                healthy: ok.clone(),
+                last_write_ms: last_write_ms.clone(),
+                key: key.clone(),
+                checkpointed: head.0,
+                last_checkpoint: None,
+            };
+            tracing::info!(chain = %writer.chain, head = head.0, "audit writer ready");
+            tasks.push(tokio::spawn(writer.run(stop.clone())));
+            senders.push(tx);
+            healthy.push(ok);
+        }
+        let capacity = per_writer * writers;
+        metrics.audit.backlog_capacity.set(capacity as i64);
         if options.retention_days > 0 {
             tasks.push(tokio::spawn(retention(
                 store,
@@ -143,10 +166,12 @@ impl Audit {
                 stop.clone(),
             )));
         }
-        tracing::info!(%chain, head = head.0, "audit log ready");
         Ok(Arc::new(Audit {
-            tx,
-            capacity: options.max_backlog,
+            lanes: Arc::new(Lanes {
+                senders,
+                next: AtomicUsize::new(0),
+            }),
+            capacity,
             healthy,
             last_write_ms,
             stop,
@@ -160,7 +185,7 @@ impl Audit {
     /// The bus subscriber that records every event.
     pub fn subscriber(self: &Arc<Self>) -> Arc<dyn Subscriber> {
         Arc::new(AuditSubscriber {
-            tx: self.tx.clone(),
+            lanes: self.lanes.clone(),
         })
     }
 
@@ -171,7 +196,7 @@ impl Audit {
 
     /// Records a management action; waits for room in the backlog.
     pub async fn record_action(&self, entry: Entry) {
-        if self.tx.send(Item::Action(entry)).await.is_err() {
+        if self.lanes.next().send(Item::Action(entry)).await.is_err() {
             tracing::error!("audit writer has stopped; a management action was not recorded");
         }
     }
@@ -202,23 +227,24 @@ impl Audit {
             details: serde_json::json!({ "method": method, "path": path, "status": status, "code": code }).to_string(),
             time_us: now.timestamp_micros(),
         };
-        if self.tx.try_send(Item::Action(entry)).is_err() {
+        if self.lanes.next().try_send(Item::Action(entry)).is_err() {
             self.metrics.audit.refusals_suppressed.inc();
         }
     }
 
     /// Rows waiting to be written.
     pub fn backlog(&self) -> usize {
-        self.capacity - self.tx.capacity()
+        let free: usize = self.lanes.senders.iter().map(|tx| tx.capacity()).sum();
+        self.capacity - free
     }
 
     pub fn capacity(&self) -> usize {
         self.capacity
     }
 
-    /// False while the writer is failing to write (and retrying).
+    /// False while a writer is failing to write (and retrying).
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.healthy.iter().all(|ok| ok.load(Ordering::Relaxed))
     }
 
     /// Milliseconds the last batch took to write.
@@ -239,8 +265,21 @@ impl Audit {
     }
 }
 
+/// The writers' queues, used in turn.
+struct Lanes {
+    senders: Vec<mpsc::Sender<Item>>,
+    next: AtomicUsize,
+}
+
+impl Lanes {
+    fn next(&self) -> &mpsc::Sender<Item> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        &self.senders[n % self.senders.len()]
+    }
+}
+
 struct AuditSubscriber {
-    tx: mpsc::Sender<Item>,
+    lanes: Arc<Lanes>,
 }
 
 impl Subscriber for AuditSubscriber {
@@ -249,7 +288,11 @@ impl Subscriber for AuditSubscriber {
     }
 
     fn handle<'a>(&'a self, event: &'a Arc<Event>) -> Handling<'a> {
-        Handling::hand_off(&self.tx, Item::Event(event.clone()), "the audit writer")
+        Handling::hand_off(
+            self.lanes.next(),
+            Item::Event(event.clone()),
+            "the audit writer",
+        )
     }
 
     fn records_accepted(&self) -> bool {
@@ -262,7 +305,7 @@ impl Subscriber for AuditSubscriber {
         verdict: &'a crate::bus::Verdict,
     ) -> Handling<'a> {
         let item = Item::Decided(event.clone(), verdict.clone());
-        Handling::hand_off(&self.tx, item, "the audit writer")
+        Handling::hand_off(self.lanes.next(), item, "the audit writer")
     }
 
     fn time_limit(&self, _default: Duration) -> Option<Duration> {
@@ -276,6 +319,8 @@ struct Writer {
     chain: String,
     head: (i64, [u8; 32]),
     rx: mpsc::Receiver<Item>,
+    /// This writer's share of the backlog gauge (the writers add up).
+    backlog_shown: i64,
     options: AuditOptions,
     metrics: Arc<Metrics>,
     healthy: Arc<AtomicBool>,
@@ -298,7 +343,7 @@ impl Writer {
         let mut items = Vec::with_capacity(self.options.batch_size);
         let mut in_flight: Option<InFlight> = None;
         loop {
-            self.metrics.audit.backlog.set(self.rx.len() as i64);
+            self.show_backlog(self.rx.len());
             // With nothing queued there is nothing to overlap the insert with: finish
             // it, so its rows count and the checkpoint follows, before waiting.
             if self.rx.is_empty()
@@ -357,8 +402,14 @@ impl Writer {
             self.settle(batch).await;
         }
         self.checkpoint();
-        self.metrics.audit.backlog.set(0);
+        self.show_backlog(0);
         tracing::info!(chain = %self.chain, head = self.head.0, "audit writer stopped; every row written");
+    }
+
+    fn show_backlog(&mut self, rows: usize) {
+        let rows = rows as i64;
+        self.metrics.audit.backlog.inc_by(rows - self.backlog_shown);
+        self.backlog_shown = rows;
     }
 
     fn start_insert(&self, placed: db::Placed) -> InFlight {

@@ -41,7 +41,12 @@ async fn open(postgres: Option<&str>) -> anyhow::Result<BenchDb> {
 }
 
 impl BenchDb {
-    fn options(&self, batch_size: usize, max_backlog: usize) -> AuditOptions {
+    fn options(
+        &self,
+        batch_size: usize,
+        max_backlog: usize,
+        writers: Option<usize>,
+    ) -> AuditOptions {
         let config = Config::load_from(
             None,
             [(
@@ -55,6 +60,7 @@ impl BenchDb {
             flush_interval: Duration::from_millis(if batch_size == 1 { 0 } else { 5 }),
             max_backlog,
             retention_days: 0,
+            writers,
             ..AuditOptions::from_config(&config)
         }
     }
@@ -64,10 +70,11 @@ impl BenchDb {
         chain: &str,
         batch_size: usize,
         max_backlog: usize,
+        writers: Option<usize>,
     ) -> anyhow::Result<Arc<Audit>> {
         Ok(Audit::start(
             self.store.clone(),
-            self.options(batch_size, max_backlog),
+            self.options(batch_size, max_backlog, writers),
             Metrics::new(10),
             chain.to_string(),
         )
@@ -93,10 +100,19 @@ async fn feed(subscriber: &Arc<dyn Subscriber>, event: &Arc<Event>) {
     }
 }
 
+fn postgres_backend(db: &BenchDb) -> bool {
+    matches!(db.store, Store::Postgres(_))
+}
+
 /// Rows/s from the first row handed over until the last is committed.
-async fn writer_rate(db: &BenchDb, rows: u64, batch_size: usize) -> anyhow::Result<f64> {
+async fn writer_rate(
+    db: &BenchDb,
+    rows: u64,
+    batch_size: usize,
+    writers: Option<usize>,
+) -> anyhow::Result<f64> {
     let run = format!("w{batch_size}-{}", uuid::Uuid::new_v4().simple());
-    let audit = db.audit(&run, batch_size, 10_000).await?;
+    let audit = db.audit(&run, batch_size, 10_000, writers).await?;
     let subscriber = audit.subscriber();
     let template = template_event();
     let start = Instant::now();
@@ -113,7 +129,7 @@ async fn flat_rate(db: &BenchDb, rates: &[u64], seconds: u64) -> anyhow::Result<
     let mut best = None;
     for &rate in rates {
         let run = format!("flat{rate}-{}", uuid::Uuid::new_v4().simple());
-        let audit = db.audit(&run, 1000, 1_000_000).await?;
+        let audit = db.audit(&run, 1000, 1_000_000, None).await?;
         let subscriber = audit.subscriber();
         let ticks = seconds * 100;
         let per_tick = rate / 100;
@@ -165,7 +181,7 @@ async fn bus_cost(db: &BenchDb, events: u64, workers: usize) -> anyhow::Result<(
         )?;
         let run = format!("cost-{}", uuid::Uuid::new_v4().simple());
         let audit = if with_audit {
-            let audit = db.audit(&run, 1000, events as usize + 1).await?;
+            let audit = db.audit(&run, 1000, events as usize + 1, None).await?;
             bus.subscribe(vec![TypePattern::All], audit.subscriber())?;
             Some(audit)
         } else {
@@ -203,8 +219,7 @@ pub async fn report(rows: u64, workers: usize, postgres: Option<&str>) -> anyhow
     }
     for backend in backends {
         let db = open(backend).await?;
-        let single = writer_rate(&db, (rows / 40).clamp(500, 5000), 1).await?;
-        let batched = writer_rate(&db, rows, 1000).await?;
+        let single = writer_rate(&db, (rows / 40).clamp(500, 5000), 1, Some(1)).await?;
         super::row(
             &format!(
                 "audit rows, {}: one transaction per row (baseline)",
@@ -213,11 +228,20 @@ pub async fn report(rows: u64, workers: usize, postgres: Option<&str>) -> anyhow
             format!("{} rows/s", thousands(single)),
             "1.00".into(),
         );
-        super::row(
-            &format!("audit rows, {}: batched writer, 1000 rows/batch", db.name),
-            format!("{} rows/s", thousands(batched)),
-            format!("{:.1}", batched / single),
-        );
+        // SQLite takes one writer at a time, so only PostgreSQL gets a second by default.
+        let counts: &[usize] = if postgres_backend(&db) { &[1, 2] } else { &[1] };
+        for &writers in counts {
+            let batched = writer_rate(&db, rows, 1000, Some(writers)).await?;
+            super::row(
+                &format!(
+                    "audit rows, {}: batched, 1000 rows/batch, {writers} writer{}",
+                    db.name,
+                    if writers == 1 { "" } else { "s" }
+                ),
+                format!("{} rows/s", thousands(batched)),
+                format!("{:.1}", batched / single),
+            );
+        }
         let rates = [10_000, 20_000, 30_000, 40_000, 50_000, 75_000, 100_000];
         let flat = flat_rate(&db, &rates, 2).await?;
         super::row(
