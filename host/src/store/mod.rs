@@ -73,15 +73,12 @@ impl Store {
                 .journal_mode(SqliteJournalMode::Wal)
                 // Audit rows must survive a power cut, not only a crash.
                 .synchronous(SqliteSynchronous::Full)
-                .busy_timeout(Duration::from_secs(10))
-                // Checkpoints run aside (checkpoint_wal), not inside a commit.
-                .pragma("wal_autocheckpoint", "0");
+                .busy_timeout(Duration::from_secs(10));
             let pool = SqlitePoolOptions::new()
                 .max_connections(config.database.max_connections.min(8))
                 .connect_with(options)
                 .await
                 .map_err(connect_error)?;
-            tokio::spawn(checkpoint_wal(pool.clone()));
             return Ok(Store::Sqlite(pool));
         }
         let mut options = PgConnectOptions::from_str(&url).map_err(connect_error)?;
@@ -134,49 +131,6 @@ impl Store {
         }
     }
 }
-
-/// Copies the SQLite write-ahead log into the database file every
-/// [`WAL_CHECKPOINT_EVERY`], on a pool connection, so that a commit never pays for it
-/// (SQLite's automatic checkpoint runs inside the commit that crosses 1000 pages).
-/// `PASSIVE` never blocks a writer, but under constant writes it may never catch up
-/// with the end of the log, which then never starts over; once the log holds more
-/// than [`WAL_RESTART_FRAMES`], a `RESTART` checkpoint waits for the writer's current
-/// transaction, copies the rest and makes the next writer start the log over. Ends
-/// when the pool is closed.
-async fn checkpoint_wal(pool: SqlitePool) {
-    let mut tick = tokio::time::interval(WAL_CHECKPOINT_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        if pool.is_closed() {
-            return;
-        }
-        // (busy, frames in the log, frames copied)
-        let passive: Result<(i64, i64, i64), _> = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
-            .fetch_one(&pool)
-            .await;
-        let result = match passive {
-            Ok((_, frames, _)) if frames > WAL_RESTART_FRAMES => {
-                sqlx::query("PRAGMA wal_checkpoint(RESTART)")
-                    .execute(&pool)
-                    .await
-                    .map(drop)
-            }
-            other => other.map(drop),
-        };
-        if let Err(error) = result {
-            if pool.is_closed() {
-                return;
-            }
-            tracing::warn!(%error, "SQLite WAL checkpoint failed; retrying");
-        }
-    }
-}
-
-const WAL_CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
-
-/// 16,384 pages of 4 KiB: 64 MiB of log.
-const WAL_RESTART_FRAMES: i64 = 16_384;
 
 /// Hides a password in a database URL for messages.
 fn mask(url: &str) -> String {
