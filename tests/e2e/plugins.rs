@@ -451,7 +451,7 @@ async fn one_hundred_swaps_during_a_steady_stream_lose_and_duplicate_nothing() {
     d.install_plugin("swap", &versions[0]).await;
     d.install_plugin("swap", &versions[1]).await;
 
-    // 10,000 events/s offered: four publishers, each a batch of 100 every 40 ms,
+    // 5,000 events/s offered: four publishers, each a batch of 50 every 40 ms,
     // until told to stop. A batch the daemon refuses (503, queue full) counts as
     // not accepted; only accepted events are expected at the receiver.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -466,7 +466,7 @@ async fn one_hundred_swaps_during_a_steady_stream_lose_and_duplicate_nothing() {
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     tick.tick().await;
-                    let batch: Vec<Value> = (0..100)
+                    let batch: Vec<Value> = (0..50)
                         .map(|_| json!({"type": "message.received", "data": received("example.com", false)}))
                         .collect();
                     let r = client.post(&url).bearer_auth(ADMIN).json(&batch).send().await.unwrap();
@@ -475,7 +475,7 @@ async fn one_hundred_swaps_during_a_steady_stream_lose_and_duplicate_nothing() {
                         202 => ids.extend(
                             body["ids"].as_array().unwrap().iter().map(|i| i.as_str().unwrap().to_string()),
                         ),
-                        503 => refused += 100,
+                        503 => refused += 50,
                         _ => panic!("{status} {body}"),
                     }
                 }
@@ -502,7 +502,10 @@ async fn one_hundred_swaps_during_a_steady_stream_lose_and_duplicate_nothing() {
     );
     assert!(ids.len() >= 1000, "the stream ran during the swaps");
 
-    let got = rx.wait_for(ids.len(), Duration::from_secs(120)).await;
+    // How many events the stream carried depends on how long the swaps took on this
+    // machine; allow at least 4 ms per delivery (a debug build on a busy CI machine).
+    let patience = Duration::from_secs(120).max(Duration::from_millis(4 * ids.len() as u64));
+    let got = rx.wait_for(ids.len(), patience).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut seen: HashMap<String, usize> = HashMap::new();
     for r in rx.requests() {

@@ -237,10 +237,9 @@ impl Inserter {
                 let options = pool.connect_options();
                 let conn = rusqlite::Connection::open(options.get_filename())?;
                 conn.busy_timeout(std::time::Duration::from_secs(10))?;
-                // As the pool's connections: survive a power cut; checkpoints run aside
-                // (see store::checkpoint_wal). The file is in WAL mode already.
+                // As the pool's connections: survive a power cut. The file is in WAL
+                // mode already (the pool set it).
                 conn.pragma_update(None, "synchronous", "FULL")?;
-                conn.pragma_update(None, "wal_autocheckpoint", 0)?;
                 Inserter::Sqlite(Arc::new(Mutex::new(conn)))
             }
             Store::Postgres(pool) => Inserter::Postgres(pool.clone()),
@@ -257,6 +256,7 @@ impl Inserter {
         }
         match self {
             Inserter::Sqlite(conn) => {
+                let _turn = crate::store::SQLITE_WRITE_TURN.lock().await;
                 let (conn, chain) = (conn.clone(), chain.to_string());
                 tokio::task::spawn_blocking(move || {
                     let mut conn = conn.lock().unwrap_or_else(PoisonError::into_inner);

@@ -132,6 +132,24 @@ impl Store {
     }
 }
 
+/// A turn at SQLite's write lock for the daemon's busy writers (the audit writer, the
+/// webhook outbox, claims and the delivery recorder), in the order they ask.
+///
+/// SQLite lets one transaction write at a time; the others poll with growing sleeps
+/// (the busy timeout), which is not fair: a writer that commits and begins again at
+/// once, as the pipelined audit writer does while it has a backlog, can keep the lock
+/// for seconds while the outbox sleeps between polls. Queued here (tokio's mutex is
+/// FIFO) they take turns instead. One queue per process; on PostgreSQL there is none.
+pub async fn write_turn(store: &Store) -> Option<tokio::sync::MutexGuard<'static, ()>> {
+    match store {
+        Store::Sqlite(_) => Some(SQLITE_WRITE_TURN.lock().await),
+        Store::Postgres(_) => None,
+    }
+}
+
+/// The queue behind [`write_turn`].
+pub(crate) static SQLITE_WRITE_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Hides a password in a database URL for messages.
 fn mask(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {

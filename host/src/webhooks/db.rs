@@ -195,6 +195,7 @@ pub async fn enqueue(
     deliveries: &[NewDelivery],
     now_us: i64,
 ) -> Result<(), sqlx::Error> {
+    let _turn = crate::store::write_turn(store).await;
     dispatch!(store, |pool| {
         let mut tx = pool.begin().await?;
         for chunk in messages.chunks(500) {
@@ -265,6 +266,7 @@ pub async fn claim(
          RETURNING id, message_id, event_type, attempts";
     let rows: Vec<(String, String, String, i64)> = match store {
         Store::Sqlite(pool) => {
+            let _turn = crate::store::write_turn(store).await;
             sqlx::query_as(SQLITE)
                 .bind(owner)
                 .bind(lease_us)
@@ -394,6 +396,7 @@ pub async fn record(
     }
     match store {
         Store::Sqlite(pool) => {
+            let _turn = crate::store::write_turn(store).await;
             let mut tx = pool.begin().await?;
             for chunk in sent.chunks(500) {
                 let mut q = QueryBuilder::new(
