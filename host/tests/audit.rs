@@ -32,14 +32,17 @@ impl TestDb {
     }
 
     async fn audit(&self, chain: &str) -> Arc<Audit> {
-        Audit::start(
-            self.store.clone(),
-            self.options(),
-            Metrics::new(10),
-            chain.into(),
-        )
-        .await
-        .unwrap()
+        self.audit_with_writers(chain, 1).await
+    }
+
+    async fn audit_with_writers(&self, chain: &str, writers: usize) -> Arc<Audit> {
+        let options = AuditOptions {
+            writers: Some(writers),
+            ..self.options()
+        };
+        Audit::start(self.store.clone(), options, Metrics::new(10), chain.into())
+            .await
+            .unwrap()
     }
 }
 
@@ -296,17 +299,7 @@ async fn signed_checkpoints_catch_a_rewritten_or_shortened_chain() {
 #[tokio::test]
 async fn several_writers_share_the_events_each_with_its_own_chain() {
     for db in TestDb::all().await {
-        let audit = Audit::start(
-            db.store.clone(),
-            AuditOptions {
-                writers: Some(3),
-                ..db.options()
-            },
-            Metrics::new(10),
-            "host".into(),
-        )
-        .await
-        .unwrap();
+        let audit = db.audit_with_writers("host", 3).await;
         let events: Vec<_> = (0..300)
             .map(|i| event(&format!("e{i}"), "message.received", Some("smtp")))
             .collect();
@@ -347,17 +340,7 @@ async fn several_writers_share_the_events_each_with_its_own_chain() {
         assert!(report.ok, "{backend}: {report:?}");
 
         // A restart continues each chain where it ended.
-        let again = Audit::start(
-            db.store.clone(),
-            AuditOptions {
-                writers: Some(3),
-                ..db.options()
-            },
-            Metrics::new(10),
-            "host".into(),
-        )
-        .await
-        .unwrap();
+        let again = db.audit_with_writers("host", 3).await;
         let more: Vec<_> = (300..330)
             .map(|i| event(&format!("e{i}"), "message.received", None))
             .collect();

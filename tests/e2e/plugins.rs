@@ -68,6 +68,14 @@ fn by_type(rx: &Receiver) -> HashMap<String, Vec<Value>> {
     map
 }
 
+/// A receiver behind an enabled endpoint named `all` for `pattern`.
+async fn receive_all(d: &Daemon, pattern: &str) -> Receiver {
+    let rx = Receiver::start().await;
+    d.add_webhook(&json!({"name": "all", "url": rx.url("/all"), "events": [pattern]}))
+        .await;
+    rx
+}
+
 #[tokio::test]
 async fn the_examples_filter_transform_and_route_live_events() {
     let d = daemon(&[]).await;
@@ -198,9 +206,7 @@ async fn the_examples_filter_transform_and_route_live_events() {
 #[tokio::test]
 async fn swaps_corrupt_files_failing_inits_and_deletions() {
     let d = daemon(&[]).await;
-    let rx = Receiver::start().await;
-    d.add_webhook(&json!({"name": "all", "url": rx.url("/all"), "events": ["message.*"]}))
-        .await;
+    let rx = receive_all(&d, "message.*").await;
     let spam = received("example.com", true);
     let publish_spam = || d.publish("message.received", &spam);
 
@@ -387,9 +393,7 @@ async fn on_error_drop_and_the_circuit_breaker() {
         ("EVHOST_PLUGINS__BREAKER_COOLDOWN", "500ms"),
     ])
     .await;
-    let rx = Receiver::start().await;
-    d.add_webhook(&json!({"name": "all", "url": rx.url("/all"), "events": ["test.*"]}))
-        .await;
+    let rx = receive_all(&d, "test.*").await;
     d.write_sidecar(
         "strict",
         Some("on_error = \"drop\"\n[config]\nbehave = \"by-event\"\nsubscribe = \"test.*\"\n"),
@@ -443,9 +447,7 @@ async fn on_error_drop_and_the_circuit_breaker() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_hundred_swaps_during_a_steady_stream_lose_and_duplicate_nothing() {
     let d = daemon(&[("EVHOST_EVENTS__QUEUE_SIZE", "100000")]).await;
-    let rx = Receiver::start().await;
-    d.add_webhook(&json!({"name": "all", "url": rx.url("/all"), "events": ["message.*"]}))
-        .await;
+    let rx = receive_all(&d, "message.*").await;
     d.write_sidecar("swap", Some("[config]\nbehave = \"pass\"\n"));
     let versions = [plugin_wasm("pii_redactor"), plugin_wasm("hostile")];
     d.install_plugin("swap", &versions[0]).await;
@@ -623,16 +625,14 @@ async fn the_plugin_cli_checks_runs_and_lists() {
 fn plugin_new_makes_a_crate_that_passes_its_test() {
     let dir = tempfile::tempdir().unwrap();
     let crate_dir = dir.path().join("no-newsletters");
-    let (code, out, err) = evhost_e2e::cli(
-        &[
-            "plugin",
-            "new",
-            "no-newsletters",
-            "--dir",
-            crate_dir.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let new = [
+        "plugin",
+        "new",
+        "no-newsletters",
+        "--dir",
+        crate_dir.to_str().unwrap(),
+    ];
+    let (code, out, err) = evhost_e2e::cli(&new, &[]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(crate_dir.join("src/lib.rs").exists());
     // Pin its dependencies to the workspace's, so the test needs no network and
@@ -656,16 +656,7 @@ fn plugin_new_makes_a_crate_that_passes_its_test() {
     assert!(test.status.success(), "{log}");
     assert!(log.contains("1 passed"), "{log}");
     // A second `new` into the same folder is refused.
-    let (code, _, err) = evhost_e2e::cli(
-        &[
-            "plugin",
-            "new",
-            "no-newsletters",
-            "--dir",
-            crate_dir.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let (code, _, err) = evhost_e2e::cli(&new, &[]);
     assert_eq!(code, 1);
     assert!(err.contains("not empty"), "{err}");
 }
@@ -673,9 +664,7 @@ fn plugin_new_makes_a_crate_that_passes_its_test() {
 #[tokio::test]
 async fn tap_plugins_observe_without_holding_events() {
     let d = daemon(&[]).await;
-    let rx = Receiver::start().await;
-    d.add_webhook(&json!({"name": "all", "url": rx.url("/all"), "events": ["test.*"]}))
-        .await;
+    let rx = receive_all(&d, "test.*").await;
     // A tap that takes 200 ms per event (a loop cut at its deadline) and tries to
     // drop everything: neither holds nor drops anything.
     d.write_sidecar(
