@@ -557,7 +557,8 @@ async fn the_plugin_cli_checks_runs_and_lists() {
     )
     .unwrap();
     let sidecar = dir.path().join("spam.toml");
-    std::fs::write(&sidecar, "[config]\nthreshold = 5\n").unwrap();
+    // A deadline a busy CI machine cannot miss (the default is 10 ms of wall clock).
+    std::fs::write(&sidecar, "timeout = \"2s\"\n[config]\nthreshold = 5\n").unwrap();
     let args = [
         "plugin",
         "run",
@@ -575,8 +576,8 @@ async fn the_plugin_cli_checks_runs_and_lists() {
     );
     assert!(out.contains("pass (no actions)"), "{out}");
     assert!(out.contains("counter spam_routed = 1"), "{out}");
-    let (code, out, _) = evhost_e2e::cli(&[&args[..], &["--json"]].concat(), &[]);
-    assert_eq!(code, 0);
+    let (code, out, err) = evhost_e2e::cli(&[&args[..], &["--json"]].concat(), &[]);
+    assert_eq!(code, 0, "{out}{err}");
     let report: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["calls"].as_array().unwrap().len(), 2);
 
