@@ -138,6 +138,8 @@ pub struct WebhookMetrics {
     /// `refused`.
     pub attempts: Family<OutcomeLabel, Counter>,
     pub attempt_seconds: Histogram,
+    /// Deliveries committed to the outbox (from then on they survive a crash).
+    pub enqueued: Counter,
     pub pending: Gauge,
     pub failed: Counter,
     pub endpoints_disabled: Gauge,
@@ -158,6 +160,7 @@ impl WebhookMetrics {
             attempts: Family::default(),
             // 500 µs … ~130 s
             attempt_seconds: Histogram::new(exponential_buckets(0.000_5, 2.0, 19)),
+            enqueued: Counter::default(),
             pending: Gauge::default(),
             failed: Counter::default(),
             endpoints_disabled: Gauge::default(),
@@ -175,6 +178,11 @@ impl WebhookMetrics {
             "evhost_webhook_attempt_duration_seconds",
             "Time from sending a webhook request to its response",
             m.attempt_seconds.clone(),
+        );
+        registry.register(
+            "evhost_webhook_deliveries_enqueued",
+            "Webhook deliveries committed to the outbox (from then on they survive a crash)",
+            m.enqueued.clone(),
         );
         registry.register(
             "evhost_webhook_deliveries_pending",

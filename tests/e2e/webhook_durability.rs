@@ -70,7 +70,15 @@ async fn every_pending_delivery_arrives_after_kill_9() {
             .into_iter()
             .collect();
         assert_eq!(accepted.len(), EVENTS);
-        // Let the outbox commit, then kill mid-delivery.
+        // Accepted events reach the outbox a moment later (an event still in the
+        // bus's memory is lost to kill -9; a committed delivery is not): wait until
+        // every delivery is committed, then kill mid-delivery.
+        d.wait_metric_at_least(
+            "evhost_webhook_deliveries_enqueued_total",
+            EVENTS as f64,
+            Duration::from_secs(60),
+        )
+        .await;
         rx.wait_for(1500, Duration::from_secs(30)).await;
         d.kill();
         let before = rx.count();

@@ -390,6 +390,23 @@ impl Daemon {
         panic!("{sample} stayed at 0 for 10 s");
     }
 
+    /// Waits (at most `limit`) until `sample` in `/metrics` reaches `value`.
+    pub async fn wait_metric_at_least(&self, sample: &str, value: f64, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let now = self.metric(sample).await;
+            if now >= value {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{sample} is {now}, not {value}, after {limit:?}; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub async fn terminate(&mut self) -> ExitStatus {
         signal(self.pid(), nix::sys::signal::Signal::SIGTERM);

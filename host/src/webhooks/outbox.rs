@@ -236,7 +236,11 @@ async fn write(shared: &Shared, items: Vec<Item>) {
     let mut backoff = Duration::from_millis(100);
     loop {
         match db::enqueue(&shared.store, &messages, &deliveries, now_us).await {
-            Ok(()) => break,
+            Ok(()) => {
+                let enqueued = deliveries.len() as u64;
+                shared.metrics.webhooks.enqueued.inc_by(enqueued);
+                break;
+            }
             Err(error) => {
                 shared.metrics.webhooks.write_errors.inc();
                 tracing::error!(%error, deliveries = deliveries.len(), "cannot write webhook deliveries; retrying, nothing is dropped");
