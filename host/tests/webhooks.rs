@@ -3,6 +3,8 @@
 
 mod support;
 
+use std::sync::Arc;
+
 use evhost::webhooks::db::{self, AttemptRecord, NewDelivery, NewMessage};
 use support::TestDb;
 
@@ -74,28 +76,30 @@ async fn retention_removes_old_finished_deliveries_and_nothing_else() {
             id_at(old + 3),
             id_at(now),
         );
+        let writes = db::Writes::open(&db.store).unwrap();
         db::enqueue(
-            &db.store,
-            &[message("m1"), message("m2"), message("m3")],
-            &[
+            &writes,
+            Arc::new(vec![message("m1"), message("m2"), message("m3")]),
+            Arc::new(vec![
                 delivery(&a, "m1"),
                 delivery(&b, "m1"),
                 delivery(&c, "m2"),
                 delivery(&d, "m2"),
                 delivery(&e, "m3"),
-            ],
+            ]),
             now,
         )
         .await
         .unwrap();
-        let records = [
+        let records = vec![
             finished(&a, db::SUCCEEDED),
             finished(&b, db::FAILED),
             finished(&c, db::SUCCEEDED),
             finished(&e, db::SUCCEEDED),
         ];
-        let refs: Vec<&AttemptRecord> = records.iter().collect();
-        db::record(&db.store, &refs, &[], now).await.unwrap();
+        db::record(&writes, Arc::new(records), Arc::default(), now)
+            .await
+            .unwrap();
         assert_eq!(count(&db, "webhook_attempts").await, 4);
 
         let cutoff = now - 30 * DAY_US;

@@ -47,7 +47,8 @@ impl From<WebhookError> for ApiError {
                     ..ApiError::bad_request(code, u.to_string())
                 }
             }
-            WebhookError::Db(error) => {
+            WebhookError::Db(_) | WebhookError::Write(_) => {
+                let error = crate::error_chain(&e);
                 tracing::error!(%error, "webhook database operation failed");
                 ApiError::unavailable(
                     "database_unavailable",

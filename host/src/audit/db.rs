@@ -233,15 +233,9 @@ impl Inserter {
     /// Opens the writer's SQLite connection, or shares the PostgreSQL pool.
     pub fn open(store: &Store) -> Result<Inserter, WriteError> {
         Ok(match store {
-            Store::Sqlite(pool) => {
-                let options = pool.connect_options();
-                let conn = rusqlite::Connection::open(options.get_filename())?;
-                conn.busy_timeout(std::time::Duration::from_secs(10))?;
-                // As the pool's connections: survive a power cut. The file is in WAL
-                // mode already (the pool set it).
-                conn.pragma_update(None, "synchronous", "FULL")?;
-                Inserter::Sqlite(Arc::new(Mutex::new(conn)))
-            }
+            Store::Sqlite(pool) => Inserter::Sqlite(Arc::new(Mutex::new(
+                crate::store::open_sqlite_writer(pool)?,
+            ))),
             Store::Postgres(pool) => Inserter::Postgres(pool.clone()),
         })
     }

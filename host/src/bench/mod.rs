@@ -188,6 +188,42 @@ fn row(what: &str, result: String, ratio: String) {
     println!("| {what} | {result} | {ratio} |");
 }
 
+/// CPU time (user + system) this process has used so far.
+fn cpu_time() -> Duration {
+    use nix::sys::resource::{UsageWho, getrusage};
+    match getrusage(UsageWho::RUSAGE_SELF) {
+        Ok(usage) => {
+            let micros = |t: nix::sys::time::TimeVal| {
+                Duration::from_secs(t.tv_sec() as u64) + Duration::from_micros(t.tv_usec() as u64)
+            };
+            micros(usage.user_time()) + micros(usage.system_time())
+        }
+        Err(_) => Duration::ZERO,
+    }
+}
+
+/// How busy this process kept the machine between two readings: "CPU 1.8 of 2
+/// cores", so a figure says whether it was bound by the processor or by waiting.
+struct CpuMeter {
+    cpu: Duration,
+    wall: Instant,
+}
+
+impl CpuMeter {
+    fn start() -> CpuMeter {
+        CpuMeter {
+            cpu: cpu_time(),
+            wall: Instant::now(),
+        }
+    }
+
+    fn report(&self) -> String {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let busy = (cpu_time() - self.cpu).as_secs_f64() / self.wall.elapsed().as_secs_f64();
+        format!("CPU {busy:.2} of {cores} cores")
+    }
+}
+
 fn thousands(rate: f64) -> String {
     let n = rate.round() as u64;
     let s = n.to_string();

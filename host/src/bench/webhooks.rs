@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use serde_json::json;
 
-use super::{InProcess, PAYLOAD, row, thousands};
+use super::{CpuMeter, InProcess, PAYLOAD, row, thousands};
 
 /// The receiver: answers 200 at once and counts; when `timing`, also notes when each
 /// body's `id` arrived.
@@ -164,7 +164,7 @@ async fn throughput(
     postgres: Option<&str>,
     endpoints: usize,
     events: usize,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, String)> {
     let receiver = Receiver::start(false).await?;
     let daemon = start_daemon(postgres).await?;
     let client = reqwest::Client::new();
@@ -172,6 +172,7 @@ async fn throughput(
     let run = uuid::Uuid::now_v7().simple().to_string();
     let want = (events * endpoints) as u64;
     let start = Instant::now();
+    let cpu = CpuMeter::start();
     for chunk in 0..events.div_ceil(500) {
         let ids = (chunk * 500..((chunk + 1) * 500).min(events)).map(|n| format!("tp-{run}-{n}"));
         publish_batch(&client, daemon.addr, batch_body(ids)).await?;
@@ -187,8 +188,9 @@ async fn throughput(
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let rate = want as f64 / start.elapsed().as_secs_f64();
+    let cpu = cpu.report();
     daemon.stop().await?;
-    Ok(rate)
+    Ok((rate, cpu))
 }
 
 /// Publish → receive latency (p50, p99) at `rate` events/s for `seconds`, one
@@ -276,11 +278,13 @@ async fn latency(
 /// Prints the webhook rows of the report.
 pub async fn report(postgres_url: Option<&str>, seconds: u64) -> anyhow::Result<()> {
     let receiver = Receiver::start(false).await?;
+    let cpu = CpuMeter::start();
     let bare = baseline(receiver.addr, 64, seconds).await?;
+    let cpu = cpu.report();
     drop(receiver);
     row(
         "bare loopback POST loop to the same receiver, 64 connections (baseline)",
-        format!("{} requests/s", thousands(bare)),
+        format!("{} requests/s ({cpu})", thousands(bare)),
         "1.00".into(),
     );
     let mut backends = vec![("SQLite", None)];
@@ -289,13 +293,13 @@ pub async fn report(postgres_url: Option<&str>, seconds: u64) -> anyhow::Result<
     }
     for (name, pg) in backends {
         for (endpoints, events) in [(1usize, 40_000usize), (50, 1_000)] {
-            let rate = throughput(pg, endpoints, events).await?;
+            let (rate, cpu) = throughput(pg, endpoints, events).await?;
             row(
                 &format!(
                     "webhook deliveries, signed, {endpoints} endpoint(s), {} deliveries ({name})",
                     endpoints * events
                 ),
-                format!("{} deliveries/s", thousands(rate)),
+                format!("{} deliveries/s ({cpu})", thousands(rate)),
                 format!("{:.2}", rate / bare),
             );
         }

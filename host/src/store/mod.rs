@@ -132,22 +132,27 @@ impl Store {
     }
 }
 
-/// A turn at SQLite's write lock for the daemon's busy writers (the audit writer, the
+/// A connection of its own on the pool's SQLite file, for a writer that drives
+/// SQLite directly (rusqlite, same bundled SQLite): prepared statements kept across
+/// batches, values bound by reference, no hand-over to sqlx's worker thread. Writers
+/// using it take [`SQLITE_WRITE_TURN`] around each transaction.
+pub fn open_sqlite_writer(pool: &SqlitePool) -> Result<rusqlite::Connection, rusqlite::Error> {
+    let conn = rusqlite::Connection::open(pool.connect_options().get_filename())?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    // As the pool's connections: survive a power cut. The file is in WAL mode
+    // already (the pool set it).
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(conn)
+}
+
+/// Turns at SQLite's write lock for the daemon's busy writers (the audit writer, the
 /// webhook outbox, claims and the delivery recorder), in the order they ask.
 ///
 /// SQLite lets one transaction write at a time; the others poll with growing sleeps
 /// (the busy timeout), which is not fair: a writer that commits and begins again at
 /// once, as the pipelined audit writer does while it has a backlog, can keep the lock
 /// for seconds while the outbox sleeps between polls. Queued here (tokio's mutex is
-/// FIFO) they take turns instead. One queue per process; on PostgreSQL there is none.
-pub async fn write_turn(store: &Store) -> Option<tokio::sync::MutexGuard<'static, ()>> {
-    match store {
-        Store::Sqlite(_) => Some(SQLITE_WRITE_TURN.lock().await),
-        Store::Postgres(_) => None,
-    }
-}
-
-/// The queue behind [`write_turn`].
+/// FIFO) they take turns instead: lock this around each write transaction. One queue per process; on PostgreSQL there is none.
 pub(crate) static SQLITE_WRITE_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Hides a password in a database URL for messages.

@@ -1,9 +1,12 @@
 //! The webhook tables' SQL, for SQLite and PostgreSQL. Most statements are one text
-//! for both backends (see [`dispatch`]); claiming and batch updates differ, because
-//! PostgreSQL must skip rows another daemon holds (`FOR UPDATE SKIP LOCKED`) and
-//! takes a batch best as one statement over arrays (`UNNEST`).
+//! for both backends (see [`dispatch`]). The outbox's frequent writes (new
+//! deliveries, claims, results) go through [`Writes`]: on SQLite to a connection of
+//! their own ([`super::sqlite`]); on PostgreSQL claims skip rows another daemon
+//! holds (`FOR UPDATE SKIP LOCKED`) and batches go as one statement over arrays
+//! (`UNNEST`).
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use chrono::{DateTime, Utc};
 use sqlx::QueryBuilder;
@@ -170,6 +173,7 @@ pub async fn delete_endpoint(store: &Store, id: &str) -> Result<bool, sqlx::Erro
 }
 
 /// An event's bodies, stored once for all its deliveries.
+#[derive(Clone)]
 pub struct NewMessage {
     pub id: String,
     pub event_type: String,
@@ -188,51 +192,106 @@ pub struct NewDelivery {
     pub owner: Option<String>,
 }
 
+/// Where the outbox's frequent writes go (new deliveries, claims, results): on
+/// SQLite a connection of the outbox's own (see [`super::sqlite`]), taking the
+/// process's SQLite write turn around each transaction; on PostgreSQL the pool.
+#[derive(Clone)]
+pub enum Writes {
+    Sqlite(Arc<Mutex<rusqlite::Connection>>),
+    Postgres(sqlx::PgPool),
+}
+
+/// Why an outbox write failed (each is retried by its caller).
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Pool(#[from] sqlx::Error),
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("the webhook write task failed: {0}")]
+    Task(String),
+}
+
+impl Writes {
+    /// Opens the outbox's SQLite connection, or shares the PostgreSQL pool.
+    pub fn open(store: &Store) -> Result<Writes, WriteError> {
+        Ok(match store {
+            Store::Sqlite(pool) => Writes::Sqlite(Arc::new(Mutex::new(
+                crate::store::open_sqlite_writer(pool)?,
+            ))),
+            Store::Postgres(pool) => Writes::Postgres(pool.clone()),
+        })
+    }
+
+    /// Runs `write` on the SQLite connection, on a blocking thread, in turn with
+    /// the process's other SQLite writers.
+    async fn on_sqlite<T: Send + 'static>(
+        conn: &Arc<Mutex<rusqlite::Connection>>,
+        write: impl FnOnce(&mut rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, WriteError> {
+        let _turn = crate::store::SQLITE_WRITE_TURN.lock().await;
+        let conn = conn.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            let mut conn = conn.lock().unwrap_or_else(PoisonError::into_inner);
+            write(&mut conn)
+        })
+        .await
+        .map_err(|e| WriteError::Task(e.to_string()))?;
+        Ok(done?)
+    }
+}
+
 /// Writes messages and deliveries in one transaction.
 pub async fn enqueue(
-    store: &Store,
-    messages: &[NewMessage],
-    deliveries: &[NewDelivery],
+    writes: &Writes,
+    messages: Arc<Vec<NewMessage>>,
+    deliveries: Arc<Vec<NewDelivery>>,
     now_us: i64,
-) -> Result<(), sqlx::Error> {
-    let _turn = crate::store::write_turn(store).await;
-    dispatch!(store, |pool| {
-        let mut tx = pool.begin().await?;
-        for chunk in messages.chunks(500) {
-            let mut q = QueryBuilder::new(
-                "INSERT INTO webhook_messages (id, event_type, body, cloudevent, created_us) ",
-            );
-            q.push_values(chunk, |mut b, m| {
-                b.push_bind(m.id.as_str())
-                    .push_bind(m.event_type.as_str())
-                    .push_bind(m.body.as_str())
-                    .push_bind(m.cloudevent.as_deref())
-                    .push_bind(now_us);
-            });
-            q.push(" ON CONFLICT (id) DO NOTHING");
-            q.build().execute(&mut *tx).await?;
+) -> Result<(), WriteError> {
+    let pool = match writes {
+        Writes::Sqlite(conn) => {
+            return Writes::on_sqlite(conn, move |conn| {
+                super::sqlite::enqueue(conn, &messages, &deliveries, now_us)
+            })
+            .await;
         }
-        for chunk in deliveries.chunks(500) {
-            let mut q = QueryBuilder::new(
-                "INSERT INTO webhook_deliveries (id, endpoint_id, message_id, event_type, status, attempts, \
-                 next_attempt_us, owner, created_us, updated_us) ",
-            );
-            q.push_values(chunk, |mut b, d| {
-                b.push_bind(d.id.as_str())
-                    .push_bind(d.endpoint_id.as_str())
-                    .push_bind(d.message_id.as_str())
-                    .push_bind(d.event_type.as_str())
-                    .push_bind(PENDING)
-                    .push_bind(0i64)
-                    .push_bind(d.next_attempt_us)
-                    .push_bind(d.owner.as_deref())
-                    .push_bind(now_us)
-                    .push_bind(now_us);
-            });
-            q.build().execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-    });
+        Writes::Postgres(pool) => pool,
+    };
+    let mut tx = pool.begin().await?;
+    for chunk in messages.chunks(500) {
+        let mut q = QueryBuilder::new(
+            "INSERT INTO webhook_messages (id, event_type, body, cloudevent, created_us) ",
+        );
+        q.push_values(chunk, |mut b, m| {
+            b.push_bind(m.id.as_str())
+                .push_bind(m.event_type.as_str())
+                .push_bind(m.body.as_str())
+                .push_bind(m.cloudevent.as_deref())
+                .push_bind(now_us);
+        });
+        q.push(" ON CONFLICT (id) DO NOTHING");
+        q.build().execute(&mut *tx).await?;
+    }
+    for chunk in deliveries.chunks(500) {
+        let mut q = QueryBuilder::new(
+            "INSERT INTO webhook_deliveries (id, endpoint_id, message_id, event_type, status, attempts, \
+             next_attempt_us, owner, created_us, updated_us) ",
+        );
+        q.push_values(chunk, |mut b, d| {
+            b.push_bind(d.id.as_str())
+                .push_bind(d.endpoint_id.as_str())
+                .push_bind(d.message_id.as_str())
+                .push_bind(d.event_type.as_str())
+                .push_bind(PENDING)
+                .push_bind(0i64)
+                .push_bind(d.next_attempt_us)
+                .push_bind(d.owner.as_deref())
+                .push_bind(now_us)
+                .push_bind(now_us);
+        });
+        q.build().execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
     Ok(())
 }
 
@@ -249,44 +308,36 @@ pub struct Claimed {
 /// Claims up to `limit` due deliveries of one endpoint for `owner` until `lease_us`.
 /// On PostgreSQL rows another daemon is claiming are skipped, not waited for.
 pub async fn claim(
-    store: &Store,
+    writes: &Writes,
     endpoint_id: &str,
     owner: &str,
     now_us: i64,
     lease_us: i64,
     limit: i64,
-) -> Result<Vec<Claimed>, sqlx::Error> {
-    const SQLITE: &str = "UPDATE webhook_deliveries SET owner = $1, next_attempt_us = $2 WHERE id IN \
-         (SELECT id FROM webhook_deliveries WHERE endpoint_id = $3 AND status = 'pending' \
-          AND next_attempt_us <= $4 ORDER BY next_attempt_us LIMIT $5) \
-         RETURNING id, message_id, event_type, attempts";
-    const POSTGRES: &str = "UPDATE webhook_deliveries SET owner = $1, next_attempt_us = $2 WHERE id IN \
+) -> Result<Vec<Claimed>, WriteError> {
+    let pool = match writes {
+        Writes::Sqlite(conn) => {
+            let (endpoint_id, owner) = (endpoint_id.to_string(), owner.to_string());
+            return Writes::on_sqlite(conn, move |conn| {
+                super::sqlite::claim(conn, &endpoint_id, &owner, now_us, lease_us, limit)
+            })
+            .await;
+        }
+        Writes::Postgres(pool) => pool,
+    };
+    let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
+        "UPDATE webhook_deliveries SET owner = $1, next_attempt_us = $2 WHERE id IN \
          (SELECT id FROM webhook_deliveries WHERE endpoint_id = $3 AND status = 'pending' \
           AND next_attempt_us <= $4 ORDER BY next_attempt_us LIMIT $5 FOR UPDATE SKIP LOCKED) \
-         RETURNING id, message_id, event_type, attempts";
-    let rows: Vec<(String, String, String, i64)> = match store {
-        Store::Sqlite(pool) => {
-            let _turn = crate::store::write_turn(store).await;
-            sqlx::query_as(SQLITE)
-                .bind(owner)
-                .bind(lease_us)
-                .bind(endpoint_id)
-                .bind(now_us)
-                .bind(limit)
-                .fetch_all(pool)
-                .await?
-        }
-        Store::Postgres(pool) => {
-            sqlx::query_as(POSTGRES)
-                .bind(owner)
-                .bind(lease_us)
-                .bind(endpoint_id)
-                .bind(now_us)
-                .bind(limit)
-                .fetch_all(pool)
-                .await?
-        }
-    };
+         RETURNING id, message_id, event_type, attempts",
+    )
+    .bind(owner)
+    .bind(lease_us)
+    .bind(endpoint_id)
+    .bind(now_us)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
     Ok(rows
         .into_iter()
         .map(|(id, message_id, event_type, attempts)| Claimed {
@@ -366,141 +417,89 @@ pub struct EndpointTally {
 /// Records a batch of results in one transaction: attempt rows, delivery states, and
 /// endpoint counters. Returns each tallied endpoint's failure count afterwards.
 pub async fn record(
-    store: &Store,
-    records: &[&AttemptRecord],
-    tallies: &[EndpointTally],
+    writes: &Writes,
+    records: Arc<Vec<AttemptRecord>>,
+    tallies: Arc<Vec<EndpointTally>>,
     now_us: i64,
-) -> Result<Vec<(String, i64)>, sqlx::Error> {
+) -> Result<Vec<(String, i64)>, WriteError> {
+    let pool = match writes {
+        Writes::Sqlite(conn) => {
+            return Writes::on_sqlite(conn, move |conn| {
+                super::sqlite::record(conn, &records, &tallies, now_us)
+            })
+            .await;
+        }
+        Writes::Postgres(pool) => pool,
+    };
+    let records: Vec<&AttemptRecord> = records.iter().collect();
+    let tallies: &[EndpointTally] = &tallies;
     let sent: Vec<&AttemptRecord> = records.iter().copied().filter(|r| r.attempt > 0).collect();
     let mut counts = Vec::with_capacity(tallies.len());
-    macro_rules! tally_and_commit {
-        ($tx:ident) => {{
-            for t in tallies {
-                let (count,): (i64,) = sqlx::query_as(
-                    "UPDATE webhook_endpoints SET \
-                     failure_count = CASE WHEN $2 THEN $3 ELSE failure_count + $3 END, \
-                     last_triggered_us = COALESCE($4, last_triggered_us) \
-                     WHERE id = $1 RETURNING failure_count",
-                )
-                .bind(&t.endpoint_id)
-                .bind(t.reset)
-                .bind(t.failures)
-                .bind(t.last_success_us)
-                .fetch_optional(&mut *$tx)
-                .await?
-                .unwrap_or((0,));
-                counts.push((t.endpoint_id.clone(), count));
-            }
-            $tx.commit().await?;
-        }};
+    let mut tx = pool.begin().await?;
+    if !sent.is_empty() {
+        sqlx::query(
+            "INSERT INTO webhook_attempts (delivery_id, attempt, time_us, status_code, latency_us, error, response) \
+             SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::text[], $7::text[]) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(sent.iter().map(|r| r.delivery_id.as_str()).collect::<Vec<_>>())
+        .bind(sent.iter().map(|r| r.attempt).collect::<Vec<_>>())
+        .bind(sent.iter().map(|r| r.time_us).collect::<Vec<_>>())
+        .bind(sent.iter().map(|r| r.status_code).collect::<Vec<_>>())
+        .bind(sent.iter().map(|r| r.latency_us).collect::<Vec<_>>())
+        .bind(sent.iter().map(|r| r.error.as_deref()).collect::<Vec<_>>())
+        .bind(sent.iter().map(|r| r.response.as_deref()).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE webhook_deliveries AS d SET status = u.status, attempts = u.attempt, \
+             next_attempt_us = u.next, owner = NULL, last_status = u.code, last_error = u.error, updated_us = $7 \
+             FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[], $6::text[]) \
+             AS u(id, status, attempt, next, code, error) WHERE d.id = u.id",
+        )
+        .bind(sent.iter().map(|r| r.delivery_id.as_str()).collect::<Vec<_>>())
+        .bind(sent.iter().map(|r| r.status).collect::<Vec<_>>())
+        .bind(sent.iter().map(|r| r.attempt).collect::<Vec<_>>())
+        .bind(sent.iter().map(|r| r.next_attempt_us).collect::<Vec<_>>())
+        .bind(sent.iter().map(|r| r.status_code).collect::<Vec<_>>())
+        .bind(sent.iter().map(|r| r.error.as_deref()).collect::<Vec<_>>())
+        .bind(now_us)
+        .execute(&mut *tx)
+        .await?;
     }
-    match store {
-        Store::Sqlite(pool) => {
-            let _turn = crate::store::write_turn(store).await;
-            let mut tx = pool.begin().await?;
-            for chunk in sent.chunks(500) {
-                let mut q = QueryBuilder::new(
-                    "INSERT OR IGNORE INTO webhook_attempts (delivery_id, attempt, time_us, status_code, \
-                     latency_us, error, response) ",
-                );
-                q.push_values(chunk, |mut b, r| {
-                    b.push_bind(r.delivery_id.as_str())
-                        .push_bind(r.attempt)
-                        .push_bind(r.time_us)
-                        .push_bind(r.status_code)
-                        .push_bind(r.latency_us)
-                        .push_bind(r.error.as_deref())
-                        .push_bind(r.response.as_deref());
-                });
-                q.build().execute(&mut *tx).await?;
-            }
-            // One statement per chunk (`UPDATE … FROM (VALUES …)`), not one per row.
-            for chunk in sent.chunks(500) {
-                let mut q = QueryBuilder::new(
-                    "UPDATE webhook_deliveries SET status = v.column2, attempts = v.column3, \
-                     next_attempt_us = v.column4, owner = NULL, last_status = v.column5, \
-                     last_error = v.column6, updated_us = ",
-                );
-                q.push_bind(now_us).push(" FROM (");
-                q.push_values(chunk, |mut b, r| {
-                    b.push_bind(r.delivery_id.as_str())
-                        .push_bind(r.status)
-                        .push_bind(r.attempt)
-                        .push_bind(r.next_attempt_us)
-                        .push_bind(r.status_code)
-                        .push_bind(r.error.as_deref());
-                });
-                q.push(") AS v WHERE webhook_deliveries.id = v.column1");
-                q.build().execute(&mut *tx).await?;
-            }
-            let unsent: Vec<&AttemptRecord> =
-                records.iter().copied().filter(|r| r.attempt == 0).collect();
-            for chunk in unsent.chunks(500) {
-                let mut q = QueryBuilder::new(
-                    "UPDATE webhook_deliveries SET next_attempt_us = v.column2, owner = NULL FROM (",
-                );
-                q.push_values(chunk, |mut b, r| {
-                    b.push_bind(r.delivery_id.as_str())
-                        .push_bind(r.next_attempt_us);
-                });
-                q.push(") AS v WHERE webhook_deliveries.id = v.column1");
-                q.build().execute(&mut *tx).await?;
-            }
-            tally_and_commit!(tx);
-        }
-        Store::Postgres(pool) => {
-            let mut tx = pool.begin().await?;
-            if !sent.is_empty() {
-                sqlx::query(
-                    "INSERT INTO webhook_attempts (delivery_id, attempt, time_us, status_code, latency_us, error, response) \
-                     SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::text[], $7::text[]) \
-                     ON CONFLICT DO NOTHING",
-                )
-                .bind(sent.iter().map(|r| r.delivery_id.as_str()).collect::<Vec<_>>())
-                .bind(sent.iter().map(|r| r.attempt).collect::<Vec<_>>())
-                .bind(sent.iter().map(|r| r.time_us).collect::<Vec<_>>())
-                .bind(sent.iter().map(|r| r.status_code).collect::<Vec<_>>())
-                .bind(sent.iter().map(|r| r.latency_us).collect::<Vec<_>>())
-                .bind(sent.iter().map(|r| r.error.as_deref()).collect::<Vec<_>>())
-                .bind(sent.iter().map(|r| r.response.as_deref()).collect::<Vec<_>>())
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query(
-                    "UPDATE webhook_deliveries AS d SET status = u.status, attempts = u.attempt, \
-                     next_attempt_us = u.next, owner = NULL, last_status = u.code, last_error = u.error, updated_us = $7 \
-                     FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[], $6::text[]) \
-                     AS u(id, status, attempt, next, code, error) WHERE d.id = u.id",
-                )
-                .bind(sent.iter().map(|r| r.delivery_id.as_str()).collect::<Vec<_>>())
-                .bind(sent.iter().map(|r| r.status).collect::<Vec<_>>())
-                .bind(sent.iter().map(|r| r.attempt).collect::<Vec<_>>())
-                .bind(sent.iter().map(|r| r.next_attempt_us).collect::<Vec<_>>())
-                .bind(sent.iter().map(|r| r.status_code).collect::<Vec<_>>())
-                .bind(sent.iter().map(|r| r.error.as_deref()).collect::<Vec<_>>())
-                .bind(now_us)
-                .execute(&mut *tx)
-                .await?;
-            }
-            let unsent: Vec<&AttemptRecord> =
-                records.iter().copied().filter(|r| r.attempt == 0).collect();
-            if !unsent.is_empty() {
-                sqlx::query(
-                    "UPDATE webhook_deliveries AS d SET next_attempt_us = u.next, owner = NULL \
-                     FROM UNNEST($1::text[], $2::int8[]) AS u(id, next) WHERE d.id = u.id",
-                )
-                .bind(
-                    unsent
-                        .iter()
-                        .map(|r| r.delivery_id.as_str())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(unsent.iter().map(|r| r.next_attempt_us).collect::<Vec<_>>())
-                .execute(&mut *tx)
-                .await?;
-            }
-            tally_and_commit!(tx);
-        }
+    let unsent: Vec<&AttemptRecord> = records.iter().copied().filter(|r| r.attempt == 0).collect();
+    if !unsent.is_empty() {
+        sqlx::query(
+            "UPDATE webhook_deliveries AS d SET next_attempt_us = u.next, owner = NULL \
+             FROM UNNEST($1::text[], $2::int8[]) AS u(id, next) WHERE d.id = u.id",
+        )
+        .bind(
+            unsent
+                .iter()
+                .map(|r| r.delivery_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(unsent.iter().map(|r| r.next_attempt_us).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
     }
+    for t in tallies {
+        let (count,): (i64,) = sqlx::query_as(
+            "UPDATE webhook_endpoints SET \
+             failure_count = CASE WHEN $2 THEN $3 ELSE failure_count + $3 END, \
+             last_triggered_us = COALESCE($4, last_triggered_us) \
+             WHERE id = $1 RETURNING failure_count",
+        )
+        .bind(&t.endpoint_id)
+        .bind(t.reset)
+        .bind(t.failures)
+        .bind(t.last_success_us)
+        .fetch_optional(&mut *tx)
+        .await?
+        .unwrap_or((0,));
+        counts.push((t.endpoint_id.clone(), count));
+    }
+    tx.commit().await?;
     Ok(counts)
 }
 

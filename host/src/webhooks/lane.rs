@@ -1,6 +1,7 @@
 //! One endpoint's lane: its own task, queue and concurrency limit, and the HTTP
 //! attempt itself.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
@@ -134,7 +135,33 @@ async fn run(shared: Arc<Shared>, lane: Arc<Lane>, mut rx: mpsc::Receiver<Job>) 
     let options = &shared.options;
     let slots = Arc::new(Semaphore::new(options.concurrency));
     let mut in_flight = JoinSet::new();
+    // Claimed from the table, leased, not yet sent. Claims fill this in batches
+    // (a claim per freed slot would cost a write transaction per delivery when a
+    // backlog is in the table); it is served before the memory queue so that what
+    // was claimed goes out well within its lease.
+    let mut claimed: VecDeque<Job> = VecDeque::new();
+    let claim_batch = options.claim_batch();
+    // A claim under way, in a task of its own so the slots keep sending meanwhile.
+    let mut claiming: Option<JoinHandle<Result<Vec<Job>, db::WriteError>>> = None;
+    // The last claim was full: more is due. The next claim starts when fewer than a
+    // round of slots is left claimed, so a backlog in the table flows without a
+    // pause at each batch.
+    let mut more_due = false;
     let mut next_poll = tokio::time::Instant::now();
+    let start_claim = |claiming: &mut Option<JoinHandle<_>>| {
+        // Forget a due time this claim covers, unless the recorder has just set
+        // another.
+        let due = lane.next_due.load(Ordering::Relaxed);
+        if due <= Utc::now().timestamp_micros() {
+            let _ =
+                lane.next_due
+                    .compare_exchange(due, i64::MAX, Ordering::Relaxed, Ordering::Relaxed);
+        }
+        let (shared, lane) = (shared.clone(), lane.clone());
+        *claiming = Some(tokio::spawn(async move {
+            claim(&shared, &lane, claim_batch).await
+        }));
+    };
     loop {
         while in_flight.try_join_next().is_some() {}
         let permit = tokio::select! {
@@ -142,7 +169,26 @@ async fn run(shared: Arc<Shared>, lane: Arc<Lane>, mut rx: mpsc::Receiver<Job>) 
             () = lane.stop.cancelled() => break,
             permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
         };
+        if claiming.as_ref().is_some_and(JoinHandle::is_finished) {
+            let task = claiming.take().expect("checked");
+            more_due = took_claim(&shared, &lane, task.await, claim_batch, &mut claimed);
+        }
         let enabled = lane.route().endpoint.enabled;
+        if enabled && more_due && claiming.is_none() && claimed.len() < options.concurrency {
+            more_due = false;
+            start_claim(&mut claiming);
+        }
+        if let Some(job) = claimed.pop_front() {
+            // (If the endpoint was disabled meanwhile, the attempt gives the lease
+            // back unsent.)
+            in_flight.spawn(attempt_and_record(
+                shared.clone(),
+                lane.clone(),
+                job,
+                permit,
+            ));
+            continue;
+        }
         let wake_at = if enabled {
             let due = lane.next_due.load(Ordering::Relaxed);
             let until_due =
@@ -160,38 +206,24 @@ async fn run(shared: Arc<Shared>, lane: Arc<Lane>, mut rx: mpsc::Receiver<Job>) 
                 }
                 None => break,
             },
-            () = lane.wake.notified() => continue,
-            () = tokio::time::sleep_until(wake_at) => {
-                next_poll = tokio::time::Instant::now() + options.poll_interval;
-                // Forget a due time this claim covers, unless the recorder has just
-                // set another.
-                let due = lane.next_due.load(Ordering::Relaxed);
-                if due <= Utc::now().timestamp_micros() {
-                    let _ = lane.next_due.compare_exchange(due, i64::MAX, Ordering::Relaxed, Ordering::Relaxed);
-                }
-                let room = slots.available_permits() + 1;
-                match claim(&shared, &lane, room).await {
-                    Ok(jobs) => {
-                        if jobs.len() == room {
-                            // More may be due: look again as soon as a slot frees.
-                            next_poll = tokio::time::Instant::now();
-                        }
-                        let mut permit = Some(permit);
-                        for job in jobs {
-                            let permit = match permit.take() {
-                                Some(p) => p,
-                                None => slots.clone().try_acquire_owned().expect("room was counted"),
-                            };
-                            in_flight.spawn(attempt_and_record(shared.clone(), lane.clone(), job, permit));
-                        }
-                    }
-                    Err(error) => {
-                        shared.metrics.webhooks.write_errors.inc();
-                        tracing::warn!(%error, webhook = %lane.id, "could not claim due webhook deliveries; trying again");
-                    }
+            done = async { claiming.as_mut().expect("guarded").await }, if claiming.is_some() => {
+                claiming = None;
+                more_due = took_claim(&shared, &lane, done, claim_batch, &mut claimed);
+                if let Some(job) = claimed.pop_front() {
+                    in_flight.spawn(attempt_and_record(shared.clone(), lane.clone(), job, permit));
                 }
             }
+            () = lane.wake.notified() => continue,
+            () = tokio::time::sleep_until(wake_at), if claiming.is_none() => {
+                next_poll = tokio::time::Instant::now() + options.poll_interval;
+                start_claim(&mut claiming);
+            }
         }
+    }
+    // A claim under way finishes first (its deliveries keep their lease, as queued
+    // ones do).
+    if let Some(task) = claiming {
+        let _ = task.await;
     }
     // Jobs still queued keep their lease; shutdown gives the leases back.
     rx.close();
@@ -206,12 +238,35 @@ async fn run(shared: Arc<Shared>, lane: Arc<Lane>, mut rx: mpsc::Receiver<Job>) 
     }
 }
 
+/// Takes a finished claim's deliveries into the lane's claimed queue; true when
+/// the claim was full (more may be due).
+fn took_claim(
+    shared: &Shared,
+    lane: &Lane,
+    done: Result<Result<Vec<Job>, db::WriteError>, tokio::task::JoinError>,
+    claim_batch: usize,
+    claimed: &mut VecDeque<Job>,
+) -> bool {
+    let error = match done {
+        Ok(Ok(jobs)) => {
+            let full = jobs.len() == claim_batch;
+            claimed.extend(jobs);
+            return full;
+        }
+        Ok(Err(error)) => error.to_string(),
+        Err(error) => error.to_string(),
+    };
+    shared.metrics.webhooks.write_errors.inc();
+    tracing::warn!(%error, webhook = %lane.id, "could not claim due webhook deliveries; trying again");
+    false
+}
+
 /// Claims due deliveries from the table and loads their bodies.
-async fn claim(shared: &Shared, lane: &Lane, room: usize) -> Result<Vec<Job>, sqlx::Error> {
+async fn claim(shared: &Shared, lane: &Lane, room: usize) -> Result<Vec<Job>, db::WriteError> {
     let now = Utc::now().timestamp_micros();
     let lease = now + shared.options.lease().as_micros() as i64;
     let claimed = db::claim(
-        &shared.store,
+        &shared.writes,
         &lane.id,
         &shared.options.owner,
         now,
@@ -493,21 +548,21 @@ pub async fn send_test(shared: &Arc<Shared>, endpoint: &Endpoint) -> Result<Stri
     let delivery_id = uuid::Uuid::now_v7().to_string();
     let now_us = now.timestamp_micros();
     db::enqueue(
-        &shared.store,
-        &[db::NewMessage {
+        &shared.writes,
+        Arc::new(vec![db::NewMessage {
             id: message_id.clone(),
             event_type: "webhook.test".into(),
             body: body.clone(),
             cloudevent: Some(cloudevent.clone()),
-        }],
-        &[db::NewDelivery {
+        }]),
+        Arc::new(vec![db::NewDelivery {
             id: delivery_id.clone(),
             endpoint_id: endpoint.id.clone(),
             message_id,
             event_type: "webhook.test".into(),
             next_attempt_us: now_us + shared.options.lease().as_micros() as i64,
             owner: Some(shared.options.owner.clone()),
-        }],
+        }]),
         now_us,
     )
     .await?;

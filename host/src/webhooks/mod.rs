@@ -30,6 +30,7 @@ mod lane;
 mod outbox;
 mod recorder;
 pub mod sign;
+mod sqlite;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -66,6 +67,8 @@ pub enum WebhookError {
     Url(#[from] egress::UrlError),
     #[error("the webhook database failed")]
     Db(#[from] sqlx::Error),
+    #[error("the webhook database failed")]
+    Write(#[from] db::WriteError),
     #[error("evhost is shutting down")]
     Stopping,
 }
@@ -110,10 +113,18 @@ impl WebhookOptions {
         }
     }
 
-    /// How long a claim holds a delivery. In-memory queues hold at most a few rounds
-    /// of the lane's concurrency, so a lease covers several attempt timeouts.
+    /// How long a claim holds a delivery. A lane holds at most `4 × concurrency`
+    /// leased deliveries in its memory queue and `claim_batch()` claimed ones, served
+    /// the claimed first: a delivery waits at most six rounds of the lane's slots,
+    /// each bounded by the timeout, then its own attempt; the rest covers recording.
     fn lease(&self) -> Duration {
-        self.timeout * 5 + Duration::from_secs(30)
+        self.timeout * 7 + Duration::from_secs(30)
+    }
+
+    /// How many due deliveries a lane claims from the table at once (two rounds of
+    /// its slots).
+    fn claim_batch(&self) -> usize {
+        self.concurrency * 2
     }
 
     /// When attempt `attempt` (1 for the first) failed, the delay before the next
@@ -147,6 +158,8 @@ type Routes = Vec<Arc<Lane>>;
 /// Shared by the subscriber, the writer, the lanes and the recorder.
 pub(crate) struct Shared {
     store: Store,
+    /// The outbox's frequent writes (new deliveries, claims, results).
+    writes: db::Writes,
     options: WebhookOptions,
     metrics: Arc<Metrics>,
     bus: Bus,
@@ -201,8 +214,10 @@ impl Webhooks {
             .expect("the webhook HTTP client configuration is valid");
         let (recorder_tx, recorder_rx) = mpsc::channel(options.batch_size.max(64) * 4);
         let (outbox_tx, outbox_rx) = mpsc::channel(options.max_backlog);
+        let writes = db::Writes::open(&store)?;
         let shared = Arc::new(Shared {
             store,
+            writes,
             options,
             metrics,
             bus,

@@ -233,9 +233,10 @@ async fn write(shared: &Shared, items: Vec<Item>) {
             });
         }
     }
+    let (messages, deliveries) = (Arc::new(messages), Arc::new(deliveries));
     let mut backoff = Duration::from_millis(100);
     loop {
-        match db::enqueue(&shared.store, &messages, &deliveries, now_us).await {
+        match db::enqueue(&shared.writes, messages.clone(), deliveries.clone(), now_us).await {
             Ok(()) => {
                 let enqueued = deliveries.len() as u64;
                 shared.metrics.webhooks.enqueued.inc_by(enqueued);
@@ -249,7 +250,9 @@ async fn write(shared: &Shared, items: Vec<Item>) {
             }
         }
     }
-    // Committed: the bodies move into shared buffers, one per event and format.
+    // Committed: the bodies move into shared buffers, one per event and format (the
+    // write's task has let go of its reference by now; copied only if it had not).
+    let messages = Arc::try_unwrap(messages).unwrap_or_else(|shared| (*shared).clone());
     let bodies: Vec<(Bytes, Option<Bytes>)> = messages
         .into_iter()
         .map(|m| (Bytes::from(m.body), m.cloudevent.map(Bytes::from)))

@@ -88,14 +88,15 @@ async fn write(shared: &Arc<Shared>, batch: Vec<Recorded>) {
             t.failures += 1;
         }
     }
-    let tallies: Vec<EndpointTally> = tallies.into_values().collect();
-    let records: Vec<&AttemptRecord> = batch.iter().map(|r| &r.record).collect();
+    let tallies: Arc<Vec<EndpointTally>> = Arc::new(tallies.into_values().collect());
+    let records: Arc<Vec<AttemptRecord>> =
+        Arc::new(batch.iter().map(|r| r.record.clone()).collect());
     let mut backoff = Duration::from_millis(100);
     let counts = loop {
         match db::record(
-            &shared.store,
-            &records,
-            &tallies,
+            &shared.writes,
+            records.clone(),
+            tallies.clone(),
             Utc::now().timestamp_micros(),
         )
         .await
