@@ -175,9 +175,35 @@ pub async fn run_writer(shared: Arc<Shared>, mut rx: mpsc::Receiver<Item>) {
         if !recv_batch(&mut rx, &mut items, batch_size, &shared.stop).await {
             break;
         }
-        write(&shared, std::mem::take(&mut items)).await;
+        // `batch_size` bounds delivery rows, not events: an event for 50 endpoints
+        // is 50 rows, and one long transaction would hold SQLite's write turn while
+        // the lanes wait to claim and the recorder to record.
+        for chunk in split_by_rows(std::mem::take(&mut items), batch_size, |i| i.lanes.len()) {
+            write(&shared, chunk).await;
+        }
     }
     shared.metrics.webhooks.outbox_backlog.set(0);
+}
+
+/// Splits `items` into runs of at most `limit` rows, in order (an item of more rows
+/// than that goes alone).
+fn split_by_rows<T>(items: Vec<T>, limit: usize, rows: impl Fn(&T) -> usize) -> Vec<Vec<T>> {
+    let mut runs = Vec::new();
+    let mut run = Vec::new();
+    let mut in_run = 0;
+    for item in items {
+        let n = rows(&item);
+        if !run.is_empty() && in_run + n > limit {
+            runs.push(std::mem::take(&mut run));
+            in_run = 0;
+        }
+        in_run += n;
+        run.push(item);
+    }
+    if !run.is_empty() {
+        runs.push(run);
+    }
+    runs
 }
 
 /// A delivery and where it goes after the commit: into its lane's memory queue
@@ -273,5 +299,21 @@ async fn write(shared: &Shared, items: Vec<Item>) {
             attempts: 0,
             body,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_by_rows;
+
+    #[test]
+    fn transactions_are_bounded_by_rows_not_events() {
+        let runs = split_by_rows(vec![50, 50, 50, 10, 600, 1, 1], 100, |n| *n);
+        assert_eq!(
+            runs,
+            vec![vec![50, 50], vec![50, 10], vec![600], vec![1, 1]]
+        );
+        assert!(split_by_rows(Vec::<usize>::new(), 100, |n| *n).is_empty());
+        assert_eq!(split_by_rows(vec![1; 5], 2, |n| *n).len(), 3);
     }
 }
