@@ -144,8 +144,8 @@ async fn run(shared: Arc<Shared>, lane: Arc<Lane>, mut rx: mpsc::Receiver<Job>) 
     // A claim under way, in a task of its own so the slots keep sending meanwhile.
     let mut claiming: Option<JoinHandle<Result<Vec<Job>, db::WriteError>>> = None;
     // The last claim was full: more is due. The next claim starts when fewer than a
-    // round of slots is left claimed, so a backlog in the table flows without a
-    // pause at each batch.
+    // round of slots is left claimed and the memory queue is empty, so a backlog in
+    // the table flows without a pause at each batch.
     let mut more_due = false;
     let mut next_poll = tokio::time::Instant::now();
     let start_claim = |claiming: &mut Option<JoinHandle<_>>| {
@@ -174,7 +174,14 @@ async fn run(shared: Arc<Shared>, lane: Arc<Lane>, mut rx: mpsc::Receiver<Job>) 
             more_due = took_claim(&shared, &lane, task.await, claim_batch, &mut claimed);
         }
         let enabled = lane.route().endpoint.enabled;
-        if enabled && more_due && claiming.is_none() && claimed.len() < options.concurrency {
+        // Not while the memory queue holds deliveries: claimed ones go first, so
+        // claiming on and on would leave the queued ones waiting past their lease.
+        if enabled
+            && more_due
+            && claiming.is_none()
+            && claimed.len() < options.concurrency
+            && rx.is_empty()
+        {
             more_due = false;
             start_claim(&mut claiming);
         }

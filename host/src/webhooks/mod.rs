@@ -114,11 +114,13 @@ impl WebhookOptions {
     }
 
     /// How long a claim holds a delivery. A lane holds at most `4 × concurrency`
-    /// leased deliveries in its memory queue and `claim_batch()` claimed ones, served
-    /// the claimed first: a delivery waits at most six rounds of the lane's slots,
-    /// each bounded by the timeout, then its own attempt; the rest covers recording.
+    /// leased deliveries in its memory queue and, served before them, fewer than
+    /// `concurrency + claim_batch()` claimed ones (it claims ahead only while the
+    /// memory queue is empty). So a delivery waits at most seven rounds of the
+    /// lane's slots, each bounded by the timeout, then its own attempt; the rest
+    /// covers recording.
     fn lease(&self) -> Duration {
-        self.timeout * 7 + Duration::from_secs(30)
+        self.timeout * 8 + Duration::from_secs(30)
     }
 
     /// How many due deliveries a lane claims from the table at once (two rounds of
