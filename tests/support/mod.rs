@@ -381,13 +381,8 @@ impl Daemon {
 
     /// Waits (at most 10 s) until `sample` in `/metrics` is above zero.
     pub async fn wait_for_metric(&self, sample: &str) {
-        for _ in 0..500 {
-            if self.metric(sample).await > 0.0 {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("{sample} stayed at 0 for 10 s");
+        self.wait_metric_at_least(sample, f64::MIN_POSITIVE, Duration::from_secs(10))
+            .await;
     }
 
     /// Waits (at most `limit`) until `sample` in `/metrics` reaches `value`.

@@ -47,8 +47,7 @@ impl From<WebhookError> for ApiError {
                     ..ApiError::bad_request(code, u.to_string())
                 }
             }
-            WebhookError::Db(_) | WebhookError::Write(_) => {
-                let error = crate::error_chain(&e);
+            WebhookError::Db(error) => {
                 tracing::error!(%error, "webhook database operation failed");
                 ApiError::unavailable(
                     "database_unavailable",

@@ -3,13 +3,13 @@
 //! compiles each function body once per backend.
 
 use std::collections::HashSet;
-use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::sync::{Arc, LazyLock};
 
 use sqlx::QueryBuilder;
 
 use super::record::{Entry, Record, parse_hash};
 use crate::event::TypePattern;
-use crate::store::{Store, dispatch};
+use crate::store::{SqliteWriter, Store, dispatch};
 
 const COLUMNS: &str = "seq, chain, chain_seq, event_id, event_type, actor, actor_token, actor_ip, \
                        resource_type, resource_id, details, time_us, recorded_us, prev_hash, hash";
@@ -166,30 +166,7 @@ pub fn hex32(hash: &[u8; 32]) -> String {
     String::from_utf8(out.to_vec()).expect("hex is ASCII")
 }
 
-/// Why a batch was not written.
-#[derive(Debug, thiserror::Error)]
-pub enum WriteError {
-    #[error(transparent)]
-    Pool(#[from] sqlx::Error),
-    #[error(transparent)]
-    Sqlite(#[from] rusqlite::Error),
-    #[error("the audit insert task failed: {0}")]
-    Task(String),
-}
-
-impl WriteError {
-    /// An event id (or chain position) the table already holds.
-    pub fn is_duplicate(&self) -> bool {
-        match self {
-            WriteError::Pool(sqlx::Error::Database(e)) => e.is_unique_violation(),
-            WriteError::Sqlite(e) => e.sqlite_error().is_some_and(|e| {
-                e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
-                    || e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
-            }),
-            WriteError::Pool(_) | WriteError::Task(_) => false,
-        }
-    }
-}
+pub use crate::store::WriteError;
 
 const INSERT_INTO: &str = "INSERT INTO audit_log (chain, chain_seq, event_id, event_type, actor, \
      actor_token, actor_ip, resource_type, resource_id, details, time_us, recorded_us, prev_hash, hash) VALUES ";
@@ -225,7 +202,7 @@ fn insert_sql(rows: usize) -> String {
 /// pool.
 #[derive(Clone)]
 pub enum Inserter {
-    Sqlite(Arc<Mutex<rusqlite::Connection>>),
+    Sqlite(SqliteWriter),
     Postgres(sqlx::PgPool),
 }
 
@@ -233,9 +210,7 @@ impl Inserter {
     /// Opens the writer's SQLite connection, or shares the PostgreSQL pool.
     pub fn open(store: &Store) -> Result<Inserter, WriteError> {
         Ok(match store {
-            Store::Sqlite(pool) => Inserter::Sqlite(Arc::new(Mutex::new(
-                crate::store::open_sqlite_writer(pool)?,
-            ))),
+            Store::Sqlite(pool) => Inserter::Sqlite(SqliteWriter::open(pool)?),
             Store::Postgres(pool) => Inserter::Postgres(pool.clone()),
         })
     }
@@ -249,15 +224,11 @@ impl Inserter {
             return Ok(());
         }
         match self {
-            Inserter::Sqlite(conn) => {
-                let _turn = crate::store::SQLITE_WRITE_TURN.lock().await;
-                let (conn, chain) = (conn.clone(), chain.to_string());
-                tokio::task::spawn_blocking(move || {
-                    let mut conn = conn.lock().unwrap_or_else(PoisonError::into_inner);
-                    insert_sqlite(&mut conn, &chain, &placed)
-                })
-                .await
-                .map_err(|e| WriteError::Task(e.to_string()))??;
+            Inserter::Sqlite(writer) => {
+                let chain = chain.to_string();
+                writer
+                    .write(move |conn| insert_sqlite(conn, &chain, &placed))
+                    .await?;
             }
             Inserter::Postgres(pool) => insert_postgres(pool, chain, &placed).await?,
         }

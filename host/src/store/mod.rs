@@ -5,6 +5,7 @@
 //! the types we need and would hide the dialect differences anyway.
 
 use std::str::FromStr;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -132,17 +133,39 @@ impl Store {
     }
 }
 
-/// A connection of its own on the pool's SQLite file, for a writer that drives
-/// SQLite directly (rusqlite, same bundled SQLite): prepared statements kept across
-/// batches, values bound by reference, no hand-over to sqlx's worker thread. Writers
-/// using it take [`SQLITE_WRITE_TURN`] around each transaction.
-pub fn open_sqlite_writer(pool: &SqlitePool) -> Result<rusqlite::Connection, rusqlite::Error> {
-    let conn = rusqlite::Connection::open(pool.connect_options().get_filename())?;
-    conn.busy_timeout(Duration::from_secs(10))?;
-    // As the pool's connections: survive a power cut. The file is in WAL mode
-    // already (the pool set it).
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    Ok(conn)
+/// A connection of its own on the pool's SQLite file, for a busy writer that drives
+/// SQLite directly (rusqlite, the same bundled SQLite): prepared statements kept
+/// across batches, values bound by reference, no hand-over to sqlx's worker thread.
+/// The audit writer and the webhook outbox each have one.
+#[derive(Clone)]
+pub struct SqliteWriter(Arc<Mutex<rusqlite::Connection>>);
+
+impl SqliteWriter {
+    pub fn open(pool: &SqlitePool) -> Result<SqliteWriter, rusqlite::Error> {
+        let conn = rusqlite::Connection::open(pool.connect_options().get_filename())?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        // As the pool's connections: survive a power cut. The file is in WAL mode
+        // already (the pool set it).
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        Ok(SqliteWriter(Arc::new(Mutex::new(conn))))
+    }
+
+    /// Runs `write` (one transaction) on a blocking thread, in turn with the
+    /// process's other SQLite writers.
+    pub async fn write<T: Send + 'static>(
+        &self,
+        write: impl FnOnce(&mut rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, WriteError> {
+        let _turn = SQLITE_WRITE_TURN.lock().await;
+        let conn = self.0.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            let mut conn = conn.lock().unwrap_or_else(PoisonError::into_inner);
+            write(&mut conn)
+        })
+        .await
+        .map_err(|e| WriteError::Task(e.to_string()))?;
+        Ok(done?)
+    }
 }
 
 /// Turns at SQLite's write lock for the daemon's busy writers (the audit writer, the
@@ -152,8 +175,33 @@ pub fn open_sqlite_writer(pool: &SqlitePool) -> Result<rusqlite::Connection, rus
 /// (the busy timeout), which is not fair: a writer that commits and begins again at
 /// once, as the pipelined audit writer does while it has a backlog, can keep the lock
 /// for seconds while the outbox sleeps between polls. Queued here (tokio's mutex is
-/// FIFO) they take turns instead: lock this around each write transaction. One queue per process; on PostgreSQL there is none.
-pub(crate) static SQLITE_WRITE_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// FIFO) they take turns instead. One queue per process; on PostgreSQL there is none.
+static SQLITE_WRITE_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Why a busy writer's batch was not written (its writer retries).
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Pool(#[from] sqlx::Error),
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("a database write task failed: {0}")]
+    Task(String),
+}
+
+impl WriteError {
+    /// A key (an event id, a chain position) the table already holds.
+    pub fn is_duplicate(&self) -> bool {
+        match self {
+            WriteError::Pool(sqlx::Error::Database(e)) => e.is_unique_violation(),
+            WriteError::Sqlite(e) => e.sqlite_error().is_some_and(|e| {
+                e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                    || e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+            }),
+            WriteError::Pool(_) | WriteError::Task(_) => false,
+        }
+    }
+}
 
 /// Hides a password in a database URL for messages.
 fn mask(url: &str) -> String {

@@ -6,13 +6,14 @@
 //! (`UNNEST`).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use sqlx::QueryBuilder;
 
 use super::endpoint::{Endpoint, Format};
-use crate::store::{Store, dispatch};
+pub use crate::store::WriteError;
+use crate::store::{SqliteWriter, Store, dispatch};
 
 /// Delivery states, as stored.
 pub const PENDING: &str = "pending";
@@ -193,51 +194,21 @@ pub struct NewDelivery {
 }
 
 /// Where the outbox's frequent writes go (new deliveries, claims, results): on
-/// SQLite a connection of the outbox's own (see [`super::sqlite`]), taking the
-/// process's SQLite write turn around each transaction; on PostgreSQL the pool.
+/// SQLite a connection of the outbox's own (statements in [`super::sqlite`]); on
+/// PostgreSQL the pool.
 #[derive(Clone)]
 pub enum Writes {
-    Sqlite(Arc<Mutex<rusqlite::Connection>>),
+    Sqlite(SqliteWriter),
     Postgres(sqlx::PgPool),
-}
-
-/// Why an outbox write failed (each is retried by its caller).
-#[derive(Debug, thiserror::Error)]
-pub enum WriteError {
-    #[error(transparent)]
-    Pool(#[from] sqlx::Error),
-    #[error(transparent)]
-    Sqlite(#[from] rusqlite::Error),
-    #[error("the webhook write task failed: {0}")]
-    Task(String),
 }
 
 impl Writes {
     /// Opens the outbox's SQLite connection, or shares the PostgreSQL pool.
     pub fn open(store: &Store) -> Result<Writes, WriteError> {
         Ok(match store {
-            Store::Sqlite(pool) => Writes::Sqlite(Arc::new(Mutex::new(
-                crate::store::open_sqlite_writer(pool)?,
-            ))),
+            Store::Sqlite(pool) => Writes::Sqlite(SqliteWriter::open(pool)?),
             Store::Postgres(pool) => Writes::Postgres(pool.clone()),
         })
-    }
-
-    /// Runs `write` on the SQLite connection, on a blocking thread, in turn with
-    /// the process's other SQLite writers.
-    async fn on_sqlite<T: Send + 'static>(
-        conn: &Arc<Mutex<rusqlite::Connection>>,
-        write: impl FnOnce(&mut rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
-    ) -> Result<T, WriteError> {
-        let _turn = crate::store::SQLITE_WRITE_TURN.lock().await;
-        let conn = conn.clone();
-        let done = tokio::task::spawn_blocking(move || {
-            let mut conn = conn.lock().unwrap_or_else(PoisonError::into_inner);
-            write(&mut conn)
-        })
-        .await
-        .map_err(|e| WriteError::Task(e.to_string()))?;
-        Ok(done?)
     }
 }
 
@@ -249,11 +220,10 @@ pub async fn enqueue(
     now_us: i64,
 ) -> Result<(), WriteError> {
     let pool = match writes {
-        Writes::Sqlite(conn) => {
-            return Writes::on_sqlite(conn, move |conn| {
-                super::sqlite::enqueue(conn, &messages, &deliveries, now_us)
-            })
-            .await;
+        Writes::Sqlite(writer) => {
+            return writer
+                .write(move |conn| super::sqlite::enqueue(conn, &messages, &deliveries, now_us))
+                .await;
         }
         Writes::Postgres(pool) => pool,
     };
@@ -316,12 +286,13 @@ pub async fn claim(
     limit: i64,
 ) -> Result<Vec<Claimed>, WriteError> {
     let pool = match writes {
-        Writes::Sqlite(conn) => {
+        Writes::Sqlite(writer) => {
             let (endpoint_id, owner) = (endpoint_id.to_string(), owner.to_string());
-            return Writes::on_sqlite(conn, move |conn| {
-                super::sqlite::claim(conn, &endpoint_id, &owner, now_us, lease_us, limit)
-            })
-            .await;
+            return writer
+                .write(move |conn| {
+                    super::sqlite::claim(conn, &endpoint_id, &owner, now_us, lease_us, limit)
+                })
+                .await;
         }
         Writes::Postgres(pool) => pool,
     };
@@ -423,11 +394,10 @@ pub async fn record(
     now_us: i64,
 ) -> Result<Vec<(String, i64)>, WriteError> {
     let pool = match writes {
-        Writes::Sqlite(conn) => {
-            return Writes::on_sqlite(conn, move |conn| {
-                super::sqlite::record(conn, &records, &tallies, now_us)
-            })
-            .await;
+        Writes::Sqlite(writer) => {
+            return writer
+                .write(move |conn| super::sqlite::record(conn, &records, &tallies, now_us))
+                .await;
         }
         Writes::Postgres(pool) => pool,
     };

@@ -269,7 +269,7 @@ fn took_claim(
 }
 
 /// Claims due deliveries from the table and loads their bodies.
-async fn claim(shared: &Shared, lane: &Lane, room: usize) -> Result<Vec<Job>, db::WriteError> {
+async fn claim(shared: &Shared, lane: &Lane, limit: usize) -> Result<Vec<Job>, db::WriteError> {
     let now = Utc::now().timestamp_micros();
     let lease = now + shared.options.lease().as_micros() as i64;
     let claimed = db::claim(
@@ -278,7 +278,7 @@ async fn claim(shared: &Shared, lane: &Lane, room: usize) -> Result<Vec<Job>, db
         &shared.options.owner,
         now,
         lease,
-        room as i64,
+        limit as i64,
     )
     .await?;
     if claimed.is_empty() {

@@ -66,11 +66,15 @@ pub enum WebhookError {
     #[error(transparent)]
     Url(#[from] egress::UrlError),
     #[error("the webhook database failed")]
-    Db(#[from] sqlx::Error),
-    #[error("the webhook database failed")]
-    Write(#[from] db::WriteError),
+    Db(#[from] db::WriteError),
     #[error("evhost is shutting down")]
     Stopping,
+}
+
+impl From<sqlx::Error> for WebhookError {
+    fn from(error: sqlx::Error) -> WebhookError {
+        WebhookError::Db(error.into())
+    }
 }
 
 /// Webhook settings (from `webhooks.*`).

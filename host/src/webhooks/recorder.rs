@@ -50,6 +50,14 @@ pub struct Recorded {
     pub ack: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
+/// What the recorder does with a result once its record is written: count it,
+/// wake or disable its endpoint, answer whoever waits.
+struct Followup {
+    endpoint_id: String,
+    outcome: Outcome,
+    ack: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
 /// Ends the recorder once it has written what is queued.
 pub fn close(shared: &Shared) {
     shared.recorder_stop.cancel();
@@ -64,11 +72,23 @@ pub async fn run(shared: Arc<Shared>, mut rx: mpsc::Receiver<Recorded>) {
 }
 
 async fn write(shared: &Arc<Shared>, batch: Vec<Recorded>) {
+    // The records go to the database task as they are; the rest stays here.
+    let (records, followups): (Vec<AttemptRecord>, Vec<Followup>) = batch
+        .into_iter()
+        .map(|r| {
+            let followup = Followup {
+                endpoint_id: r.endpoint_id,
+                outcome: r.outcome,
+                ack: r.ack,
+            };
+            (r.record, followup)
+        })
+        .unzip();
     // The failure run per endpoint, in the order results arrived.
     let mut tallies: HashMap<&str, EndpointTally> = HashMap::new();
-    for r in &batch {
+    for (record, r) in records.iter().zip(&followups) {
         let finished_ok = r.outcome == Outcome::Success;
-        let finished_failed = r.record.status == db::FAILED;
+        let finished_failed = record.status == db::FAILED;
         if !finished_ok && !finished_failed {
             continue;
         }
@@ -83,14 +103,13 @@ async fn write(shared: &Arc<Shared>, batch: Vec<Recorded>) {
         if finished_ok {
             t.reset = true;
             t.failures = 0;
-            t.last_success_us = Some(r.record.time_us);
+            t.last_success_us = Some(record.time_us);
         } else {
             t.failures += 1;
         }
     }
     let tallies: Arc<Vec<EndpointTally>> = Arc::new(tallies.into_values().collect());
-    let records: Arc<Vec<AttemptRecord>> =
-        Arc::new(batch.iter().map(|r| r.record.clone()).collect());
+    let records = Arc::new(records);
     let mut backoff = Duration::from_millis(100);
     let counts = loop {
         match db::record(
@@ -112,7 +131,7 @@ async fn write(shared: &Arc<Shared>, batch: Vec<Recorded>) {
     };
     let m = &shared.metrics.webhooks;
     let mut gone = Vec::new();
-    for r in batch {
+    for (record, r) in records.iter().zip(followups) {
         if r.outcome != Outcome::Released {
             m.attempts
                 .get_or_create(&crate::metrics::OutcomeLabel {
@@ -120,12 +139,12 @@ async fn write(shared: &Arc<Shared>, batch: Vec<Recorded>) {
                 })
                 .inc();
         }
-        if r.record.status == db::FAILED {
+        if record.status == db::FAILED {
             m.failed.inc();
-            tracing::warn!(delivery = %r.record.delivery_id, webhook = %r.endpoint_id, attempts = r.record.attempt, error = r.record.error.as_deref().unwrap_or(""), "webhook delivery failed");
+            tracing::warn!(delivery = %record.delivery_id, webhook = %r.endpoint_id, attempts = record.attempt, error = record.error.as_deref().unwrap_or(""), "webhook delivery failed");
         }
-        if r.record.status == db::PENDING {
-            shared.wake(&r.endpoint_id, r.record.next_attempt_us);
+        if record.status == db::PENDING {
+            shared.wake(&r.endpoint_id, record.next_attempt_us);
         }
         if r.outcome == Outcome::Gone && !gone.contains(&r.endpoint_id) {
             gone.push(r.endpoint_id.clone());
