@@ -211,7 +211,11 @@ impl Webhooks {
             .no_proxy()
             .timeout(options.timeout)
             .connect_timeout(options.timeout.min(Duration::from_secs(10)))
-            .pool_max_idle_per_host(options.concurrency)
+            // No cap on idle connections per host below what is in flight: endpoints
+            // on one host share its pool, and a cap of one lane's concurrency made
+            // 50 endpoints on one host open and close connections all the time
+            // (BENCHMARKS.md). Idle ones are bounded by the lanes' concurrency and
+            // closed after reqwest's idle timeout (90 s).
             .user_agent(format!("evhost/{}", crate::daemon::VERSION))
             .dns_resolver(Arc::new(egress::GuardedResolver {
                 egress: options.egress.clone(),
