@@ -1,5 +1,6 @@
-//! Webhook retention on both backends: old finished deliveries go with their
-//! attempts; pending ones, recent ones and the messages they need stay.
+//! The outbox's tables on both backends: claims, and retention (old finished
+//! deliveries go with their attempts; pending ones, recent ones and the messages
+//! they need stay).
 
 mod support;
 
@@ -123,10 +124,97 @@ async fn retention_removes_old_finished_deliveries_and_nothing_else() {
         );
         assert_eq!(count(&db, "webhook_attempts").await, 1);
         // m1 is gone; m2 is still needed by the pending delivery; m3 is recent.
-        let bodies = db::bodies(&db.store, &["m1", "m2", "m3"]).await.unwrap();
-        let mut left: Vec<&str> = bodies.keys().map(String::as_str).collect();
-        left.sort();
+        let sql = "SELECT id FROM webhook_messages ORDER BY id";
+        let left: Vec<String> = match &db.store {
+            evhost::store::Store::Sqlite(p) => sqlx::query_scalar(sql).fetch_all(p).await.unwrap(),
+            evhost::store::Store::Postgres(p) => {
+                sqlx::query_scalar(sql).fetch_all(p).await.unwrap()
+            }
+        };
         assert_eq!(left, ["m2", "m3"]);
+        db.cleanup().await;
+    }
+}
+
+#[tokio::test]
+async fn a_claim_leases_due_deliveries_with_their_bodies_and_skips_leased_ones() {
+    for db in TestDb::all().await {
+        let now = chrono::Utc::now().timestamp_micros();
+        let (a, b, c, later) = (id_at(now), id_at(now + 1), id_at(now + 2), id_at(now + 3));
+        let mut with_ce = message("m2");
+        with_ce.cloudevent = Some(r#"{"specversion":"1.0"}"#.into());
+        let leased_elsewhere = NewDelivery {
+            next_attempt_us: now + 60_000_000,
+            owner: Some("other-daemon".into()),
+            ..delivery(&c, "m1")
+        };
+        let not_yet_due = NewDelivery {
+            next_attempt_us: now + 60_000_000,
+            ..delivery(&later, "m1")
+        };
+        let writes = db::Writes::open(&db.store).unwrap();
+        db::enqueue(
+            &writes,
+            Arc::new(vec![message("m1"), with_ce]),
+            Arc::new(vec![
+                delivery(&a, "m1"),
+                delivery(&b, "m2"),
+                leased_elsewhere,
+                not_yet_due,
+            ]),
+            now,
+        )
+        .await
+        .unwrap();
+
+        let lease = now + 30_000_000;
+        let mut claimed = db::claim(&writes, "wh_test", "me", now, lease, 10)
+            .await
+            .unwrap();
+        claimed.sort_by(|x, y| x.body.cmp(&y.body));
+        let got: Vec<(&str, &str, Option<&str>, i64)> = claimed
+            .iter()
+            .map(|c| {
+                (
+                    c.id.as_str(),
+                    c.body.as_str(),
+                    c.cloudevent.as_deref(),
+                    c.attempts,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (a.as_str(), r#"{"id":"m1"}"#, None, 0),
+                (
+                    b.as_str(),
+                    r#"{"id":"m2"}"#,
+                    Some(r#"{"specversion":"1.0"}"#),
+                    0
+                ),
+            ]
+        );
+        let stored = db::get_delivery(&db.store, &a).await.unwrap().unwrap();
+        assert_eq!(
+            stored.next_attempt_us, lease,
+            "leased until the lease's end"
+        );
+        assert!(
+            db::claim(&writes, "wh_test", "me", now, lease, 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "leased rows are not claimed twice"
+        );
+        assert_eq!(
+            db::claim(&writes, "wh_test", "me", now + 61_000_000, lease, 1)
+                .await
+                .unwrap()
+                .len(),
+            1,
+            "bounded by the limit once the others are due"
+        );
         db.cleanup().await;
     }
 }

@@ -9,7 +9,7 @@ use sqlx::QueryBuilder;
 
 use super::record::{Entry, Record, parse_hash};
 use crate::event::TypePattern;
-use crate::store::{SqliteWriter, Store, dispatch};
+use crate::store::{Durability, SqliteWriter, Store, dispatch};
 
 const COLUMNS: &str = "seq, chain, chain_seq, event_id, event_type, actor, actor_token, actor_ip, \
                        resource_type, resource_id, details, time_us, recorded_us, prev_hash, hash";
@@ -227,7 +227,9 @@ impl Inserter {
             Inserter::Sqlite(writer) => {
                 let chain = chain.to_string();
                 writer
-                    .write(move |conn| insert_sqlite(conn, &chain, &placed))
+                    .write(Durability::PowerCut, move |conn| {
+                        insert_sqlite(conn, &chain, &placed)
+                    })
                     .await?;
             }
             Inserter::Postgres(pool) => insert_postgres(pool, chain, &placed).await?,

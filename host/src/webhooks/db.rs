@@ -5,15 +5,15 @@
 //! holds (`FOR UPDATE SKIP LOCKED`) and batches go as one statement over arrays
 //! (`UNNEST`).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use sqlx::QueryBuilder;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{PgPool, QueryBuilder};
 
 use super::endpoint::{Endpoint, Format};
 pub use crate::store::WriteError;
-use crate::store::{SqliteWriter, Store, dispatch};
+use crate::store::{Durability, SqliteWriter, Store, dispatch};
 
 /// Delivery states, as stored.
 pub const PENDING: &str = "pending";
@@ -195,19 +195,33 @@ pub struct NewDelivery {
 
 /// Where the outbox's frequent writes go (new deliveries, claims, results): on
 /// SQLite a connection of the outbox's own (statements in [`super::sqlite`]); on
-/// PostgreSQL the pool.
+/// PostgreSQL the pool, and for claims and results a second pool whose commits do
+/// not wait for the server's disk ([`Durability::Crash`]: `synchronous_commit =
+/// off`).
 #[derive(Clone)]
 pub enum Writes {
     Sqlite(SqliteWriter),
-    Postgres(sqlx::PgPool),
+    Postgres { durable: PgPool, relaxed: PgPool },
 }
 
 impl Writes {
-    /// Opens the outbox's SQLite connection, or shares the PostgreSQL pool.
+    /// Opens the outbox's SQLite connection, or the PostgreSQL pools.
     pub fn open(store: &Store) -> Result<Writes, WriteError> {
         Ok(match store {
             Store::Sqlite(pool) => Writes::Sqlite(SqliteWriter::open(pool)?),
-            Store::Postgres(pool) => Writes::Postgres(pool.clone()),
+            Store::Postgres(pool) => {
+                let options = (*pool.connect_options())
+                    .clone()
+                    .options([("synchronous_commit", "off")]);
+                let relaxed = PgPoolOptions::new()
+                    .max_connections(pool.options().get_max_connections())
+                    .acquire_timeout(std::time::Duration::from_secs(10))
+                    .connect_lazy_with(options);
+                Writes::Postgres {
+                    durable: pool.clone(),
+                    relaxed,
+                }
+            }
         })
     }
 }
@@ -222,10 +236,12 @@ pub async fn enqueue(
     let pool = match writes {
         Writes::Sqlite(writer) => {
             return writer
-                .write(move |conn| super::sqlite::enqueue(conn, &messages, &deliveries, now_us))
+                .write(Durability::PowerCut, move |conn| {
+                    super::sqlite::enqueue(conn, &messages, &deliveries, now_us)
+                })
                 .await;
         }
-        Writes::Postgres(pool) => pool,
+        Writes::Postgres { durable, .. } => durable,
     };
     let mut tx = pool.begin().await?;
     for chunk in messages.chunks(500) {
@@ -265,14 +281,18 @@ pub async fn enqueue(
     Ok(())
 }
 
-/// A delivery claimed for sending.
+/// A delivery claimed for sending, with its message's bodies.
 #[derive(Debug, Clone)]
 pub struct Claimed {
     pub id: String,
-    pub message_id: String,
     pub event_type: String,
     /// Attempts made before this one.
     pub attempts: i64,
+    /// The `esp` body; empty if the message is gone (it never is while a delivery
+    /// refers to it).
+    pub body: String,
+    /// The CloudEvent body, if one was written.
+    pub cloudevent: Option<String>,
 }
 
 /// Claims up to `limit` due deliveries of one endpoint for `owner` until `lease_us`.
@@ -289,18 +309,21 @@ pub async fn claim(
         Writes::Sqlite(writer) => {
             let (endpoint_id, owner) = (endpoint_id.to_string(), owner.to_string());
             return writer
-                .write(move |conn| {
+                .write(Durability::Crash, move |conn| {
                     super::sqlite::claim(conn, &endpoint_id, &owner, now_us, lease_us, limit)
                 })
                 .await;
         }
-        Writes::Postgres(pool) => pool,
+        Writes::Postgres { relaxed, .. } => relaxed,
     };
-    let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
-        "UPDATE webhook_deliveries SET owner = $1, next_attempt_us = $2 WHERE id IN \
-         (SELECT id FROM webhook_deliveries WHERE endpoint_id = $3 AND status = 'pending' \
-          AND next_attempt_us <= $4 ORDER BY next_attempt_us LIMIT $5 FOR UPDATE SKIP LOCKED) \
-         RETURNING id, message_id, event_type, attempts",
+    // The bodies come in the same statement: one round trip per claim.
+    let rows: Vec<(String, String, i64, String, Option<String>)> = sqlx::query_as(
+        "WITH claimed AS (UPDATE webhook_deliveries SET owner = $1, next_attempt_us = $2 \
+         WHERE id IN (SELECT id FROM webhook_deliveries WHERE endpoint_id = $3 \
+         AND status = 'pending' AND next_attempt_us <= $4 ORDER BY next_attempt_us LIMIT $5 \
+         FOR UPDATE SKIP LOCKED) RETURNING id, message_id, event_type, attempts) \
+         SELECT c.id, c.event_type, c.attempts, COALESCE(m.body, ''), m.cloudevent \
+         FROM claimed c LEFT JOIN webhook_messages m ON m.id = c.message_id",
     )
     .bind(owner)
     .bind(lease_us)
@@ -311,36 +334,14 @@ pub async fn claim(
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(id, message_id, event_type, attempts)| Claimed {
+        .map(|(id, event_type, attempts, body, cloudevent)| Claimed {
             id,
-            message_id,
             event_type,
             attempts,
+            body,
+            cloudevent,
         })
         .collect())
-}
-
-/// The bodies of messages: id → (body, cloudevent).
-pub async fn bodies(
-    store: &Store,
-    ids: &[&str],
-) -> Result<HashMap<String, (String, Option<String>)>, sqlx::Error> {
-    let mut out = HashMap::with_capacity(ids.len());
-    for chunk in ids.chunks(500) {
-        let rows: Vec<(String, String, Option<String>)> = dispatch!(store, |pool| {
-            let mut q = QueryBuilder::new(
-                "SELECT id, body, cloudevent FROM webhook_messages WHERE id IN (",
-            );
-            let mut list = q.separated(", ");
-            for id in chunk {
-                list.push_bind(*id);
-            }
-            q.push(")");
-            q.build_query_as().fetch_all(pool).await?
-        });
-        out.extend(rows.into_iter().map(|(id, b, c)| (id, (b, c))));
-    }
-    Ok(out)
 }
 
 /// Gives back every lease `owner` holds: its deliveries are due at once.
@@ -396,10 +397,12 @@ pub async fn record(
     let pool = match writes {
         Writes::Sqlite(writer) => {
             return writer
-                .write(move |conn| super::sqlite::record(conn, &records, &tallies, now_us))
+                .write(Durability::Crash, move |conn| {
+                    super::sqlite::record(conn, &records, &tallies, now_us)
+                })
                 .await;
         }
-        Writes::Postgres(pool) => pool,
+        Writes::Postgres { relaxed, .. } => relaxed,
     };
     let records: Vec<&AttemptRecord> = records.iter().collect();
     let tallies: &[EndpointTally] = &tallies;

@@ -268,7 +268,7 @@ fn took_claim(
     false
 }
 
-/// Claims due deliveries from the table and loads their bodies.
+/// Claims due deliveries from the table, bodies included.
 async fn claim(shared: &Shared, lane: &Lane, limit: usize) -> Result<Vec<Job>, db::WriteError> {
     let now = Utc::now().timestamp_micros();
     let lease = now + shared.options.lease().as_micros() as i64;
@@ -281,29 +281,21 @@ async fn claim(shared: &Shared, lane: &Lane, limit: usize) -> Result<Vec<Job>, d
         limit as i64,
     )
     .await?;
-    if claimed.is_empty() {
-        return Ok(Vec::new());
-    }
-    let ids: Vec<&str> = claimed.iter().map(|c| c.message_id.as_str()).collect();
-    let mut bodies = db::bodies(&shared.store, &ids).await?;
     let format = lane.route().endpoint.format;
     Ok(claimed
         .into_iter()
         .map(|c| {
-            let body = match bodies.remove(&c.message_id) {
-                Some((esp, ce)) => match (format, ce) {
-                    (Format::Cloudevents, Some(ce)) => Bytes::from(ce),
-                    // Written before the endpoint switched to CloudEvents: the plain
-                    // body is the one evhost has.
-                    _ => Bytes::from(esp),
-                },
-                None => Bytes::new(),
+            let body = match (format, c.cloudevent) {
+                (Format::Cloudevents, Some(ce)) => ce,
+                // Written before the endpoint switched to CloudEvents: the plain body
+                // is the one evhost has.
+                _ => c.body,
             };
             Job {
                 delivery_id: c.id,
                 event_type: c.event_type.into(),
                 attempts: c.attempts,
-                body,
+                body: Bytes::from(body),
             }
         })
         .collect())

@@ -6,7 +6,7 @@
 //! bounded the whole outbox (see BENCHMARKS.md). The SQL is the same as the
 //! PostgreSQL side's, row by row; the callers are in [`super::db`].
 
-use rusqlite::{Connection, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::db::{AttemptRecord, Claimed, EndpointTally, NewDelivery, NewMessage, PENDING};
 
@@ -49,7 +49,8 @@ pub fn enqueue(
     tx.commit()
 }
 
-/// Claims up to `limit` due deliveries of one endpoint for `owner` until `lease_us`.
+/// Claims up to `limit` due deliveries of one endpoint for `owner` until `lease_us`,
+/// and reads their bodies in the same transaction.
 pub fn claim(
     conn: &mut Connection,
     endpoint_id: &str,
@@ -66,19 +67,36 @@ pub fn claim(
               AND next_attempt_us <= ?4 ORDER BY next_attempt_us LIMIT ?5) \
              RETURNING id, message_id, event_type, attempts",
         )?;
-        update
+        let rows = update
             .query_map(
                 params![owner, lease_us, endpoint_id, now_us, limit],
                 |row| {
-                    Ok(Claimed {
-                        id: row.get(0)?,
-                        message_id: row.get(1)?,
-                        event_type: row.get(2)?,
-                        attempts: row.get(3)?,
-                    })
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, String>(2)?,
+                        row.get::<_, i64>(3)?,
+                    ))
                 },
             )?
-            .collect::<rusqlite::Result<Vec<_>>>()?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut body =
+            tx.prepare_cached("SELECT body, cloudevent FROM webhook_messages WHERE id = ?1")?;
+        let mut claimed = Vec::with_capacity(rows.len());
+        for (id, message_id, event_type, attempts) in rows {
+            let (body, cloudevent) = body
+                .query_row([&message_id], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()?
+                .unwrap_or_default();
+            claimed.push(Claimed {
+                id,
+                event_type,
+                attempts,
+                body,
+                cloudevent,
+            });
+        }
+        claimed
     };
     tx.commit()?;
     Ok(claimed)
