@@ -163,11 +163,6 @@ struct WriterConnection {
     durability: Durability,
 }
 
-/// Page cache of each writer connection. SQLite's default (2 MiB) is smaller than
-/// the indexes a busy table's inserts touch, so every batch read pages back from
-/// the file.
-const WRITER_CACHE_KIB: i64 = 32 * 1024;
-
 impl SqliteWriter {
     pub fn open(pool: &SqlitePool) -> Result<SqliteWriter, rusqlite::Error> {
         let path = pool.connect_options().get_filename().to_path_buf();
@@ -176,7 +171,6 @@ impl SqliteWriter {
         // As the pool's connections: survive a power cut. The file is in WAL mode
         // already (the pool set it).
         conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
         let writer = Arc::new(Mutex::new(WriterConnection {
             conn,
             durability: Durability::PowerCut,
