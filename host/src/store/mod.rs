@@ -233,12 +233,17 @@ fn checkpoint_in_background(
     const BUSY: Duration = Duration::from_millis(10);
     const IDLE: Duration = Duration::from_millis(250);
     let conn = rusqlite::Connection::open(path)?;
-    // A RESTART checkpoint waits this long for readers of older snapshots.
-    conn.busy_timeout(Duration::from_secs(1))?;
+    // How long a RESTART waits for readers of older snapshots, holding the write
+    // turn meanwhile; and how long it is not tried again after readers kept it from
+    // finishing (a long `audit export`, say), so writers are not held turn after turn.
+    const READERS_WAIT: Duration = Duration::from_millis(50);
+    const RESTART_BACKOFF: Duration = Duration::from_secs(2);
+    conn.busy_timeout(READERS_WAIT)?;
     let started = std::thread::Builder::new()
         .name("evhost-sqlite-checkpoint".into())
         .spawn(move || {
             let mut last = (0, 0);
+            let mut next_restart = std::time::Instant::now();
             while writer.strong_count() > 0 {
                 // (frames in the WAL, frames copied so far): while they move, a
                 // writer is busy, so look again soon.
@@ -251,12 +256,15 @@ fn checkpoint_in_background(
                 // turns (RESTART: the next commit starts the WAL from the top).
                 if let Ok((frames, _)) = now
                     && frames >= RESTART_PAGES
+                    && std::time::Instant::now() >= next_restart
                 {
                     let _turn = SQLITE_WRITE_TURN.blocking_lock();
-                    if let Err(error) =
-                        conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))
-                    {
-                        tracing::debug!(%error, "WAL restart checkpoint failed; retrying");
+                    // The first column is 1 when readers kept it from finishing.
+                    let blocked = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |row| {
+                        row.get::<_, i64>(0)
+                    });
+                    if !matches!(blocked, Ok(0)) {
+                        next_restart = std::time::Instant::now() + RESTART_BACKOFF;
                     }
                 }
                 let pause = match now {
@@ -325,5 +333,83 @@ fn mask(url: &str) -> String {
             }
         }
         _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// (frames in the WAL, frames copied), as a passive checkpoint reports them.
+    fn wal_frames(conn: &rusqlite::Connection) -> (i64, i64) {
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+            Ok((row.get(1)?, row.get(2)?))
+        })
+        .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_checkpoint_thread_copies_the_wal_so_commits_need_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = SqliteConnectOptions::new()
+            .filename(dir.path().join("t.db"))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .unwrap();
+        let writer = SqliteWriter::open(&pool).unwrap();
+        let inline: i64 = writer
+            .write(Durability::PowerCut, |conn| {
+                conn.execute_batch("CREATE TABLE t (b BLOB NOT NULL)")?;
+                conn.query_row("PRAGMA wal_autocheckpoint", [], |row| row.get(0))
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            inline, INLINE_CHECKPOINT_PAGES,
+            "the checkpoint thread runs, so commits leave the copying to it"
+        );
+        // About 6,000 pages in commits of 64: below the inline threshold, so only
+        // the thread can copy them and let the WAL start over.
+        for _ in 0..96 {
+            writer
+                .write(Durability::Crash, |conn| {
+                    let mut insert = conn.prepare_cached("INSERT INTO t (b) VALUES (?1)")?;
+                    for _ in 0..64 {
+                        insert.execute([vec![7u8; 4000]])?;
+                    }
+                    Ok(())
+                })
+                .await
+                .unwrap();
+        }
+        let probe = rusqlite::Connection::open(dir.path().join("t.db")).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            // A small commit: after a RESTART it writes from the top of the WAL.
+            writer
+                .write(Durability::Crash, |conn| {
+                    conn.execute("INSERT INTO t (b) VALUES (x'00')", [])?;
+                    Ok(())
+                })
+                .await
+                .unwrap();
+            let (frames, _) = wal_frames(&probe);
+            if frames < RESTART_PAGES {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the WAL still holds {frames} frames"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let rows: i64 = probe
+            .query_row("SELECT COUNT(*) FROM t", [], |row| row.get(0))
+            .unwrap();
+        assert!(rows > 96 * 64, "{rows} rows");
     }
 }
