@@ -171,6 +171,13 @@ impl SqliteWriter {
         // As the pool's connections: survive a power cut. The file is in WAL mode
         // already (the pool set it).
         conn.pragma_update(None, "synchronous", "FULL")?;
+        // Plans that do not depend on bound values. Without it SQLite re-prepares
+        // a statement whenever a value it planned with is bound again (the claim's
+        // `LIMIT ?`): 19 % of a claim's time in a profile.
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+            true,
+        )?;
         let writer = Arc::new(Mutex::new(WriterConnection {
             conn,
             durability: Durability::PowerCut,
