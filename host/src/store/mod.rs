@@ -161,6 +161,8 @@ struct WriterConnection {
     conn: rusqlite::Connection,
     /// The `synchronous` setting the connection has now.
     durability: Durability,
+    /// Keeps the file's checkpoint thread running (none if it could not start).
+    _checkpoints: Option<Arc<CheckpointThread>>,
 }
 
 impl SqliteWriter {
@@ -178,17 +180,15 @@ impl SqliteWriter {
             rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
             true,
         )?;
-        let writer = Arc::new(Mutex::new(WriterConnection {
+        let checkpoints = checkpoint_thread(&path)?;
+        if checkpoints.is_some() {
+            conn.pragma_update(None, "wal_autocheckpoint", INLINE_CHECKPOINT_PAGES)?;
+        }
+        Ok(SqliteWriter(Arc::new(Mutex::new(WriterConnection {
             conn,
             durability: Durability::PowerCut,
-        }));
-        if checkpoint_in_background(&path, Arc::downgrade(&writer))? {
-            let writer = writer.lock().unwrap_or_else(PoisonError::into_inner);
-            writer
-                .conn
-                .pragma_update(None, "wal_autocheckpoint", INLINE_CHECKPOINT_PAGES)?;
-        }
-        Ok(SqliteWriter(writer))
+            _checkpoints: checkpoints,
+        }))))
     }
 
     /// Runs `write` (one transaction) on a blocking thread, in turn with the
@@ -227,31 +227,54 @@ const INLINE_CHECKPOINT_PAGES: i64 = 8_000;
 /// the write turn, so that the WAL starts over: 16 MiB.
 const RESTART_PAGES: i64 = 4_000;
 
-/// Copies the WAL into the database file from a thread of its own, beside the
-/// writer rather than inside its commits: SQLite's automatic checkpoint runs in the
-/// commit that crosses the threshold, and that was about 15 % of the audit writer's
-/// insert time (fsync of the database file included), all of it holding the
-/// process's write turn. A `PASSIVE` checkpoint takes no write lock and waits for
-/// nobody. The thread ends once the writer is dropped.
-fn checkpoint_in_background(
+/// While one of these lives, its file's checkpoint thread runs; every writer on the
+/// file holds the same one.
+struct CheckpointThread;
+
+/// The checkpoint thread of each SQLite file in this process.
+static CHECKPOINT_THREADS: Mutex<Vec<(std::path::PathBuf, std::sync::Weak<CheckpointThread>)>> =
+    Mutex::new(Vec::new());
+
+/// How long a RESTART waits for readers of older snapshots, holding the write turn
+/// meanwhile; and how long it is not tried again after readers kept it from
+/// finishing, so writers are not held turn after turn.
+const READERS_WAIT: Duration = Duration::from_millis(50);
+const RESTART_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Copies the WAL into the database file from a thread of its own, one per file
+/// (the audit writers and the outbox share it), beside the writers rather than
+/// inside their commits: SQLite's automatic checkpoint runs in the commit that
+/// crosses the threshold, and that was about 15 % of the audit writer's insert time
+/// (fsync of the database file included), all of it holding the process's write
+/// turn. A `PASSIVE` checkpoint takes no write lock and waits for nobody. The
+/// thread ends once the file's last writer is dropped. `None` if it cannot start
+/// (then commits checkpoint as SQLite does by default).
+fn checkpoint_thread(
     path: &std::path::Path,
-    writer: std::sync::Weak<Mutex<WriterConnection>>,
-) -> Result<bool, rusqlite::Error> {
+) -> Result<Option<Arc<CheckpointThread>>, rusqlite::Error> {
     const BUSY: Duration = Duration::from_millis(10);
     const IDLE: Duration = Duration::from_millis(250);
+    let mut threads = CHECKPOINT_THREADS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    threads.retain(|(_, alive)| alive.strong_count() > 0);
+    if let Some(running) = threads
+        .iter()
+        .find(|(file, _)| file == path)
+        .and_then(|(_, alive)| alive.upgrade())
+    {
+        return Ok(Some(running));
+    }
     let conn = rusqlite::Connection::open(path)?;
-    // How long a RESTART waits for readers of older snapshots, holding the write
-    // turn meanwhile; and how long it is not tried again after readers kept it from
-    // finishing (a long `audit export`, say), so writers are not held turn after turn.
-    const READERS_WAIT: Duration = Duration::from_millis(50);
-    const RESTART_BACKOFF: Duration = Duration::from_secs(2);
     conn.busy_timeout(READERS_WAIT)?;
+    let token = Arc::new(CheckpointThread);
+    let alive = Arc::downgrade(&token);
     let started = std::thread::Builder::new()
         .name("evhost-sqlite-checkpoint".into())
         .spawn(move || {
             let mut last = (0, 0);
             let mut next_restart = std::time::Instant::now();
-            while writer.strong_count() > 0 {
+            while alive.strong_count() > 0 {
                 // (frames in the WAL, frames copied so far): while they move, a
                 // writer is busy, so look again soon.
                 let now = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
@@ -288,10 +311,16 @@ fn checkpoint_in_background(
                 std::thread::sleep(pause);
             }
         });
-    if let Err(error) = &started {
-        tracing::warn!(%error, "cannot start the WAL checkpoint thread; writers checkpoint as they commit");
+    match started {
+        Ok(_) => {
+            threads.push((path.to_path_buf(), Arc::downgrade(&token)));
+            Ok(Some(token))
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot start the WAL checkpoint thread; writers checkpoint as they commit");
+            Ok(None)
+        }
     }
-    Ok(started.is_ok())
 }
 
 /// Turns at SQLite's write lock for the daemon's busy writers (the audit writer, the
@@ -368,6 +397,17 @@ mod tests {
             .await
             .unwrap();
         let writer = SqliteWriter::open(&pool).unwrap();
+        let second = SqliteWriter::open(&pool).unwrap();
+        let thread_of = |w: &SqliteWriter| {
+            let w = w.0.lock().unwrap();
+            Arc::as_ptr(w._checkpoints.as_ref().expect("the thread started"))
+        };
+        assert_eq!(
+            thread_of(&writer),
+            thread_of(&second),
+            "writers on one file share its checkpoint thread"
+        );
+        drop(second);
         let inline: i64 = writer
             .write(Durability::PowerCut, |conn| {
                 conn.execute_batch("CREATE TABLE t (b BLOB NOT NULL)")?;
