@@ -454,8 +454,9 @@ pub async fn record(
     };
     let (sent, unsent): (Vec<&AttemptRecord>, Vec<&AttemptRecord>) =
         records.iter().partition(|r| r.attempt > 0);
-    // Endpoint rows are locked in id order, so two daemons' recorders wait for
-    // each other rather than deadlock.
+    // Endpoints go in id order, so that two daemons' recorders tend to lock their
+    // rows in the same order (the join's plan decides, not the array); a deadlock
+    // PostgreSQL breaks fails this batch, and the recorder writes it again.
     let mut tallies: Vec<&EndpointTally> = tallies.iter().collect();
     tallies.sort_by(|a, b| a.endpoint_id.cmp(&b.endpoint_id));
     // One statement, so one round trip and an implicit transaction: each CTE runs
