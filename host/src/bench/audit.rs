@@ -158,57 +158,79 @@ async fn flat_rate(db: &BenchDb, rates: &[u64], seconds: u64) -> anyhow::Result<
     Ok(best)
 }
 
-/// Bus events/s with one no-op subscriber, with and without the audit subscriber
-/// (its writer committing to `db` concurrently, on the same cores).
+/// Bus events/s with one no-op subscriber, without and with the audit subscriber
+/// (its writer committing to `db` concurrently, on the same cores): the median of
+/// `BUS_COST_ROUNDS` runs each, alternating, since one run of well under a second
+/// swings by a quarter on a shared machine.
 async fn bus_cost(db: &BenchDb, events: u64, workers: usize) -> anyhow::Result<(f64, f64)> {
-    let mut rates = [0.0, 0.0];
-    for (i, with_audit) in [false, true].into_iter().enumerate() {
-        let bus = Bus::start(
-            BusOptions {
-                workers,
-                queue_size: 1000,
-                handler_timeout: Duration::from_secs(5),
-            },
-            Metrics::new(10),
-        );
-        let seen = Arc::new(AtomicU64::new(0));
-        bus.subscribe(
-            vec![TypePattern::All],
-            Arc::new(NoOp {
-                id: "noop".into(),
-                seen: seen.clone(),
-            }),
-        )?;
-        let run = format!("cost-{}", uuid::Uuid::new_v4().simple());
-        let audit = if with_audit {
-            let audit = db.audit(&run, 1000, events as usize + 1, None).await?;
-            bus.subscribe(vec![TypePattern::All], audit.subscriber())?;
-            Some(audit)
-        } else {
-            None
-        };
-        let template = template_event();
-        let start = Instant::now();
-        for n in 0..events {
-            let mut event = (*unique_event(&template, n, &run)).clone();
-            loop {
-                match bus.publish(event) {
-                    Ok(()) => break,
-                    Err(PublishError::QueueFull { .. }) => {
-                        event = (*unique_event(&template, n, &run)).clone();
-                        tokio::task::yield_now().await;
-                    }
-                    Err(e) => anyhow::bail!("bus refused an event: {e}"),
+    let mut without = Vec::new();
+    let mut with = Vec::new();
+    for _ in 0..BUS_COST_ROUNDS {
+        without.push(bus_rate(db, events, workers, false).await?);
+        with.push(bus_rate(db, events, workers, true).await?);
+    }
+    Ok((median(without), median(with)))
+}
+
+const BUS_COST_ROUNDS: usize = 5;
+
+fn median(mut rates: Vec<f64>) -> f64 {
+    rates.sort_by(f64::total_cmp);
+    rates[rates.len() / 2]
+}
+
+/// One run of [`bus_cost`]: events/s until the bus has handled `events`.
+async fn bus_rate(
+    db: &BenchDb,
+    events: u64,
+    workers: usize,
+    with_audit: bool,
+) -> anyhow::Result<f64> {
+    let bus = Bus::start(
+        BusOptions {
+            workers,
+            queue_size: 1000,
+            handler_timeout: Duration::from_secs(5),
+        },
+        Metrics::new(10),
+    );
+    let seen = Arc::new(AtomicU64::new(0));
+    bus.subscribe(
+        vec![TypePattern::All],
+        Arc::new(NoOp {
+            id: "noop".into(),
+            seen: seen.clone(),
+        }),
+    )?;
+    let run = format!("cost-{}", uuid::Uuid::new_v4().simple());
+    let audit = if with_audit {
+        let audit = db.audit(&run, 1000, events as usize + 1, None).await?;
+        bus.subscribe(vec![TypePattern::All], audit.subscriber())?;
+        Some(audit)
+    } else {
+        None
+    };
+    let template = template_event();
+    let start = Instant::now();
+    for n in 0..events {
+        let mut event = (*unique_event(&template, n, &run)).clone();
+        loop {
+            match bus.publish(event) {
+                Ok(()) => break,
+                Err(PublishError::QueueFull { .. }) => {
+                    event = (*unique_event(&template, n, &run)).clone();
+                    tokio::task::yield_now().await;
                 }
+                Err(e) => anyhow::bail!("bus refused an event: {e}"),
             }
         }
-        bus.shutdown().await;
-        rates[i] = events as f64 / start.elapsed().as_secs_f64();
-        if let Some(audit) = audit {
-            audit.shutdown().await;
-        }
     }
-    Ok((rates[0], rates[1]))
+    bus.shutdown().await;
+    let rate = events as f64 / start.elapsed().as_secs_f64();
+    if let Some(audit) = audit {
+        audit.shutdown().await;
+    }
+    Ok(rate)
 }
 
 /// Prints the audit rows of the report.
@@ -256,7 +278,7 @@ pub async fn report(rows: u64, workers: usize, postgres: Option<&str>) -> anyhow
         let (without, with) = bus_cost(&db, rows.min(500_000), workers).await?;
         super::row(
             &format!(
-                "bus with 1 no-op subscriber, without → with the audit subscriber ({})",
+                "bus with 1 no-op subscriber, without → with the audit subscriber ({}; median of {BUS_COST_ROUNDS} alternating runs)",
                 db.name
             ),
             format!("{} → {} events/s", thousands(without), thousands(with)),
