@@ -53,7 +53,7 @@ pub struct Lane {
 
 impl Lane {
     pub fn start(shared: &Arc<Shared>, endpoint: Endpoint) -> Arc<Lane> {
-        let (tx, rx) = mpsc::channel(shared.options.concurrency * 4);
+        let (tx, rx) = mpsc::channel(shared.options.memory_queue());
         let lane = Arc::new(Lane {
             id: endpoint.id.clone(),
             route: ArcSwap::from_pointee(Route::of(endpoint)),
@@ -98,10 +98,12 @@ impl Lane {
         self.wake.notify_one();
     }
 
-    /// A place in this lane's memory queue, if it has room: the writer then inserts
-    /// the delivery leased to this daemon and hands it over after the commit.
-    pub fn try_reserve(&self) -> Option<mpsc::OwnedPermit<Job>> {
-        self.queue.clone().try_reserve_owned().ok()
+    /// A place in this lane's memory queue, if it has room, and how many deliveries
+    /// are before it (queued, or reserved and on their way): the writer then inserts
+    /// the delivery leased to this daemon for that long and hands it over after the
+    /// commit.
+    pub fn try_reserve(&self) -> Option<(mpsc::OwnedPermit<Job>, usize)> {
+        reserve(&self.queue)
     }
 
     /// Stops taking work and waits for attempts in flight (bounded by the timeout).
@@ -114,6 +116,14 @@ impl Lane {
             tracing::error!(error = %e, webhook = %self.id, "webhook lane ended abnormally");
         }
     }
+}
+
+/// A place in `queue` and how many are taken before it (queued, or reserved and
+/// not yet sent). One writer reserves, so nothing comes between the two.
+fn reserve<T>(queue: &mpsc::Sender<T>) -> Option<(mpsc::OwnedPermit<T>, usize)> {
+    let ahead = queue.max_capacity() - queue.capacity();
+    let permit = queue.clone().try_reserve_owned().ok()?;
+    Some((permit, ahead))
 }
 
 impl Route {
@@ -271,7 +281,7 @@ fn took_claim(
 /// Claims due deliveries from the table, bodies included.
 async fn claim(shared: &Shared, lane: &Lane, limit: usize) -> Result<Vec<Job>, db::WriteError> {
     let now = Utc::now().timestamp_micros();
-    let lease = now + shared.options.lease().as_micros() as i64;
+    let lease = now + shared.options.lease(0).as_micros() as i64;
     let claimed = db::claim(
         &shared.writes,
         &lane.id,
@@ -559,7 +569,7 @@ pub async fn send_test(shared: &Arc<Shared>, endpoint: &Endpoint) -> Result<Stri
             endpoint_id: endpoint.id.clone(),
             message_id,
             event_type: "webhook.test".into(),
-            next_attempt_us: now_us + shared.options.lease().as_micros() as i64,
+            next_attempt_us: now_us + shared.options.lease(0).as_micros() as i64,
             owner: Some(shared.options.owner.clone()),
         }]),
         now_us,
@@ -589,6 +599,23 @@ pub async fn send_test(shared: &Arc<Shared>, endpoint: &Endpoint) -> Result<Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_reserved_place_knows_how_many_are_before_it() {
+        let (tx, mut rx) = mpsc::channel::<u32>(3);
+        let (first, ahead) = reserve(&tx).unwrap();
+        assert_eq!(ahead, 0);
+        let (second, ahead) = reserve(&tx).unwrap();
+        assert_eq!(ahead, 1, "a reserved place counts before it is used");
+        first.send(1);
+        let (_third, ahead) = reserve(&tx).unwrap();
+        assert_eq!(ahead, 2);
+        assert!(reserve(&tx).is_none(), "the queue is full");
+        assert_eq!(rx.recv().await, Some(1));
+        second.send(2);
+        let (_, ahead) = reserve(&tx).unwrap();
+        assert_eq!(ahead, 2, "one sent on, one queued, one reserved");
+    }
 
     #[test]
     fn retry_after_takes_seconds_or_a_date() {

@@ -220,7 +220,6 @@ struct Fresh {
 async fn write(shared: &Shared, items: Vec<Item>) {
     let now = Utc::now();
     let now_us = now.timestamp_micros();
-    let lease_us = now_us + shared.options.lease().as_micros() as i64;
     let mut messages = Vec::with_capacity(items.len());
     let mut deliveries = Vec::new();
     let mut fresh = Vec::new();
@@ -241,15 +240,19 @@ async fn write(shared: &Shared, items: Vec<Item>) {
         });
         for (lane, format) in item.lanes.iter().zip(formats) {
             let delivery_id = uuid::Uuid::now_v7().to_string();
-            let permit = lane.try_reserve();
+            let reserved = lane.try_reserve();
             deliveries.push(NewDelivery {
                 id: delivery_id.clone(),
                 endpoint_id: lane.id().to_string(),
                 message_id: e.id.to_string(),
                 event_type: e.kind.to_string(),
-                next_attempt_us: if permit.is_some() { lease_us } else { now_us },
-                owner: permit.as_ref().map(|_| shared.options.owner.clone()),
+                next_attempt_us: match &reserved {
+                    Some((_, ahead)) => now_us + shared.options.lease(*ahead).as_micros() as i64,
+                    None => now_us,
+                },
+                owner: reserved.as_ref().map(|_| shared.options.owner.clone()),
             });
+            let permit = reserved.map(|(permit, _)| permit);
             fresh.push(Fresh {
                 lane: lane.clone(),
                 permit,
