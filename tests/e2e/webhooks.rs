@@ -759,3 +759,65 @@ async fn the_outbox_gauges_show_what_waits() {
     assert_eq!(d.metric("evhost_webhook_deliveries_pending").await, 1.0);
     assert_eq!(d.metric("evhost_webhook_endpoints_disabled").await, 1.0);
 }
+
+#[tokio::test]
+async fn a_delivery_queued_behind_others_is_leased_for_their_rounds_too() {
+    // One slot and a receiver slower than the publishing: the first delivery is in
+    // flight for seconds while the rest wait in the lane's memory queue.
+    const TIMEOUT_S: i64 = 5;
+    const N: usize = 6;
+    let d = daemon(&[
+        ("EVHOST_WEBHOOKS__CONCURRENCY", "1"),
+        ("EVHOST_WEBHOOKS__TIMEOUT", "5s"),
+    ])
+    .await;
+    let rx = Receiver::start_with(Reply::status(200).delay(Duration::from_secs(3))).await;
+    let (id, _) = d
+        .add_webhook(&json!({"name": "queue", "url": rx.url("/"), "events": ["message.*"]}))
+        .await;
+    for _ in 0..N {
+        d.publish("message.received", &received("example.org", false))
+            .await;
+    }
+    let mut rows = d
+        .wait_deliveries(&id, "pending", N, Duration::from_secs(5))
+        .await;
+    // Ids are time-ordered: the order the writer queued them in.
+    rows.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    let at = |row: &serde_json::Value, field: &str| {
+        chrono::DateTime::parse_from_rfc3339(row[field].as_str().unwrap())
+            .unwrap()
+            .timestamp_micros()
+    };
+    // A lease is (queued before it / slots, rounded up) + 5 rounds of the timeout,
+    // plus 30 s, from the moment the row was written.
+    let rounds: Vec<i64> = rows
+        .iter()
+        .map(|row| {
+            let lease = at(row, "next_attempt_at") - at(row, "created_at");
+            assert_eq!(
+                (lease - 30_000_000) % (TIMEOUT_S * 1_000_000),
+                0,
+                "a whole number of rounds: {row}"
+            );
+            (lease - 30_000_000) / (TIMEOUT_S * 1_000_000)
+        })
+        .collect();
+    assert_eq!(rounds[0], 5, "nothing before the first: {rounds:?}");
+    assert!(
+        rounds.windows(2).all(|w| w[0] <= w[1]),
+        "a later place, a lease at least as long: {rounds:?}"
+    );
+    // Only the first can have left the queue (for the one slot) before the last
+    // was queued.
+    let last = rounds[N - 1];
+    assert!(
+        last >= (N as i64 - 2) + 5 && last <= (N as i64 - 1) + 5,
+        "{rounds:?}"
+    );
+    assert!(
+        rx.count() <= 1,
+        "one slot: {} requests reached the receiver",
+        rx.count()
+    );
+}
