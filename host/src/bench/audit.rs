@@ -194,12 +194,11 @@ async fn bus_rate(
         },
         Metrics::new(10),
     );
-    let seen = Arc::new(AtomicU64::new(0));
     bus.subscribe(
         vec![TypePattern::All],
         Arc::new(NoOp {
             id: "noop".into(),
-            seen: seen.clone(),
+            seen: Arc::new(AtomicU64::new(0)),
         }),
     )?;
     let run = format!("cost-{}", uuid::Uuid::new_v4().simple());

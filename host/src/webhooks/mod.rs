@@ -127,17 +127,17 @@ impl WebhookOptions {
 
     /// How long a lease must hold a delivery that has `ahead` deliveries before it
     /// in its lane's memory queue (0 for a claimed one, which is served before that
-    /// queue). Before it go: those, fewer than `concurrency + claim_batch()` claimed
-    /// ones (a lane claims ahead only while its memory queue is empty) and a round
-    /// in flight; that is `ahead / concurrency` (rounded up) + 4 rounds of the
-    /// lane's slots, each bounded by the timeout, then its own attempt. The 30 s
-    /// cover recording. So a delivery deep in a long queue holds a long lease: if
-    /// this daemon dies for good, another takes it over only then (a restarted
-    /// daemon gives its leases back at once).
+    /// queue). Before it go, in rounds of the lane's slots, each bounded by the
+    /// timeout: those; fewer than `concurrency + claim_batch()` claimed ones (a lane
+    /// claims ahead only while its memory queue is empty); and a round in flight.
+    /// Then its own attempt, and 30 s to record it. So a delivery deep in a long
+    /// queue holds a long lease: if this daemon dies for good, another takes it
+    /// over only then (a restarted daemon gives its leases back at once).
     fn lease(&self, ahead: usize) -> Duration {
-        let rounds =
-            u32::try_from(ahead.div_ceil(self.concurrency.max(1))).unwrap_or(u32::MAX - 5) + 5;
-        self.timeout.saturating_mul(rounds) + Duration::from_secs(30)
+        let rounds = |deliveries: usize| deliveries.div_ceil(self.concurrency);
+        let before = rounds(ahead) + rounds(self.concurrency + self.claim_batch()) + 1;
+        // A lane's queues are bounded (`memory_queue`), so this is a small number.
+        self.timeout * (before as u32 + 1) + Duration::from_secs(30)
     }
 
     /// How many due deliveries a lane claims from the table at once (two rounds of
