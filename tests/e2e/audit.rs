@@ -290,7 +290,9 @@ async fn a_resent_id_is_recognised_after_a_restart() {
 
 #[tokio::test]
 async fn cli_query_and_export_read_the_log() {
-    let d = Daemon::start().await;
+    // Room for both halves at once: a busy machine may not have drained the first
+    // from the default 1,000-event queue when the second arrives (503 otherwise).
+    let d = Daemon::start_with(Options::default().env("EVHOST_EVENTS__QUEUE_SIZE", 5000)).await;
     let batch: Vec<_> = (0..1500)
         .map(|i| json!({"type": "export.test", "data": {"id": format!("x{i}")}}))
         .collect();
