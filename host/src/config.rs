@@ -117,6 +117,10 @@ pub struct AuditConfig {
     /// events between them. Unset: 1 on SQLite (one writer at a time anyway), 2 on
     /// PostgreSQL (two server processes insert in parallel).
     pub writers: Option<usize>,
+    /// How many steps (Unix `nice`, 0–19) below the daemon's CPU priority the writers'
+    /// placing and hashing run, so a burst the backlog absorbs does not slow the bus
+    /// while it lasts. 0: the same priority. Linux only; elsewhere it is ignored.
+    pub nice: u8,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -331,6 +335,9 @@ impl Default for EventsConfig {
     }
 }
 
+/// The lowest CPU priority there is (`audit.nice`).
+const MAX_NICE: u8 = 19;
+
 /// Most audit writers (`audit.writers`).
 pub const MAX_AUDIT_WRITERS: usize = 8;
 
@@ -348,6 +355,7 @@ impl Default for AuditConfig {
             purge_interval: Duration::from_secs(3600),
             refusals_per_minute: 10,
             writers: None,
+            nice: 10,
         }
     }
 }
@@ -631,6 +639,15 @@ impl Config {
             return Err(invalid(
                 "audit.writers",
                 format!("{writers} is out of range; allowed: 1 to {MAX_AUDIT_WRITERS}"),
+            ));
+        }
+        if self.audit.nice > MAX_NICE {
+            return Err(invalid(
+                "audit.nice",
+                format!(
+                    "{} is out of range; allowed: 0 to {MAX_NICE}",
+                    self.audit.nice
+                ),
             ));
         }
         for (key, d) in [
@@ -1025,6 +1042,16 @@ mod tests {
         );
         let ok = Config::load_from(None, env(&[("EVHOST_AUDIT__WRITERS", "3")])).unwrap();
         assert_eq!(ok.audit.writers, Some(3));
+
+        let err = Config::load_from(None, env(&[("EVHOST_AUDIT__NICE", "20")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("audit.nice") && err.contains("0 to 19"),
+            "{err}"
+        );
+        let ok = Config::load_from(None, env(&[("EVHOST_AUDIT__NICE", "0")])).unwrap();
+        assert_eq!(ok.audit.nice, 0);
 
         let f = file("server:\n  lisen: 1.2.3.4:5\n");
         let err = Config::load_from(Some(f.path()), env(&[]))

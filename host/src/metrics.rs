@@ -415,6 +415,7 @@ impl PluginMetrics {
 /// What the audit writer counts.
 pub struct AuditMetrics {
     pub rows_written: Counter,
+    pub rows_written_low_priority: Counter,
     pub write_errors: Counter,
     pub write_seconds: Histogram,
     pub backlog: Gauge,
@@ -427,6 +428,7 @@ impl AuditMetrics {
     fn register(registry: &mut Registry) -> AuditMetrics {
         let m = AuditMetrics {
             rows_written: Counter::default(),
+            rows_written_low_priority: Counter::default(),
             write_errors: Counter::default(),
             // 100 µs … ~100 s
             write_seconds: Histogram::new(exponential_buckets(0.000_1, 4.0, 11)),
@@ -439,6 +441,11 @@ impl AuditMetrics {
             "evhost_audit_rows_written",
             "Audit rows written",
             m.rows_written.clone(),
+        );
+        registry.register(
+            "evhost_audit_rows_written_low_priority",
+            "Audit rows placed and inserted below the daemon's CPU priority (audit.nice), while the backlog was under half full",
+            m.rows_written_low_priority.clone(),
         );
         registry.register(
             "evhost_audit_write_errors",

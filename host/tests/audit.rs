@@ -121,6 +121,44 @@ async fn each_event_is_recorded_once_and_the_log_verifies() {
     }
 }
 
+/// Below half its backlog a writer places and inserts at a lower CPU priority (on
+/// SQLite in batches of at most 250), above half and when stopping at the daemon's.
+/// A burst that fills the backlog is written both ways: each event once, in one
+/// chain that verifies.
+#[tokio::test]
+async fn a_burst_that_fills_the_backlog_is_written_at_both_priorities() {
+    for db in TestDb::all().await {
+        let metrics = Metrics::new(10);
+        let options = AuditOptions {
+            batch_size: 400,
+            writers: Some(1),
+            ..db.options()
+        };
+        let audit = Audit::start(db.store.clone(), options, metrics.clone(), "burst".into())
+            .await
+            .unwrap();
+        let events: Vec<_> = (0..5000)
+            .map(|i| event(&format!("burst-e{i}"), "message.received", Some("smtp")))
+            .collect();
+        // A few events to an idle writer, then the burst.
+        record(&audit, &events[..10]).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        record(&audit, &events[10..]).await;
+        audit.shutdown().await;
+        let backend = db.store.backend();
+        assert_eq!(audit::count(&db.store).await.unwrap(), 5000, "{backend}");
+        let report = audit::verify(&db.store).await.unwrap();
+        assert!(report.ok && report.rows == 5000, "{backend}: {report:?}");
+        let low = metrics.audit.rows_written_low_priority.get();
+        if backend == "sqlite" {
+            assert!(low > 0 && low < 5000, "{low} rows at the lower priority");
+        } else {
+            assert_eq!(low, 0, "PostgreSQL's server inserts, at its own priority");
+        }
+        db.cleanup().await;
+    }
+}
+
 #[tokio::test]
 async fn altering_deleting_or_reordering_a_row_is_caught() {
     let cases = [

@@ -215,6 +215,14 @@ impl Inserter {
         })
     }
 
+    /// The SQLite connection, if the log is on SQLite.
+    pub fn sqlite(&self) -> Option<&SqliteWriter> {
+        match self {
+            Inserter::Sqlite(writer) => Some(writer),
+            Inserter::Postgres(_) => None,
+        }
+    }
+
     /// Inserts a placed batch atomically: on SQLite one statement per row in one
     /// transaction, on PostgreSQL one statement binding one array per column
     /// (`UNNEST`), since binding thousands of separate values over the wire costs
@@ -236,6 +244,21 @@ impl Inserter {
         }
         Ok(())
     }
+}
+
+/// Inserts a placed batch through `writer` on the calling thread (see
+/// [`SqliteWriter::write_here`]).
+pub fn insert_sqlite_here(
+    writer: &SqliteWriter,
+    chain: &str,
+    placed: &Placed,
+) -> Result<(), WriteError> {
+    if placed.rows.is_empty() {
+        return Ok(());
+    }
+    writer.write_here(Durability::PowerCut, |conn| {
+        insert_sqlite(conn, chain, placed)
+    })
 }
 
 fn insert_sqlite(

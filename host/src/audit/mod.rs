@@ -8,6 +8,7 @@
 //! ([`record`]), signed checkpoints pin the chain heads ([`checkpoint`]), retention
 //! purges the oldest rows without breaking verification ([`verify`]).
 
+mod background;
 pub mod checkpoint;
 mod db;
 pub mod record;
@@ -48,6 +49,8 @@ pub enum AuditError {
     Db(#[from] sqlx::Error),
     #[error("opening the audit writer's database connection")]
     Writer(#[from] db::WriteError),
+    #[error("starting the audit writer's placing thread")]
+    Thread(#[source] std::io::Error),
 }
 
 /// Audit settings (from `audit.*`).
@@ -64,6 +67,8 @@ pub struct AuditOptions {
     pub refusals_per_minute: u32,
     /// Writers (chains); `None`: 1 on SQLite, 2 on PostgreSQL.
     pub writers: Option<usize>,
+    /// Steps below the daemon's CPU priority for placing and hashing (`audit.nice`).
+    pub nice: u8,
 }
 
 impl AuditOptions {
@@ -80,15 +85,31 @@ impl AuditOptions {
             purge_interval: config.audit.purge_interval,
             refusals_per_minute: config.audit.refusals_per_minute,
             writers: config.audit.writers,
+            nice: config.audit.nice,
         }
     }
 }
 
+/// What waits in a writer's backlog. Kept to two words: the backlog holds up to
+/// `audit.max_backlog` of them and every accepted event writes one, so the rarer,
+/// larger kinds are boxed (an unboxed `Entry` made each slot 240 bytes).
 enum Item {
     Event(Arc<Event>),
     /// An accepted event plugins dropped or replaced: recorded with what they did.
-    Decided(Arc<Event>, crate::bus::Verdict),
-    Action(Entry),
+    Decided(Box<(Arc<Event>, crate::bus::Verdict)>),
+    Action(Box<Entry>),
+}
+
+impl Item {
+    /// The row's contents: reads the resource out of the payload, so it is CPU work
+    /// for the placing thread, not the bus.
+    fn into_entry(self) -> Entry {
+        match self {
+            Item::Event(event) => Entry::of_event(&event),
+            Item::Decided(decided) => Entry::of_decided_event(&decided.0, &decided.1),
+            Item::Action(entry) => *entry,
+        }
+    }
 }
 
 /// A running audit log. Dropping it does not flush; call [`Audit::shutdown`].
@@ -139,6 +160,16 @@ impl Audit {
             let writer = Writer {
                 store: store.clone(),
                 inserter: db::Inserter::open(&store)?,
+                placing: background::LowPriority::start("evhost-audit", options.nice)
+                    .map_err(AuditError::Thread)?,
+                inserting: match store {
+                    Store::Sqlite(_) => Some(
+                        background::LowPriority::start("evhost-audit-ins", options.nice)
+                            .map_err(AuditError::Thread)?,
+                    ),
+                    Store::Postgres(_) => None,
+                },
+                low_water: per_writer / 2,
                 chain,
                 head,
                 rx,
@@ -196,7 +227,13 @@ impl Audit {
 
     /// Records a management action; waits for room in the backlog.
     pub async fn record_action(&self, entry: Entry) {
-        if self.lanes.next().send(Item::Action(entry)).await.is_err() {
+        if self
+            .lanes
+            .next()
+            .send(Item::Action(Box::new(entry)))
+            .await
+            .is_err()
+        {
             tracing::error!("audit writer has stopped; a management action was not recorded");
         }
     }
@@ -227,7 +264,12 @@ impl Audit {
             details: serde_json::json!({ "method": method, "path": path, "status": status, "code": code }).to_string(),
             time_us: now.timestamp_micros(),
         };
-        if self.lanes.next().try_send(Item::Action(entry)).is_err() {
+        if self
+            .lanes
+            .next()
+            .try_send(Item::Action(Box::new(entry)))
+            .is_err()
+        {
             self.metrics.audit.refusals_suppressed.inc();
         }
     }
@@ -304,7 +346,7 @@ impl Subscriber for AuditSubscriber {
         event: &'a Arc<Event>,
         verdict: &'a crate::bus::Verdict,
     ) -> Handling<'a> {
-        let item = Item::Decided(event.clone(), verdict.clone());
+        let item = Item::Decided(Box::new((event.clone(), verdict.clone())));
         Handling::hand_off(self.lanes.next(), item, "the audit writer")
     }
 
@@ -316,6 +358,11 @@ impl Subscriber for AuditSubscriber {
 struct Writer {
     store: Store,
     inserter: db::Inserter,
+    /// Where placing, and on SQLite inserting, run while the backlog is below
+    /// `low_water`.
+    placing: background::LowPriority,
+    inserting: Option<background::LowPriority>,
+    low_water: usize,
     chain: String,
     head: (i64, [u8; 32]),
     rx: mpsc::Receiver<Item>,
@@ -332,9 +379,18 @@ struct Writer {
     last_checkpoint: Option<Instant>,
 }
 
+/// Turns backlog items into rows placed after `after`: reading each payload's
+/// resource and hashing, the CPU part of a write.
+fn place_items(chain: &str, after: db::Head, items: Vec<Item>, recorded_us: i64) -> db::Placed {
+    let entries = items.into_iter().map(Item::into_entry).collect();
+    db::place(chain, after, entries, recorded_us, &HashSet::new())
+}
+
 /// A batch being inserted by its own task while the writer places the next one.
 struct InFlight {
     placed: Arc<db::Placed>,
+    /// Placed and inserted at the lower priority.
+    background: bool,
     task: JoinHandle<(Result<(), db::WriteError>, Duration)>,
 }
 
@@ -352,14 +408,23 @@ impl Writer {
                 self.settle(batch).await;
                 self.checkpoint_if_due();
             }
-            if !recv_batch(&mut self.rx, &mut items, self.options.batch_size, &stop).await {
+            // Below half its backlog the writer is absorbing a burst, or keeping up:
+            // its work can wait for spare CPU. Above, or when stopping, it works at
+            // the daemon's priority.
+            let background = !stop.is_cancelled() && self.rx.len() < self.low_water;
+            let limit = if background && self.inserting.is_some() {
+                self.options.batch_size.min(background::BATCH_ON_SQLITE)
+            } else {
+                self.options.batch_size
+            };
+            if !recv_batch(&mut self.rx, &mut items, limit, &stop).await {
                 break;
             }
             if !stop.is_cancelled() {
                 // Let a batch fill for a moment under moderate load.
                 let deadline = tokio::time::Instant::now() + self.options.flush_interval;
-                while items.len() < self.options.batch_size {
-                    let room = self.options.batch_size - items.len();
+                while items.len() < limit {
+                    let room = limit - items.len();
                     tokio::select! {
                         n = self.rx.recv_many(&mut items, room) => { if n == 0 { break; } }
                         () = tokio::time::sleep_until(deadline) => break,
@@ -367,14 +432,6 @@ impl Writer {
                     }
                 }
             }
-            let entries: Vec<Entry> = items
-                .drain(..)
-                .map(|item| match item {
-                    Item::Event(event) => Entry::of_event(&event),
-                    Item::Decided(event, verdict) => Entry::of_decided_event(&event, &verdict),
-                    Item::Action(entry) => entry,
-                })
-                .collect();
             // Place the batch after the one in flight, assuming it goes in as placed;
             // if it does not (a duplicate was left out, or it failed and was retried),
             // place it again after the head that was written.
@@ -382,7 +439,16 @@ impl Writer {
                 .as_ref()
                 .map_or(self.head, |batch| batch.placed.head);
             let recorded_us = chrono::Utc::now().timestamp_micros();
-            let mut placed = db::place(&self.chain, after, entries, recorded_us, &HashSet::new());
+            let batch = std::mem::replace(&mut items, Vec::with_capacity(self.options.batch_size));
+            let mut placed = if background {
+                let chain = self.chain.clone();
+                self.placing
+                    .run(move || place_items(&chain, after, batch, recorded_us))
+                    .await
+                    .expect("the audit placing thread answers every batch")
+            } else {
+                place_items(&self.chain, after, batch, recorded_us)
+            };
             if let Some(batch) = in_flight.take() {
                 self.settle(batch).await;
             }
@@ -395,7 +461,7 @@ impl Writer {
                     &HashSet::new(),
                 );
             }
-            in_flight = Some(self.start_insert(placed));
+            in_flight = Some(self.start_insert(placed, background));
             self.checkpoint_if_due();
         }
         if let Some(batch) = in_flight.take() {
@@ -412,15 +478,42 @@ impl Writer {
         self.backlog_shown = rows;
     }
 
-    fn start_insert(&self, placed: db::Placed) -> InFlight {
+    /// Starts inserting a placed batch: at the lower priority on SQLite when
+    /// `background`, else on a task of the runtime (which, on SQLite, hands it to a
+    /// blocking thread).
+    fn start_insert(&self, placed: db::Placed, background: bool) -> InFlight {
         let placed = Arc::new(placed);
-        let (inserter, chain, batch) = (self.inserter.clone(), self.chain.clone(), placed.clone());
-        let task = tokio::spawn(async move {
-            let started = Instant::now();
-            let result = inserter.insert(&chain, batch).await;
-            (result, started.elapsed())
-        });
-        InFlight { placed, task }
+        let (chain, batch) = (self.chain.clone(), placed.clone());
+        let task = match (&self.inserting, self.inserter.sqlite()) {
+            (Some(thread), Some(writer)) if background => {
+                let writer = writer.clone();
+                let answer = thread.run(move || {
+                    let started = Instant::now();
+                    let result = db::insert_sqlite_here(&writer, &chain, &batch);
+                    (result, started.elapsed())
+                });
+                tokio::spawn(async move {
+                    answer.await.unwrap_or_else(|_| {
+                        let gone =
+                            db::WriteError::Task("the audit inserting thread stopped".into());
+                        (Err(gone), Duration::ZERO)
+                    })
+                })
+            }
+            _ => {
+                let inserter = self.inserter.clone();
+                tokio::spawn(async move {
+                    let started = Instant::now();
+                    let result = inserter.insert(&chain, batch).await;
+                    (result, started.elapsed())
+                })
+            }
+        };
+        InFlight {
+            placed,
+            background: background && self.inserting.is_some(),
+            task,
+        }
     }
 
     /// Waits for the batch in flight; if its insert failed, writes it again until it
@@ -429,6 +522,10 @@ impl Writer {
         let first = match batch.task.await {
             Ok((Ok(()), took)) => {
                 self.written(batch.placed.head, batch.placed.len(), took);
+                if batch.background {
+                    let rows = batch.placed.len() as u64;
+                    self.metrics.audit.rows_written_low_priority.inc_by(rows);
+                }
                 return;
             }
             Ok((Err(error), _)) => error,
@@ -612,6 +709,14 @@ impl RefusalLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_backlog_slot_is_two_words() {
+        assert_eq!(
+            std::mem::size_of::<Item>(),
+            2 * std::mem::size_of::<usize>()
+        );
+    }
 
     #[test]
     fn refusals_are_rate_limited_per_address() {

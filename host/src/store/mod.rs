@@ -200,22 +200,40 @@ impl SqliteWriter {
     ) -> Result<T, WriteError> {
         let _turn = SQLITE_WRITE_TURN.lock().await;
         let writer = self.0.clone();
-        let done = tokio::task::spawn_blocking(move || {
-            let mut writer = writer.lock().unwrap_or_else(PoisonError::into_inner);
-            if writer.durability != durability {
-                let setting = match durability {
-                    Durability::PowerCut => "FULL",
-                    Durability::Crash => "NORMAL",
-                };
-                writer.conn.pragma_update(None, "synchronous", setting)?;
-                writer.durability = durability;
-            }
-            write(&mut writer.conn)
-        })
-        .await
-        .map_err(|e| WriteError::Task(e.to_string()))?;
+        let done = tokio::task::spawn_blocking(move || run_write(&writer, durability, write))
+            .await
+            .map_err(|e| WriteError::Task(e.to_string()))?;
         Ok(done?)
     }
+
+    /// [`SqliteWriter::write`] on the calling thread, for a thread of the caller's
+    /// own (one with a lower CPU priority, say). It blocks, so it must not be called
+    /// on an async runtime's thread (it panics there).
+    pub fn write_here<T>(
+        &self,
+        durability: Durability,
+        write: impl FnOnce(&mut rusqlite::Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, WriteError> {
+        let _turn = SQLITE_WRITE_TURN.blocking_lock();
+        Ok(run_write(&self.0, durability, write)?)
+    }
+}
+
+fn run_write<T>(
+    writer: &Mutex<WriterConnection>,
+    durability: Durability,
+    write: impl FnOnce(&mut rusqlite::Connection) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    let mut writer = writer.lock().unwrap_or_else(PoisonError::into_inner);
+    if writer.durability != durability {
+        let setting = match durability {
+            Durability::PowerCut => "FULL",
+            Durability::Crash => "NORMAL",
+        };
+        writer.conn.pragma_update(None, "synchronous", setting)?;
+        writer.durability = durability;
+    }
+    write(&mut writer.conn)
 }
 
 /// WAL size (pages) at which a writer's commit copies the WAL into the database file
