@@ -484,7 +484,7 @@ impl Writer {
     fn start_insert(&self, placed: db::Placed, background: bool) -> InFlight {
         let placed = Arc::new(placed);
         let (chain, batch) = (self.chain.clone(), placed.clone());
-        let task = match (&self.inserting, self.inserter.sqlite()) {
+        let (task, low_priority) = match (&self.inserting, self.inserter.sqlite()) {
             (Some(thread), Some(writer)) if background => {
                 let writer = writer.clone();
                 let answer = thread.run(move || {
@@ -492,26 +492,28 @@ impl Writer {
                     let result = db::insert_sqlite_here(&writer, &chain, &batch);
                     (result, started.elapsed())
                 });
-                tokio::spawn(async move {
+                let task = tokio::spawn(async move {
                     answer.await.unwrap_or_else(|_| {
                         let gone =
                             db::WriteError::Task("the audit inserting thread stopped".into());
                         (Err(gone), Duration::ZERO)
                     })
-                })
+                });
+                (task, true)
             }
             _ => {
                 let inserter = self.inserter.clone();
-                tokio::spawn(async move {
+                let task = tokio::spawn(async move {
                     let started = Instant::now();
                     let result = inserter.insert(&chain, batch).await;
                     (result, started.elapsed())
-                })
+                });
+                (task, false)
             }
         };
         InFlight {
             placed,
-            background: background && self.inserting.is_some(),
+            background: low_priority,
             task,
         }
     }
