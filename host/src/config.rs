@@ -119,7 +119,9 @@ pub struct AuditConfig {
     pub writers: Option<usize>,
     /// How many steps (Unix `nice`, 0–19) below the daemon's CPU priority the writers'
     /// placing and hashing run, so a burst the backlog absorbs does not slow the bus
-    /// while it lasts. 0: the same priority. Linux only; elsewhere it is ignored.
+    /// while it lasts (on SQLite the inserts too). 0: the same priority, and no
+    /// PostgreSQL batch is held back while the daemon is busy. The lowering is Linux
+    /// only; elsewhere it is ignored.
     pub nice: u8,
 }
 

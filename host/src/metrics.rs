@@ -416,6 +416,7 @@ impl PluginMetrics {
 pub struct AuditMetrics {
     pub rows_written: Counter,
     pub rows_written_low_priority: Counter,
+    pub batches_held: Counter,
     pub write_errors: Counter,
     pub write_seconds: Histogram,
     pub backlog: Gauge,
@@ -429,6 +430,7 @@ impl AuditMetrics {
         let m = AuditMetrics {
             rows_written: Counter::default(),
             rows_written_low_priority: Counter::default(),
+            batches_held: Counter::default(),
             write_errors: Counter::default(),
             // 100 µs … ~100 s
             write_seconds: Histogram::new(exponential_buckets(0.000_1, 4.0, 11)),
@@ -446,6 +448,11 @@ impl AuditMetrics {
             "evhost_audit_rows_written_low_priority",
             "Audit rows placed and inserted below the daemon's CPU priority (audit.nice), while the backlog was under half full",
             m.rows_written_low_priority.clone(),
+        );
+        registry.register(
+            "evhost_audit_batches_held",
+            "PostgreSQL audit batches held back (at most 1 s each) while the daemon was busy and the backlog under half full (audit.nice)",
+            m.batches_held.clone(),
         );
         registry.register(
             "evhost_audit_write_errors",

@@ -9,6 +9,7 @@
 //! purges the oldest rows without breaking verification ([`verify`]).
 
 mod background;
+mod busy;
 pub mod checkpoint;
 mod db;
 pub mod record;
@@ -67,7 +68,8 @@ pub struct AuditOptions {
     pub refusals_per_minute: u32,
     /// Writers (chains); `None`: 1 on SQLite, 2 on PostgreSQL.
     pub writers: Option<usize>,
-    /// Steps below the daemon's CPU priority for placing and hashing (`audit.nice`).
+    /// Steps below the daemon's CPU priority for placing and hashing (`audit.nice`);
+    /// 0 also turns off holding PostgreSQL batches while the daemon is busy.
     pub nice: u8,
 }
 
@@ -168,6 +170,10 @@ impl Audit {
                             .map_err(AuditError::Thread)?,
                     ),
                     Store::Postgres(_) => None,
+                },
+                hold: match store {
+                    Store::Postgres(_) if options.nice > 0 => busy::Hold::new(),
+                    _ => None,
                 },
                 low_water: per_writer / 2,
                 chain,
@@ -362,6 +368,9 @@ struct Writer {
     /// `low_water`.
     placing: background::LowPriority,
     inserting: Option<background::LowPriority>,
+    /// On PostgreSQL, where the server's share cannot be lowered: holds a batch
+    /// back while the daemon is busy and the backlog is below `low_water`.
+    hold: Option<busy::Hold>,
     low_water: usize,
     chain: String,
     head: (i64, [u8; 32]),
@@ -460,6 +469,13 @@ impl Writer {
                     recorded_us,
                     &HashSet::new(),
                 );
+            }
+            if background && let Some(hold) = &mut self.hold {
+                let low_water = self.low_water;
+                let release = || stop.is_cancelled() || self.rx.len() >= low_water;
+                if hold.while_busy(release).await {
+                    self.metrics.audit.batches_held.inc();
+                }
             }
             in_flight = Some(self.start_insert(placed, background));
             self.checkpoint_if_due();

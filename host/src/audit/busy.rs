@@ -1,0 +1,147 @@
+//! On PostgreSQL, a writer whose backlog is low holds its next batch back while the
+//! daemon is busy, for at most [`MAX_HOLD`].
+//!
+//! Why: most of the CPU an audit row costs on PostgreSQL is the server's (parsing,
+//! the heap and seven index entries), in processes whose priority the daemon cannot
+//! lower as it lowers its own audit threads (see `background`). With the server on
+//! the daemon's machine, a burst of events took that CPU from the bus for as long as
+//! it lasted: the bus ran 53–64 % slower with the audit than without, against
+//! none of that on SQLite. Holding the batch is the same bargain as the lower
+//! priority: the backlog absorbs the burst, and the rows go in once the daemon has
+//! room again.
+//!
+//! The hold is bounded three ways, so the log never falls far behind: it ends when
+//! the daemon is no longer busy, when the backlog reaches half full (the writer then
+//! works at full priority, see `Writer::run`), and after [`MAX_HOLD`]. A load that
+//! outlasts [`MAX_HOLD`] is not a burst, and holding does not take work away from
+//! it, only adds delay: after a hold that ran its full length the writer holds
+//! nothing for [`COOLDOWN`], so under a sustained load at most a tenth of the time
+//! goes to holding.
+//!
+//! "Busy" is the daemon's own CPU time (all its threads, from the process CPU clock)
+//! over a short window: at least [`BUSY_SHARE`] of the machine's cores. A server on
+//! another machine does not take the daemon's cores, and there a hold only delays
+//! rows, by at most [`MAX_HOLD`].
+
+use std::time::{Duration, Instant};
+
+/// The share of all cores the daemon must have used over a window to count as busy.
+const BUSY_SHARE: f64 = 0.5;
+
+/// The shortest window the share is measured over, and the pause between looks
+/// while holding.
+const WINDOW: Duration = Duration::from_millis(5);
+
+/// A window longer than this (the writer was idle) is restarted and measured afresh:
+/// an average over a quiet minute says nothing about the burst that just arrived.
+const STALE: Duration = Duration::from_millis(50);
+
+/// The longest a batch is held.
+const MAX_HOLD: Duration = Duration::from_secs(1);
+
+/// How long after a hold of [`MAX_HOLD`] the writer holds nothing.
+const COOLDOWN: Duration = Duration::from_secs(10);
+
+/// The daemon's CPU use, from its process CPU clock.
+struct CpuUse {
+    cores: f64,
+    /// When the current window started, and the CPU time used by then; none before
+    /// the first look.
+    window: Option<(Instant, Duration)>,
+    /// The share over the last full window.
+    last: f64,
+}
+
+impl CpuUse {
+    /// None where the process CPU clock cannot be read.
+    fn start() -> Option<CpuUse> {
+        process_cpu_time()?;
+        Some(CpuUse {
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()) as f64,
+            window: None,
+            last: 0.0,
+        })
+    }
+
+    /// Whether the daemon used at least [`BUSY_SHARE`] of all cores over the current
+    /// window, if it is at least [`WINDOW`] long (then the next window starts), else
+    /// over the one before. Waits only at the first look and after a quiet spell
+    /// (see [`STALE`]), for one fresh window: a writer that keeps busy loses no time
+    /// to looking.
+    async fn busy(&mut self) -> bool {
+        let (at, used) = match self.window {
+            Some((at, used)) if at.elapsed() <= STALE => (at, used),
+            _ => {
+                let fresh = (Instant::now(), process_cpu_time().unwrap_or_default());
+                tokio::time::sleep(WINDOW).await;
+                fresh
+            }
+        };
+        let elapsed = at.elapsed();
+        if elapsed >= WINDOW {
+            let now = process_cpu_time().unwrap_or(used);
+            self.last =
+                now.saturating_sub(used).as_secs_f64() / (elapsed.as_secs_f64() * self.cores);
+            self.window = Some((Instant::now(), now));
+        } else {
+            self.window = Some((at, used));
+        }
+        self.last >= BUSY_SHARE
+    }
+}
+
+/// CPU time used so far by all of the process's threads.
+#[cfg(unix)]
+fn process_cpu_time() -> Option<Duration> {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: writes only to `now`, which outlives the call.
+    let ok = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut now) } == 0;
+    ok.then(|| Duration::new(now.tv_sec as u64, now.tv_nsec as u32))
+}
+
+#[cfg(not(unix))]
+fn process_cpu_time() -> Option<Duration> {
+    None
+}
+
+/// A writer's hold (one per writer).
+pub(super) struct Hold {
+    cpu: CpuUse,
+    /// Set by a hold that ran its full [`MAX_HOLD`]: no hold before then.
+    cooldown_until: Option<Instant>,
+}
+
+impl Hold {
+    /// None where the daemon cannot tell how busy it is: then nothing is held.
+    pub(super) fn new() -> Option<Hold> {
+        Some(Hold {
+            cpu: CpuUse::start()?,
+            cooldown_until: None,
+        })
+    }
+
+    /// Waits while the daemon is busy, until `release` says not to wait any longer
+    /// or [`MAX_HOLD`] has passed. Returns whether it waited.
+    pub(super) async fn while_busy(&mut self, mut release: impl FnMut() -> bool) -> bool {
+        let started = Instant::now();
+        if self.cooldown_until.is_some_and(|until| started < until) {
+            return false;
+        }
+        let mut held = false;
+        loop {
+            if !self.cpu.busy().await || release() {
+                break;
+            }
+            if started.elapsed() >= MAX_HOLD {
+                self.cooldown_until = Some(Instant::now() + COOLDOWN);
+                break;
+            }
+            held = true;
+            tokio::time::sleep(WINDOW).await;
+        }
+        held
+    }
+}

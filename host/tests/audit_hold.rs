@@ -1,0 +1,197 @@
+//! On PostgreSQL an audit writer holds its batches back while the daemon is busy,
+//! and not for long. A file of its own: the hold reads the whole process's CPU time,
+//! so other tests running beside it in one process would make the "daemon" busy.
+//! The two tests here keep every core busy in turn (each waits for the other: see
+//! `ONE_AT_A_TIME`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use evhost::audit::{self, Audit, AuditOptions};
+use evhost::bus::Handling;
+use evhost::event::{Actor, Event};
+use evhost::metrics::Metrics;
+use serde_json::value::RawValue;
+
+mod support;
+
+use support::TestDb;
+
+fn event(id: String) -> Arc<Event> {
+    Arc::new(Event {
+        id: id.into(),
+        kind: "message.received".into(),
+        time: chrono::Utc::now(),
+        source: "/test".into(),
+        actor: Actor::default(),
+        data: Arc::from(RawValue::from_string(r#"{"message_id":"m"}"#.into()).unwrap()),
+        hops: 0,
+    })
+}
+
+async fn record(audit: &Arc<Audit>, from: usize, n: usize) {
+    let subscriber = audit.subscriber();
+    for i in from..from + n {
+        match subscriber.handle(&event(format!("hold-{i}"))) {
+            Handling::Done(r) => r.unwrap(),
+            Handling::Later(f) => f.await.unwrap(),
+        }
+    }
+}
+
+/// How long until the log holds `rows` rows, if it does within `limit`.
+async fn rows_within(db: &TestDb, rows: i64, limit: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if audit::count(&db.store).await.unwrap() >= rows {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    None
+}
+
+/// Keeps every core busy until the returned flag is set.
+fn burn() -> Arc<AtomicBool> {
+    let done = Arc::new(AtomicBool::new(false));
+    for _ in 0..std::thread::available_parallelism().map_or(1, |n| n.get()) {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                std::hint::spin_loop();
+            }
+        });
+    }
+    done
+}
+
+fn options(db: &TestDb) -> AuditOptions {
+    AuditOptions {
+        batch_size: 100,
+        flush_interval: Duration::from_millis(5),
+        // Half of it, 500 rows, ends a hold.
+        max_backlog: 1000,
+        retention_days: 0,
+        writers: Some(1),
+        ..AuditOptions::from_config(&TestDb::config(db.dir.path(), None, None))
+    }
+}
+
+/// Soon, for an idle writer.
+const AT_ONCE: Duration = Duration::from_millis(500);
+
+/// What a busy writer may hold a batch for (as `audit::busy::MAX_HOLD`).
+const MAX_HOLD: Duration = Duration::from_secs(1);
+
+/// Each test keeps every core busy for a while, which the other must not see.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Idle, the rows go in at once; busy, a batch is held for at most a second; after a
+/// full hold, nothing is held for a while (a sustained load); SQLite holds nothing.
+#[tokio::test]
+async fn a_writer_holds_batches_while_the_daemon_is_busy_and_not_for_long() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    for db in TestDb::all().await {
+        let backend = db.store.backend();
+        let postgres = backend == "postgres";
+        let metrics = Metrics::new(10);
+        let audit = Audit::start(
+            db.store.clone(),
+            options(&db),
+            metrics.clone(),
+            "hold".into(),
+        )
+        .await
+        .unwrap();
+        let held = || metrics.audit.batches_held.get();
+
+        record(&audit, 0, 10).await;
+        let took = rows_within(&db, 10, Duration::from_secs(5)).await;
+        assert!(
+            took.is_some_and(|t| t < AT_ONCE),
+            "{backend}, idle: {took:?}"
+        );
+        assert_eq!(held(), 0, "{backend}");
+
+        let done = burn();
+        // Longer than a writer's look reaches back: it measures the busy cores afresh.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        record(&audit, 10, 10).await;
+        let took = rows_within(&db, 20, Duration::from_secs(5)).await;
+        let took = took.unwrap_or_else(|| panic!("{backend}: the rows never came"));
+        if postgres {
+            assert!(
+                took >= Duration::from_millis(300) && took < Duration::from_millis(1500),
+                "held, then written while still busy: {took:?}"
+            );
+            assert_eq!(held(), 1);
+        } else {
+            assert_eq!(held(), 0, "SQLite holds nothing");
+        }
+        // Still busy, after a full hold: not held again. (Not timed: with every core
+        // taken, the writer's lowered threads get little CPU, held or not.)
+        record(&audit, 20, 10).await;
+        let took = rows_within(&db, 30, Duration::from_secs(5)).await;
+        assert!(took.is_some(), "{backend}, sustained");
+        assert_eq!(held(), u64::from(postgres), "{backend}");
+        done.store(true, Ordering::Relaxed);
+
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        record(&audit, 30, 10).await;
+        let took = rows_within(&db, 40, Duration::from_secs(5)).await;
+        assert!(
+            took.is_some_and(|t| t < AT_ONCE),
+            "{backend}, idle again: {took:?}"
+        );
+        audit.shutdown().await;
+        let report = audit::verify(&db.store).await.unwrap();
+        assert!(report.ok && report.rows == 40, "{backend}: {report:?}");
+        db.cleanup().await;
+    }
+}
+
+/// A hold ends as soon as the backlog reaches half full, busy or not.
+#[tokio::test]
+async fn a_hold_ends_when_the_backlog_is_half_full() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    for db in TestDb::all().await {
+        let backend = db.store.backend();
+        let metrics = Metrics::new(10);
+        let audit = Audit::start(
+            db.store.clone(),
+            options(&db),
+            metrics.clone(),
+            "half".into(),
+        )
+        .await
+        .unwrap();
+        let done = burn();
+        // Longer than a writer's look reaches back: it measures the busy cores afresh.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        record(&audit, 0, 10).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if backend == "postgres" {
+            assert_eq!(audit::count(&db.store).await.unwrap(), 0, "held");
+        }
+        // 610 waiting: the held batch goes, and the rows above half with it.
+        record(&audit, 10, 600).await;
+        let took = rows_within(&db, 110, Duration::from_secs(5)).await;
+        done.store(true, Ordering::Relaxed);
+        assert!(took.is_some_and(|t| t < MAX_HOLD), "{backend}: {took:?}");
+        assert!(
+            rows_within(&db, 610, Duration::from_secs(5))
+                .await
+                .is_some()
+        );
+        let held = metrics.audit.batches_held.get();
+        if backend == "postgres" {
+            assert!(held >= 1, "{held}");
+        } else {
+            assert_eq!(held, 0);
+        }
+        audit.shutdown().await;
+        assert!(audit::verify(&db.store).await.unwrap().ok);
+        db.cleanup().await;
+    }
+}
