@@ -41,10 +41,10 @@ async fn record(audit: &Arc<Audit>, from: usize, n: usize) {
 }
 
 /// How long until the log holds `rows` rows, if it does within `limit`.
-async fn rows_within(db: &TestDb, rows: i64, limit: Duration) -> Option<Duration> {
+async fn rows_within(db: &TestDb, rows: usize, limit: Duration) -> Option<Duration> {
     let started = Instant::now();
     while started.elapsed() < limit {
-        if audit::count(&db.store).await.unwrap() >= rows {
+        if audit::count(&db.store).await.unwrap() >= rows as i64 {
             return Some(started.elapsed());
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -89,6 +89,10 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 
 /// Idle, the rows go in at once; busy, a batch is held for at most a second; after a
 /// full hold, nothing is held for a while (a sustained load); SQLite holds nothing.
+///
+/// A hold also ends when one look at the CPU reads low, which can happen even with
+/// every core kept busy (see `audit::busy::WINDOW`); so the test tries a few batches
+/// for a full hold rather than expecting the first to be one.
 #[tokio::test]
 async fn a_writer_holds_batches_while_the_daemon_is_busy_and_not_for_long() {
     let _turn = ONE_AT_A_TIME.lock().await;
@@ -105,9 +109,11 @@ async fn a_writer_holds_batches_while_the_daemon_is_busy_and_not_for_long() {
         .await
         .unwrap();
         let held = || metrics.audit.batches_held.get();
+        let mut rows = 0;
 
-        record(&audit, 0, 10).await;
-        let took = rows_within(&db, 10, Duration::from_secs(5)).await;
+        record(&audit, rows, 10).await;
+        rows += 10;
+        let took = rows_within(&db, rows, Duration::from_secs(5)).await;
         assert!(
             took.is_some_and(|t| t < AT_ONCE),
             "{backend}, idle: {took:?}"
@@ -116,37 +122,54 @@ async fn a_writer_holds_batches_while_the_daemon_is_busy_and_not_for_long() {
 
         let done = burn();
         // Longer than a writer's look reaches back: it measures the busy cores afresh.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        record(&audit, 10, 10).await;
-        let took = rows_within(&db, 20, Duration::from_secs(5)).await;
-        let took = took.unwrap_or_else(|| panic!("{backend}: the rows never came"));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let mut full_hold = None;
+        for _ in 0..5 {
+            record(&audit, rows, 10).await;
+            rows += 10;
+            let took = rows_within(&db, rows, Duration::from_secs(5)).await;
+            let took = took.unwrap_or_else(|| panic!("{backend}: the rows never came"));
+            if took >= MAX_HOLD {
+                full_hold = Some(took);
+                break;
+            }
+        }
         if postgres {
+            let took = full_hold.expect("a batch held for the full second while busy");
             assert!(
-                took >= Duration::from_millis(300) && took < Duration::from_millis(1500),
-                "held, then written while still busy: {took:?}"
+                took < 2 * MAX_HOLD,
+                "then written while still busy: {took:?}"
             );
-            assert_eq!(held(), 1);
+            assert!(held() >= 1);
         } else {
-            assert_eq!(held(), 0, "SQLite holds nothing");
+            assert_eq!(full_hold, None, "SQLite holds nothing");
+            assert_eq!(held(), 0);
         }
         // Still busy, after a full hold: not held again. (Not timed: with every core
         // taken, the writer's lowered threads get little CPU, held or not.)
-        record(&audit, 20, 10).await;
-        let took = rows_within(&db, 30, Duration::from_secs(5)).await;
+        let before = held();
+        record(&audit, rows, 10).await;
+        rows += 10;
+        let took = rows_within(&db, rows, Duration::from_secs(5)).await;
         assert!(took.is_some(), "{backend}, sustained");
-        assert_eq!(held(), u64::from(postgres), "{backend}");
+        assert_eq!(held(), before, "{backend}: a sustained load is not held");
         done.store(true, Ordering::Relaxed);
 
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        record(&audit, 30, 10).await;
-        let took = rows_within(&db, 40, Duration::from_secs(5)).await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        record(&audit, rows, 10).await;
+        rows += 10;
+        let took = rows_within(&db, rows, Duration::from_secs(5)).await;
         assert!(
             took.is_some_and(|t| t < AT_ONCE),
             "{backend}, idle again: {took:?}"
         );
+        assert_eq!(held(), before, "{backend}");
         audit.shutdown().await;
         let report = audit::verify(&db.store).await.unwrap();
-        assert!(report.ok && report.rows == 40, "{backend}: {report:?}");
+        assert!(
+            report.ok && report.rows == rows as u64,
+            "{backend}: {report:?}"
+        );
         db.cleanup().await;
     }
 }
@@ -157,6 +180,7 @@ async fn a_hold_ends_when_the_backlog_is_half_full() {
     let _turn = ONE_AT_A_TIME.lock().await;
     for db in TestDb::all().await {
         let backend = db.store.backend();
+        let postgres = backend == "postgres";
         let metrics = Metrics::new(10);
         let audit = Audit::start(
             db.store.clone(),
@@ -167,29 +191,39 @@ async fn a_hold_ends_when_the_backlog_is_half_full() {
         .await
         .unwrap();
         let done = burn();
-        // Longer than a writer's look reaches back: it measures the busy cores afresh.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        record(&audit, 0, 10).await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        if backend == "postgres" {
-            assert_eq!(audit::count(&db.store).await.unwrap(), 0, "held");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        // A batch being held (a few tries: see the test above).
+        // (SQLite holds nothing; its lowered threads may still be slow to write with
+        // every core taken, so it is not timed here.)
+        let mut rows = 0;
+        let mut holding = false;
+        for _ in 0..if postgres { 5 } else { 1 } {
+            record(&audit, rows, 10).await;
+            rows += 10;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if audit::count(&db.store).await.unwrap() < rows as i64 {
+                holding = true;
+                break;
+            }
         }
-        // 610 waiting: the held batch goes, and the rows above half with it.
-        record(&audit, 10, 600).await;
-        let took = rows_within(&db, 110, Duration::from_secs(5)).await;
+        assert!(holding || !postgres, "a PostgreSQL batch held while busy");
+        // 600 more, past half the backlog of 1,000: the held batch goes, and the rows
+        // above half with it, well within the hold's limit.
+        record(&audit, rows, 600).await;
+        rows += 600;
+        let took = rows_within(&db, rows - 500, Duration::from_secs(5)).await;
         done.store(true, Ordering::Relaxed);
         assert!(took.is_some_and(|t| t < MAX_HOLD), "{backend}: {took:?}");
         assert!(
-            rows_within(&db, 610, Duration::from_secs(5))
+            rows_within(&db, rows, Duration::from_secs(5))
                 .await
                 .is_some()
         );
         let held = metrics.audit.batches_held.get();
-        if backend == "postgres" {
-            assert!(held >= 1, "{held}");
-        } else {
-            assert_eq!(held, 0);
-        }
+        assert!(
+            if postgres { held >= 1 } else { held == 0 },
+            "{backend}: {held}"
+        );
         audit.shutdown().await;
         assert!(audit::verify(&db.store).await.unwrap().ok);
         db.cleanup().await;
