@@ -12,6 +12,7 @@ pub mod bench;
 pub mod bus;
 pub mod cli;
 pub mod config;
+pub mod cpu;
 pub mod daemon;
 pub mod event;
 pub mod ingest;

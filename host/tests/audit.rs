@@ -16,21 +16,7 @@ mod support;
 
 use support::TestDb;
 
-/// The audit log's settings for tests.
 impl TestDb {
-    fn options(&self) -> AuditOptions {
-        AuditOptions {
-            batch_size: 100,
-            flush_interval: Duration::from_millis(5),
-            max_backlog: 1000,
-            retention_days: 0,
-            // One chain per Audit: these tests look at one chain's rows; the test
-            // of several writers sets its own.
-            writers: Some(1),
-            ..AuditOptions::from_config(&Self::config(self.dir.path(), None, None))
-        }
-    }
-
     async fn audit(&self, chain: &str) -> Arc<Audit> {
         self.audit_with_writers(chain, 1).await
     }
@@ -38,7 +24,7 @@ impl TestDb {
     async fn audit_with_writers(&self, chain: &str, writers: usize) -> Arc<Audit> {
         let options = AuditOptions {
             writers: Some(writers),
-            ..self.options()
+            ..self.audit_options()
         };
         Audit::start(self.store.clone(), options, Metrics::new(10), chain.into())
             .await
@@ -132,7 +118,7 @@ async fn a_burst_that_fills_the_backlog_is_written_at_both_priorities() {
         let options = AuditOptions {
             batch_size: 400,
             writers: Some(1),
-            ..db.options()
+            ..db.audit_options()
         };
         let audit = Audit::start(db.store.clone(), options, metrics.clone(), "burst".into())
             .await

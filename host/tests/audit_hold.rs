@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use evhost::audit::{self, Audit, AuditOptions};
+use evhost::audit::{self, Audit};
 use evhost::bus::Handling;
 use evhost::event::{Actor, Event};
 use evhost::metrics::Metrics;
@@ -66,16 +66,19 @@ fn burn() -> Arc<AtomicBool> {
     done
 }
 
-fn options(db: &TestDb) -> AuditOptions {
-    AuditOptions {
-        batch_size: 100,
-        flush_interval: Duration::from_millis(5),
-        // Half of it, 500 rows, ends a hold.
-        max_backlog: 1000,
-        retention_days: 0,
-        writers: Some(1),
-        ..AuditOptions::from_config(&TestDb::config(db.dir.path(), None, None))
-    }
+/// An audit log on `db` with the test settings (see `TestDb::audit_options`), and
+/// its metrics.
+async fn start(db: &TestDb, chain: &str) -> (Arc<Audit>, Arc<Metrics>) {
+    let metrics = Metrics::new(10);
+    let audit = Audit::start(
+        db.store.clone(),
+        db.audit_options(),
+        metrics.clone(),
+        chain.into(),
+    )
+    .await
+    .unwrap();
+    (audit, metrics)
 }
 
 /// Soon, for an idle writer.
@@ -99,15 +102,7 @@ async fn a_writer_holds_batches_while_the_daemon_is_busy_and_not_for_long() {
     for db in TestDb::all().await {
         let backend = db.store.backend();
         let postgres = backend == "postgres";
-        let metrics = Metrics::new(10);
-        let audit = Audit::start(
-            db.store.clone(),
-            options(&db),
-            metrics.clone(),
-            "hold".into(),
-        )
-        .await
-        .unwrap();
+        let (audit, metrics) = start(&db, "hold").await;
         let held = || metrics.audit.batches_held.get();
         let mut rows = 0;
 
@@ -181,15 +176,7 @@ async fn a_hold_ends_when_the_backlog_is_half_full() {
     for db in TestDb::all().await {
         let backend = db.store.backend();
         let postgres = backend == "postgres";
-        let metrics = Metrics::new(10);
-        let audit = Audit::start(
-            db.store.clone(),
-            options(&db),
-            metrics.clone(),
-            "half".into(),
-        )
-        .await
-        .unwrap();
+        let (audit, metrics) = start(&db, "half").await;
         let done = burn();
         tokio::time::sleep(Duration::from_millis(150)).await;
         // A batch being held (a few tries: see the test above).

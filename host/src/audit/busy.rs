@@ -58,7 +58,7 @@ struct CpuUse {
 impl CpuUse {
     /// None where the process CPU clock cannot be read.
     fn start() -> Option<CpuUse> {
-        process_cpu_time()?;
+        crate::cpu::process_time()?;
         Some(CpuUse {
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()) as f64,
             window: None,
@@ -75,39 +75,23 @@ impl CpuUse {
         let (at, used) = match self.window {
             Some((at, used)) if at.elapsed() <= STALE => (at, used),
             _ => {
-                let fresh = (Instant::now(), process_cpu_time().unwrap_or_default());
+                let fresh = (
+                    Instant::now(),
+                    crate::cpu::process_time().unwrap_or_default(),
+                );
                 tokio::time::sleep(WINDOW).await;
                 fresh
             }
         };
         let elapsed = at.elapsed();
         if elapsed >= WINDOW {
-            let now = process_cpu_time().unwrap_or(used);
+            let now = crate::cpu::process_time().unwrap_or(used);
             self.last =
                 now.saturating_sub(used).as_secs_f64() / (elapsed.as_secs_f64() * self.cores);
             self.window = Some((Instant::now(), now));
-        } else {
-            self.window = Some((at, used));
         }
         self.last >= BUSY_SHARE
     }
-}
-
-/// CPU time used so far by all of the process's threads.
-#[cfg(unix)]
-fn process_cpu_time() -> Option<Duration> {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: writes only to `now`, which outlives the call.
-    let ok = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut now) } == 0;
-    ok.then(|| Duration::new(now.tv_sec as u64, now.tv_nsec as u32))
-}
-
-#[cfg(not(unix))]
-fn process_cpu_time() -> Option<Duration> {
-    None
 }
 
 /// A writer's hold (one per writer).

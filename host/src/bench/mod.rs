@@ -188,18 +188,9 @@ fn row(what: &str, result: String, ratio: String) {
     println!("| {what} | {result} | {ratio} |");
 }
 
-/// CPU time (user + system) this process has used so far.
+/// CPU time this process has used so far.
 fn cpu_time() -> Duration {
-    use nix::sys::resource::{UsageWho, getrusage};
-    match getrusage(UsageWho::RUSAGE_SELF) {
-        Ok(usage) => {
-            let micros = |t: nix::sys::time::TimeVal| {
-                Duration::from_secs(t.tv_sec() as u64) + Duration::from_micros(t.tv_usec() as u64)
-            };
-            micros(usage.user_time()) + micros(usage.system_time())
-        }
-        Err(_) => Duration::ZERO,
-    }
+    crate::cpu::process_time().unwrap_or_default()
 }
 
 /// How busy this process kept the machine between two readings: "CPU 1.8 of 2
