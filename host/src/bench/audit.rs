@@ -178,32 +178,90 @@ async fn flat_rate(db: &BenchDb, rates: &[u64], seconds: u64) -> anyhow::Result<
 /// Pairs, not two long runs: on a shared 2-vCPU VM one run's rate swings between
 /// phases (the same run gave 0.65 to 1.8 M events/s), but the two runs of a pair
 /// fall in the same phase, so their ratio holds still where the rates do not.
-async fn bus_cost(db: &BenchDb, events: u64, workers: usize) -> anyhow::Result<BusCost> {
+///
+/// Also counts how often the process's threads waited in each run. A cost below
+/// zero (the bus faster with the audit than without) comes from there: without the
+/// audit, the bus's workers run out of events more often and the runtime parks
+/// them, and the one publishing thread pays a system call to wake them again. In
+/// session 10's runs the runs without the audit waited 2 to 10 times as often.
+async fn bus_cost(
+    db: &BenchDb,
+    events: u64,
+    fill: Fill,
+    workers: usize,
+) -> anyhow::Result<BusCost> {
     let mut costs = Vec::new();
     let mut without = Vec::new();
     let mut with = Vec::new();
     for _ in 0..BUS_COST_PAIRS {
-        let bare = bus_rate(db, events, workers, false).await?;
-        let audited = bus_rate(db, events, workers, true).await?;
-        costs.push(1.0 - audited / bare);
+        let bare = bus_rate(db, events, workers, None).await?;
+        let audited = bus_rate(db, events, workers, Some(fill)).await?;
+        costs.push(1.0 - audited.rate / bare.rate);
         without.push(bare);
         with.push(audited);
     }
     costs.sort_by(f64::total_cmp);
     Ok(BusCost {
         costs,
-        without: median(without),
-        with: median(with),
+        without: Medians::of(&without),
+        with: Medians::of(&with),
     })
 }
 
 const BUS_COST_PAIRS: usize = 11;
 
+/// How full a burst leaves the audit's backlog in a bus-cost row.
+#[derive(Clone, Copy)]
+struct Fill {
+    quarters: u64,
+}
+
+impl Fill {
+    /// Half is the edge: a writer works at full priority from half its backlog on
+    /// (see `audit::background`), so a quarter is a burst well inside what the
+    /// backlog absorbs and three quarters one that takes the writers past the edge.
+    const ALL: [Fill; 3] = [
+        Fill { quarters: 2 },
+        Fill { quarters: 1 },
+        Fill { quarters: 3 },
+    ];
+
+    /// The backlog (all writers together) that a burst of `events` fills this far.
+    fn backlog(self, events: u64) -> usize {
+        (events * 4 / self.quarters) as usize
+    }
+
+    fn name(self) -> &'static str {
+        match self.quarters {
+            1 => "a quarter",
+            2 => "half",
+            _ => "three quarters",
+        }
+    }
+}
+
 struct BusCost {
     /// Each pair's cost, lowest first.
     costs: Vec<f64>,
-    without: f64,
-    with: f64,
+    without: Medians,
+    with: Medians,
+}
+
+/// The medians of a row's runs without or with the audit.
+struct Medians {
+    rate: f64,
+    waits: u64,
+}
+
+impl Medians {
+    fn of(runs: &[Run]) -> Medians {
+        let mut waits: Vec<u64> = runs.iter().map(|run| run.waits).collect();
+        waits.sort_unstable();
+        Medians {
+            rate: median(runs.iter().map(|run| run.rate).collect()),
+            waits: waits[waits.len() / 2],
+        }
+    }
 }
 
 impl BusCost {
@@ -231,8 +289,8 @@ async fn bus_rate(
     db: &BenchDb,
     events: u64,
     workers: usize,
-    with_audit: bool,
-) -> anyhow::Result<f64> {
+    audit_filled: Option<Fill>,
+) -> anyhow::Result<Run> {
     let bus = Bus::start(
         BusOptions {
             workers,
@@ -244,15 +302,15 @@ async fn bus_rate(
     let (keeper, kept) = Keeper::new();
     bus.subscribe(vec![TypePattern::All], Arc::new(keeper))?;
     let run = format!("cost-{}", uuid::Uuid::new_v4().simple());
-    let audit = if with_audit {
-        // A backlog of twice the burst: the burst is what it absorbs.
-        let audit = db.audit(&run, 1000, 2 * events as usize, None).await?;
+    let audit = if let Some(fill) = audit_filled {
+        let audit = db.audit(&run, 1000, fill.backlog(events), None).await?;
         bus.subscribe(vec![TypePattern::All], audit.subscriber())?;
         Some(audit)
     } else {
         None
     };
     let template = template_event();
+    let waits = super::waits();
     let start = Instant::now();
     for n in 0..events {
         let mut event = (*unique_event(&template, n, &run)).clone();
@@ -269,12 +327,21 @@ async fn bus_rate(
     }
     bus.shutdown().await;
     let rate = events as f64 / start.elapsed().as_secs_f64();
+    let waits = super::waits() - waits;
     drop(bus);
     drop(kept);
     if let Some(audit) = audit {
         audit.shutdown().await;
     }
-    Ok(rate)
+    Ok(Run { rate, waits })
+}
+
+/// One run of [`bus_rate`].
+struct Run {
+    /// Events/s.
+    rate: f64,
+    /// How often the process's threads waited during the run (see [`super::waits`]).
+    waits: u64,
 }
 
 /// Prints the audit rows of the report.
@@ -319,26 +386,32 @@ pub async fn report(rows: u64, workers: usize, postgres: Option<&str>) -> anyhow
                 .unwrap_or_else(|| "below the lowest rate".into()),
             "".into(),
         );
-        let cost = bus_cost(&db, rows.min(200_000), workers).await?;
-        let (low, high) = cost.quartiles();
-        super::row(
-            &format!(
-                "bus with 1 other subscriber, without → with the audit subscriber ({}; a burst of {} events the backlog absorbs; median of {BUS_COST_PAIRS} pairs of runs, middle half of the pairs' costs)",
-                db.name,
-                thousands(rows.min(200_000) as f64)
-            ),
-            format!(
-                "{} → {} events/s",
-                thousands(cost.without),
-                thousands(cost.with)
-            ),
-            format!(
-                "cost {:.0} % ({:.0} to {:.0} %)",
-                cost.median() * 100.0,
-                low * 100.0,
-                high * 100.0
-            ),
-        );
+        let burst = rows.min(200_000);
+        for fill in Fill::ALL {
+            let cost = bus_cost(&db, burst, fill, workers).await?;
+            let (low, high) = cost.quartiles();
+            super::row(
+                &format!(
+                    "bus with 1 other subscriber, without → with the audit subscriber ({}; a burst of {} events that fills {} of the backlog; median of {BUS_COST_PAIRS} pairs of runs, middle half of the pairs' costs)",
+                    db.name,
+                    thousands(burst as f64),
+                    fill.name(),
+                ),
+                format!(
+                    "{} → {} events/s; threads waited {} → {} times a run",
+                    thousands(cost.without.rate),
+                    thousands(cost.with.rate),
+                    thousands(cost.without.waits as f64),
+                    thousands(cost.with.waits as f64),
+                ),
+                format!(
+                    "cost {:.0} % ({:.0} to {:.0} %)",
+                    cost.median() * 100.0,
+                    low * 100.0,
+                    high * 100.0
+                ),
+            );
+        }
         db.close().await;
     }
     Ok(())

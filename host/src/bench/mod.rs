@@ -215,6 +215,14 @@ impl CpuMeter {
     }
 }
 
+/// How often this process's threads have waited so far (voluntary context switches,
+/// from `getrusage`): a thread waits when it runs out of work and is woken again
+/// when work comes, which costs the waker a system call. 0 where it cannot be read.
+fn waits() -> u64 {
+    nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
+        .map_or(0, |usage| usage.voluntary_context_switches().max(0) as u64)
+}
+
 fn thousands(rate: f64) -> String {
     let n = rate.round() as u64;
     let s = n.to_string();
