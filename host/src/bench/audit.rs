@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use super::{Scratch, template_event, thousands};
+use super::{CpuMeter, Scratch, template_event, thousands};
 use crate::audit::{Audit, AuditOptions};
 use crate::bus::{Bus, BusOptions, Handling, PublishError, Subscriber};
 use crate::config::Config;
@@ -103,23 +103,26 @@ fn postgres_backend(db: &BenchDb) -> bool {
     matches!(db.store, Store::Postgres(_))
 }
 
-/// Rows/s from the first row handed over until the last is committed.
+/// Rows/s from the first row handed over until the last is committed, and how busy
+/// that kept the machine (this process's share; on PostgreSQL the server's is not in
+/// it).
 async fn writer_rate(
     db: &BenchDb,
     rows: u64,
     batch_size: usize,
     writers: Option<usize>,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, String)> {
     let run = format!("w{batch_size}-{}", uuid::Uuid::new_v4().simple());
     let audit = db.audit(&run, batch_size, 10_000, writers).await?;
     let subscriber = audit.subscriber();
     let template = template_event();
+    let cpu = CpuMeter::start();
     let start = Instant::now();
     for n in 0..rows {
         feed(&subscriber, &unique_event(&template, n, &run)).await;
     }
     audit.shutdown().await;
-    Ok(rows as f64 / start.elapsed().as_secs_f64())
+    Ok((rows as f64 / start.elapsed().as_secs_f64(), cpu.report()))
 }
 
 /// The highest of `rates` (events/s) at which the backlog does not grow over `seconds`.
@@ -180,10 +183,11 @@ async fn flat_rate(db: &BenchDb, rates: &[u64], seconds: u64) -> anyhow::Result<
 /// fall in the same phase, so their ratio holds still where the rates do not.
 ///
 /// Also counts how often the process's threads waited in each run. A cost below
-/// zero (the bus faster with the audit than without) comes from there: without the
-/// audit, the bus's workers run out of events more often and the runtime parks
-/// them, and the one publishing thread pays a system call to wake them again. In
-/// session 10's runs the runs without the audit waited 2 to 10 times as often.
+/// zero (the bus faster with the audit than without) comes largely from there:
+/// without the audit, the bus's workers run out of events more often and the
+/// runtime parks them, and the one publishing thread pays a system call to wake
+/// them again. In one run of session 10, the run without the audit waited more in
+/// 21 of 22 pairs, 1.6 to 15 times as often.
 async fn bus_cost(
     db: &BenchDb,
     events: u64,
@@ -193,9 +197,17 @@ async fn bus_cost(
     let mut costs = Vec::new();
     let mut without = Vec::new();
     let mut with = Vec::new();
-    for _ in 0..BUS_COST_PAIRS {
-        let bare = bus_rate(db, events, workers, None).await?;
-        let audited = bus_rate(db, events, workers, Some(fill)).await?;
+    for pair in 0..BUS_COST_PAIRS {
+        // Every other pair runs the other way round, so that what one run leaves
+        // behind (memory to give back, pages to fault in again) does not always fall
+        // on the same side.
+        let (bare, audited) = if pair % 2 == 0 {
+            let bare = bus_rate(db, events, workers, None).await?;
+            (bare, bus_rate(db, events, workers, Some(fill)).await?)
+        } else {
+            let audited = bus_rate(db, events, workers, Some(fill)).await?;
+            (bus_rate(db, events, workers, None).await?, audited)
+        };
         costs.push(1.0 - audited.rate / bare.rate);
         without.push(bare);
         with.push(audited);
@@ -352,7 +364,7 @@ pub async fn report(rows: u64, workers: usize, postgres: Option<&str>) -> anyhow
     }
     for backend in backends {
         let db = open(backend).await?;
-        let single = writer_rate(&db, (rows / 40).clamp(500, 5000), 1, Some(1)).await?;
+        let (single, _) = writer_rate(&db, (rows / 40).clamp(500, 5000), 1, Some(1)).await?;
         super::row(
             &format!(
                 "audit rows, {}: one transaction per row (baseline)",
@@ -364,14 +376,14 @@ pub async fn report(rows: u64, workers: usize, postgres: Option<&str>) -> anyhow
         // SQLite takes one writer at a time, so only PostgreSQL gets a second by default.
         let counts: &[usize] = if postgres_backend(&db) { &[1, 2] } else { &[1] };
         for &writers in counts {
-            let batched = writer_rate(&db, rows, 1000, Some(writers)).await?;
+            let (batched, cpu) = writer_rate(&db, rows, 1000, Some(writers)).await?;
             super::row(
                 &format!(
                     "audit rows, {}: batched, 1000 rows/batch, {writers} writer{}",
                     db.name,
                     if writers == 1 { "" } else { "s" }
                 ),
-                format!("{} rows/s", thousands(batched)),
+                format!("{} rows/s ({cpu})", thousands(batched)),
                 format!("{:.1}", batched / single),
             );
         }
