@@ -262,16 +262,14 @@ struct BusCost {
 /// The medians of a row's runs without or with the audit.
 struct Medians {
     rate: f64,
-    waits: u64,
+    waits: f64,
 }
 
 impl Medians {
     fn of(runs: &[Run]) -> Medians {
-        let mut waits: Vec<u64> = runs.iter().map(|run| run.waits).collect();
-        waits.sort_unstable();
         Medians {
             rate: median(runs.iter().map(|run| run.rate).collect()),
-            waits: waits[waits.len() / 2],
+            waits: median(runs.iter().map(|run| run.waits as f64).collect()),
         }
     }
 }
@@ -413,8 +411,8 @@ pub async fn report(rows: u64, workers: usize, postgres: Option<&str>) -> anyhow
                     "{} → {} events/s; threads waited {} → {} times a run",
                     thousands(cost.without.rate),
                     thousands(cost.with.rate),
-                    thousands(cost.without.waits as f64),
-                    thousands(cost.with.waits as f64),
+                    thousands(cost.without.waits),
+                    thousands(cost.with.waits),
                 ),
                 format!(
                     "cost {:.0} % ({:.0} to {:.0} %)",
