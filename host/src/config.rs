@@ -120,8 +120,8 @@ pub struct AuditConfig {
     /// How many steps (Unix `nice`, 0–19) below the daemon's CPU priority the writers'
     /// placing and hashing run, so a burst the backlog absorbs does not slow the bus
     /// while it lasts (on SQLite the inserts too). 0: the same priority, and no
-    /// PostgreSQL batch is held back while the daemon is busy. The lowering is Linux
-    /// only; elsewhere it is ignored.
+    /// batch is held back while the daemon is busy. The lowering is Linux only;
+    /// elsewhere it is ignored.
     pub nice: u8,
 }
 

@@ -19,8 +19,11 @@
 
 use std::sync::mpsc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use tokio::sync::oneshot;
+
+use super::busy::OwnCpu;
 
 /// Most rows one low-priority SQLite insert takes (one transaction): a quarter of
 /// the default batch, so the write turn is held a quarter as long, for one commit
@@ -35,8 +38,8 @@ pub(super) struct LowPriority {
 
 impl LowPriority {
     /// Starts a thread named `name`, `nice` steps below the daemon's CPU priority
-    /// (0: the same priority).
-    pub(super) fn start(name: &str, nice: u8) -> std::io::Result<LowPriority> {
+    /// (0: the same priority), that adds the CPU time it uses to `own`.
+    pub(super) fn start(name: &str, nice: u8, own: OwnCpu) -> std::io::Result<LowPriority> {
         let (jobs, queue) = mpsc::channel::<Box<dyn FnOnce() + Send>>();
         let thread = std::thread::Builder::new()
             .name(name.into())
@@ -44,8 +47,13 @@ impl LowPriority {
                 if let Err(error) = lower_priority(nice) {
                     tracing::warn!(%error, nice, "cannot lower an audit thread's CPU priority; it runs at the daemon's");
                 }
+                let mut counted = Duration::ZERO;
                 for job in queue {
                     job();
+                    if let Some(used) = crate::cpu::thread_time() {
+                        own.add(used.saturating_sub(counted));
+                        counted = used;
+                    }
                 }
             })?;
         Ok(LowPriority {
@@ -141,10 +149,42 @@ mod tests {
     #[test]
     fn jobs_run_in_turn_on_the_lowered_thread() {
         let before = own_priority();
-        let thread = LowPriority::start("evhost-test", 3).unwrap();
+        let thread = LowPriority::start("evhost-test", 3, OwnCpu::default()).unwrap();
         let first = thread.run(own_priority);
         let second = thread.run(|| "second");
         assert_eq!(first.blocking_recv().unwrap(), (before + 3).min(19));
         assert_eq!(second.blocking_recv().unwrap(), "second");
+    }
+
+    #[test]
+    fn the_thread_counts_the_cpu_time_its_jobs_use() {
+        let own = OwnCpu::default();
+        let thread = LowPriority::start("evhost-test", 0, own.clone()).unwrap();
+        let spin = |for_how_long: Duration| {
+            let started = crate::cpu::thread_time().unwrap();
+            while crate::cpu::thread_time().unwrap() - started < for_how_long {
+                std::hint::spin_loop();
+            }
+        };
+        thread
+            .run(move || spin(Duration::from_millis(30)))
+            .blocking_recv()
+            .unwrap();
+        // The count follows the job's answer: a job later, it holds the first.
+        thread.run(|| ()).blocking_recv().unwrap();
+        let after_one = own.used();
+        assert!(after_one >= Duration::from_millis(30), "{after_one:?}");
+        thread
+            .run(move || spin(Duration::from_millis(30)))
+            .blocking_recv()
+            .unwrap();
+        drop(thread);
+        let after_two = own.used();
+        assert!(
+            after_two >= after_one + Duration::from_millis(30),
+            "{after_one:?} then {after_two:?}"
+        );
+        // Its own work, not the process's: this thread spun for none of it.
+        assert!(after_two < Duration::from_millis(500), "{after_two:?}");
     }
 }

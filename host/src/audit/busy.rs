@@ -1,12 +1,16 @@
-//! On PostgreSQL, a writer whose backlog is low holds its next batch back while the
+//! A writer whose backlog is low holds its next batch back while the rest of the
 //! daemon is busy, for at most [`MAX_HOLD`].
 //!
-//! Why: most of the CPU an audit row costs on PostgreSQL is the server's (parsing,
-//! the heap and seven index entries), in processes whose priority the daemon cannot
-//! lower as it lowers its own audit threads (see `background`). With the server on
-//! the daemon's machine, a burst of events took that CPU from the bus for as long as
-//! it lasted: the bus ran 53–64 % slower with the audit than without, against
-//! none of that on SQLite. Holding the batch is the same bargain as the lower
+//! Why: the lower CPU priority of the audit's own threads (see `background`) is not
+//! enough. On PostgreSQL most of the CPU an audit row costs is the server's
+//! (parsing, the heap and seven index entries), in processes whose priority the
+//! daemon cannot lower: with the server on the daemon's machine, a burst of events
+//! took that CPU from the bus for as long as it lasted (the bus ran 53–64 % slower
+//! with the audit than without). On SQLite the inserts run in the daemon's own
+//! lowered threads, but a thread at `nice` 10 still gets about a tenth of a core it
+//! shares with the bus, and the WAL checkpointer copies the committed pages at the
+//! daemon's priority: with fair pairs of runs the bus ran 1–22 % slower (the median
+//! of eleven reports was 9 %). Holding the batch is the same bargain as the lower
 //! priority: the backlog absorbs the burst, and the rows go in once the daemon has
 //! room again.
 //!
@@ -18,11 +22,15 @@
 //! nothing for [`COOLDOWN`], so under a sustained load at most a tenth of the time
 //! goes to holding.
 //!
-//! "Busy" is the daemon's own CPU time (all its threads, from the process CPU clock)
-//! over a short window: at least [`BUSY_SHARE`] of the machine's cores. A server on
-//! another machine does not take the daemon's cores, and there a hold only delays
-//! rows, by at most [`MAX_HOLD`].
+//! "Busy" is the daemon's CPU time (all its threads, from the process CPU clock)
+//! less the audit's own lowered threads ([`OwnCpu`]), over a short window: at least
+//! [`BUSY_SHARE`] of the machine's cores. Without that subtraction a SQLite writer
+//! catching up would read its own inserts as a busy daemon and hold itself up. A
+//! server on another machine does not take the daemon's cores, and there a hold only
+//! delays rows, by at most [`MAX_HOLD`].
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// The share of all cores the daemon must have used over a window to count as busy.
@@ -45,8 +53,26 @@ const MAX_HOLD: Duration = Duration::from_secs(1);
 /// How long after a hold of [`MAX_HOLD`] the writer holds nothing.
 const COOLDOWN: Duration = Duration::from_secs(10);
 
-/// The daemon's CPU use, from its process CPU clock.
+/// CPU time used by the audit's lowered threads, all writers' together: the part of
+/// the daemon's CPU time that is the audit's own work, not a sign that the rest of
+/// the daemon is busy. Each thread adds what it used after each job.
+#[derive(Clone, Default)]
+pub(super) struct OwnCpu(Arc<AtomicU64>);
+
+impl OwnCpu {
+    pub(super) fn add(&self, used: Duration) {
+        let nanos = u64::try_from(used.as_nanos()).unwrap_or(u64::MAX);
+        self.0.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    pub(super) fn used(&self) -> Duration {
+        Duration::from_nanos(self.0.load(Ordering::Relaxed))
+    }
+}
+
+/// The CPU use of the daemon less the audit's own, from the process CPU clock.
 struct CpuUse {
+    own: OwnCpu,
     cores: f64,
     /// When the current window started, and the CPU time used by then; none before
     /// the first look.
@@ -57,17 +83,25 @@ struct CpuUse {
 
 impl CpuUse {
     /// None where the process CPU clock cannot be read.
-    fn start() -> Option<CpuUse> {
+    fn start(own: OwnCpu) -> Option<CpuUse> {
         crate::cpu::process_time()?;
         Some(CpuUse {
+            own,
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()) as f64,
             window: None,
             last: 0.0,
         })
     }
 
-    /// Whether the daemon used at least [`BUSY_SHARE`] of all cores over the current
-    /// window, if it is at least [`WINDOW`] long (then the next window starts), else
+    /// The daemon's CPU time so far, less the audit's own.
+    fn others(&self) -> Duration {
+        crate::cpu::process_time()
+            .unwrap_or_default()
+            .saturating_sub(self.own.used())
+    }
+
+    /// Whether the daemon, less the audit, used at least [`BUSY_SHARE`] of all cores
+    /// over the current window, if it is at least [`WINDOW`] long (then the next window starts), else
     /// over the one before. Waits only at the first look and after a quiet spell
     /// (see [`STALE`]), for one fresh window: a writer that keeps busy loses no time
     /// to looking.
@@ -75,17 +109,14 @@ impl CpuUse {
         let (at, used) = match self.window {
             Some((at, used)) if at.elapsed() <= STALE => (at, used),
             _ => {
-                let fresh = (
-                    Instant::now(),
-                    crate::cpu::process_time().unwrap_or_default(),
-                );
+                let fresh = (Instant::now(), self.others());
                 tokio::time::sleep(WINDOW).await;
                 fresh
             }
         };
         let elapsed = at.elapsed();
         if elapsed >= WINDOW {
-            let now = crate::cpu::process_time().unwrap_or(used);
+            let now = self.others().max(used);
             self.last =
                 now.saturating_sub(used).as_secs_f64() / (elapsed.as_secs_f64() * self.cores);
             self.window = Some((Instant::now(), now));
@@ -103,9 +134,10 @@ pub(super) struct Hold {
 
 impl Hold {
     /// None where the daemon cannot tell how busy it is: then nothing is held.
-    pub(super) fn new() -> Option<Hold> {
+    /// `own` is the CPU time of the audit's lowered threads.
+    pub(super) fn new(own: OwnCpu) -> Option<Hold> {
         Some(Hold {
-            cpu: CpuUse::start()?,
+            cpu: CpuUse::start(own)?,
             cooldown_until: None,
         })
     }

@@ -69,7 +69,7 @@ pub struct AuditOptions {
     /// Writers (chains); `None`: 1 on SQLite, 2 on PostgreSQL.
     pub writers: Option<usize>,
     /// Steps below the daemon's CPU priority for placing and hashing (`audit.nice`);
-    /// 0 also turns off holding PostgreSQL batches while the daemon is busy.
+    /// 0 also turns off holding batches while the daemon is busy.
     pub nice: u8,
 }
 
@@ -150,6 +150,7 @@ impl Audit {
         let mut senders = Vec::with_capacity(writers);
         let mut healthy = Vec::with_capacity(writers);
         let mut tasks = Vec::with_capacity(writers + 1);
+        let own_cpu = busy::OwnCpu::default();
         for k in 0..writers {
             let chain = if k == 0 {
                 chain.clone()
@@ -162,18 +163,27 @@ impl Audit {
             let writer = Writer {
                 store: store.clone(),
                 inserter: db::Inserter::open(&store)?,
-                placing: background::LowPriority::start("evhost-audit", options.nice)
-                    .map_err(AuditError::Thread)?,
+                placing: background::LowPriority::start(
+                    "evhost-audit",
+                    options.nice,
+                    own_cpu.clone(),
+                )
+                .map_err(AuditError::Thread)?,
                 inserting: match store {
                     Store::Sqlite(_) => Some(
-                        background::LowPriority::start("evhost-audit-ins", options.nice)
-                            .map_err(AuditError::Thread)?,
+                        background::LowPriority::start(
+                            "evhost-audit-ins",
+                            options.nice,
+                            own_cpu.clone(),
+                        )
+                        .map_err(AuditError::Thread)?,
                     ),
                     Store::Postgres(_) => None,
                 },
-                hold: match store {
-                    Store::Postgres(_) if options.nice > 0 => busy::Hold::new(),
-                    _ => None,
+                hold: if options.nice > 0 {
+                    busy::Hold::new(own_cpu.clone())
+                } else {
+                    None
                 },
                 low_water: per_writer / 2,
                 chain,
@@ -368,8 +378,8 @@ struct Writer {
     /// `low_water`.
     placing: background::LowPriority,
     inserting: Option<background::LowPriority>,
-    /// On PostgreSQL, where the server's share cannot be lowered: holds a batch
-    /// back while the daemon is busy and the backlog is below `low_water`.
+    /// Holds a batch back while the rest of the daemon is busy and the backlog is
+    /// below `low_water` (see `busy`).
     hold: Option<busy::Hold>,
     low_water: usize,
     chain: String,

@@ -64,20 +64,23 @@ impl BenchDb {
         }
     }
 
+    /// An audit log, and the metrics it counts its held batches in.
     async fn audit(
         &self,
         chain: &str,
         batch_size: usize,
         max_backlog: usize,
         writers: Option<usize>,
-    ) -> anyhow::Result<Arc<Audit>> {
-        Ok(Audit::start(
+    ) -> anyhow::Result<(Arc<Audit>, Arc<Metrics>)> {
+        let metrics = Metrics::new(10);
+        let audit = Audit::start(
             self.store.clone(),
             self.options(batch_size, max_backlog, writers),
-            Metrics::new(10),
+            metrics.clone(),
             chain.to_string(),
         )
-        .await?)
+        .await?;
+        Ok((audit, metrics))
     }
 
     async fn close(self) {
@@ -105,7 +108,7 @@ fn postgres_backend(db: &BenchDb) -> bool {
 
 /// Rows/s from the first row handed over until the last is committed, and how busy
 /// that kept the machine (this process's share; on PostgreSQL the server's is not in
-/// it).
+/// it) and how many batches the writers held (see `audit::busy`).
 async fn writer_rate(
     db: &BenchDb,
     rows: u64,
@@ -113,7 +116,7 @@ async fn writer_rate(
     writers: Option<usize>,
 ) -> anyhow::Result<(f64, String)> {
     let run = format!("w{batch_size}-{}", uuid::Uuid::new_v4().simple());
-    let audit = db.audit(&run, batch_size, 10_000, writers).await?;
+    let (audit, metrics) = db.audit(&run, batch_size, 10_000, writers).await?;
     let subscriber = audit.subscriber();
     let template = template_event();
     let cpu = CpuMeter::start();
@@ -122,7 +125,9 @@ async fn writer_rate(
         feed(&subscriber, &unique_event(&template, n, &run)).await;
     }
     audit.shutdown().await;
-    Ok((rows as f64 / start.elapsed().as_secs_f64(), cpu.report()))
+    let rate = rows as f64 / start.elapsed().as_secs_f64();
+    let held = metrics.audit.batches_held.get();
+    Ok((rate, format!("{}; {held} batches held", cpu.report())))
 }
 
 /// The highest of `rates` (events/s) at which the backlog does not grow over `seconds`.
@@ -142,7 +147,7 @@ async fn flat_rate(db: &BenchDb, rates: &[u64], seconds: u64) -> anyhow::Result<
     let mut best = None;
     for &rate in rates {
         let run = format!("flat{rate}-{}", uuid::Uuid::new_v4().simple());
-        let audit = db.audit(&run, BATCH, 1_000_000, Some(writers)).await?;
+        let (audit, _) = db.audit(&run, BATCH, 1_000_000, Some(writers)).await?;
         let subscriber = audit.subscriber();
         let ticks = (seconds * 100) as usize;
         let per_tick = rate / 100;
@@ -263,6 +268,7 @@ struct BusCost {
 struct Medians {
     rate: f64,
     waits: f64,
+    held: f64,
 }
 
 impl Medians {
@@ -270,6 +276,7 @@ impl Medians {
         Medians {
             rate: median(runs.iter().map(|run| run.rate).collect()),
             waits: median(runs.iter().map(|run| run.waits as f64).collect()),
+            held: median(runs.iter().map(|run| run.held as f64).collect()),
         }
     }
 }
@@ -313,9 +320,9 @@ async fn bus_rate(
     bus.subscribe(vec![TypePattern::All], Arc::new(keeper))?;
     let run = format!("cost-{}", uuid::Uuid::new_v4().simple());
     let audit = if let Some(fill) = audit_filled {
-        let audit = db.audit(&run, 1000, fill.backlog(events), None).await?;
+        let (audit, metrics) = db.audit(&run, 1000, fill.backlog(events), None).await?;
         bus.subscribe(vec![TypePattern::All], audit.subscriber())?;
-        Some(audit)
+        Some((audit, metrics))
     } else {
         None
     };
@@ -340,10 +347,12 @@ async fn bus_rate(
     let waits = super::waits() - waits;
     drop(bus);
     drop(kept);
-    if let Some(audit) = audit {
+    let mut held = 0;
+    if let Some((audit, metrics)) = audit {
         audit.shutdown().await;
+        held = metrics.audit.batches_held.get();
     }
-    Ok(Run { rate, waits })
+    Ok(Run { rate, waits, held })
 }
 
 /// One run of [`bus_rate`].
@@ -352,6 +361,9 @@ struct Run {
     rate: f64,
     /// How often the process's threads waited during the run (see [`super::waits`]).
     waits: u64,
+    /// Batches the audit's writers held back while the bus was busy (none without
+    /// the audit).
+    held: u64,
 }
 
 /// Prints the audit rows of the report.
@@ -408,11 +420,12 @@ pub async fn report(rows: u64, workers: usize, postgres: Option<&str>) -> anyhow
                     fill.name(),
                 ),
                 format!(
-                    "{} → {} events/s; threads waited {} → {} times a run",
+                    "{} → {} events/s; threads waited {} → {} times a run; {} batches held a run",
                     thousands(cost.without.rate),
                     thousands(cost.with.rate),
                     thousands(cost.without.waits),
                     thousands(cost.with.waits),
+                    thousands(cost.with.held),
                 ),
                 format!(
                     "cost {:.0} % ({:.0} to {:.0} %)",
