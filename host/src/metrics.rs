@@ -417,6 +417,7 @@ pub struct AuditMetrics {
     pub rows_written: Counter,
     pub rows_written_low_priority: Counter,
     pub batches_held: Counter,
+    pub holds_to_the_limit: Counter,
     pub write_errors: Counter,
     pub write_seconds: Histogram,
     pub backlog: Gauge,
@@ -431,6 +432,7 @@ impl AuditMetrics {
             rows_written: Counter::default(),
             rows_written_low_priority: Counter::default(),
             batches_held: Counter::default(),
+            holds_to_the_limit: Counter::default(),
             write_errors: Counter::default(),
             // 100 µs … ~100 s
             write_seconds: Histogram::new(exponential_buckets(0.000_1, 4.0, 11)),
@@ -451,8 +453,13 @@ impl AuditMetrics {
         );
         registry.register(
             "evhost_audit_batches_held",
-            "PostgreSQL audit batches held back (at most 1 s each) while the daemon was busy and the backlog under half full (audit.nice)",
+            "Audit batches held back (at most 1 s each) while the rest of the daemon was busy and the backlog under half full (audit.nice)",
             m.batches_held.clone(),
+        );
+        registry.register(
+            "evhost_audit_holds_to_the_limit",
+            "Audit batches held for the full 1 s: a sustained load, after which nothing is held for 10 s",
+            m.holds_to_the_limit.clone(),
         );
         registry.register(
             "evhost_audit_write_errors",

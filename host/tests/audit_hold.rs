@@ -103,6 +103,7 @@ async fn a_writer_holds_batches_while_the_daemon_is_busy_and_not_for_long() {
         let backend = db.store.backend();
         let (audit, metrics) = start(&db, "hold").await;
         let held = || metrics.audit.batches_held.get();
+        let to_the_limit = || metrics.audit.holds_to_the_limit.get();
         let mut rows = 0;
 
         record(&audit, rows, 10).await;
@@ -117,13 +118,17 @@ async fn a_writer_holds_batches_while_the_daemon_is_busy_and_not_for_long() {
         let done = burn();
         // Longer than a writer's look reaches back: it measures the busy cores afresh.
         tokio::time::sleep(Duration::from_millis(150)).await;
+        // A hold's length is read from the metric, not from how long the rows took:
+        // on SQLite the lowered threads that place and insert them get little CPU
+        // with every core taken, which adds to the time whether a hold ran its full
+        // second or not.
         let mut full_hold = None;
         for _ in 0..5 {
             record(&audit, rows, 10).await;
             rows += 10;
             let took = rows_within(&db, rows, Duration::from_secs(5)).await;
             let took = took.unwrap_or_else(|| panic!("{backend}: the rows never came"));
-            if took >= MAX_HOLD {
+            if to_the_limit() > 0 {
                 full_hold = Some(took);
                 break;
             }
@@ -131,9 +136,10 @@ async fn a_writer_holds_batches_while_the_daemon_is_busy_and_not_for_long() {
         let took = full_hold
             .unwrap_or_else(|| panic!("{backend}: a batch held for the full second while busy"));
         assert!(
-            took < 2 * MAX_HOLD,
-            "{backend}: then written while still busy: {took:?}"
+            (MAX_HOLD..2 * MAX_HOLD).contains(&took),
+            "{backend}: held for the full second, then written while still busy: {took:?}"
         );
+        assert_eq!(to_the_limit(), 1, "{backend}");
         assert!(held() >= 1, "{backend}");
         // Still busy, after a full hold: not held again. (Not timed: with every core
         // taken, the writer's lowered threads get little CPU, held or not.)
@@ -143,6 +149,7 @@ async fn a_writer_holds_batches_while_the_daemon_is_busy_and_not_for_long() {
         let took = rows_within(&db, rows, Duration::from_secs(5)).await;
         assert!(took.is_some(), "{backend}, sustained");
         assert_eq!(held(), before, "{backend}: a sustained load is not held");
+        assert_eq!(to_the_limit(), 1, "{backend}");
         done.store(true, Ordering::Relaxed);
 
         tokio::time::sleep(Duration::from_millis(150)).await;
@@ -187,12 +194,19 @@ async fn a_hold_ends_when_the_backlog_is_half_full() {
         }
         assert!(holding, "{backend}: a batch held while busy");
         // 600 more, past half the backlog of 1,000: the held batch goes, and the rows
-        // above half with it, well within the hold's limit.
+        // above half with it, well within the hold's limit. (Timed on PostgreSQL
+        // only: on SQLite the batch in flight is inserted on a lowered thread, which
+        // gets little CPU with every core taken, and the rows after it wait for it.
+        // That the hold ended before its limit shows there too.)
         record(&audit, rows, 600).await;
         rows += 600;
         let took = rows_within(&db, rows - 500, Duration::from_secs(5)).await;
         done.store(true, Ordering::Relaxed);
-        assert!(took.is_some_and(|t| t < MAX_HOLD), "{backend}: {took:?}");
+        assert!(
+            took.is_some_and(|t| backend != "postgres" || t < MAX_HOLD),
+            "{backend}: {took:?}"
+        );
+        assert_eq!(metrics.audit.holds_to_the_limit.get(), 0, "{backend}");
         assert!(
             rows_within(&db, rows, Duration::from_secs(5))
                 .await

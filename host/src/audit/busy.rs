@@ -143,24 +143,36 @@ impl Hold {
     }
 
     /// Waits while the daemon is busy, until `release` says not to wait any longer
-    /// or [`MAX_HOLD`] has passed. Returns whether it waited.
-    pub(super) async fn while_busy(&mut self, mut release: impl FnMut() -> bool) -> bool {
+    /// or [`MAX_HOLD`] has passed.
+    pub(super) async fn while_busy(&mut self, mut release: impl FnMut() -> bool) -> Held {
         let started = Instant::now();
         if self.cooldown_until.is_some_and(|until| started < until) {
-            return false;
+            return Held::Not;
         }
-        let mut held = false;
+        let mut held = Held::Not;
         loop {
             if !self.cpu.busy().await || release() {
                 break;
             }
             if started.elapsed() >= MAX_HOLD {
                 self.cooldown_until = Some(Instant::now() + COOLDOWN);
+                held = Held::ToTheLimit;
                 break;
             }
-            held = true;
+            held = Held::Briefly;
             tokio::time::sleep(WINDOW).await;
         }
         held
     }
+}
+
+/// How long [`Hold::while_busy`] held a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Held {
+    Not,
+    /// Until the daemon was no longer busy or the backlog reached half full.
+    Briefly,
+    /// For the full [`MAX_HOLD`]: a sustained load, so nothing more is held for
+    /// [`COOLDOWN`].
+    ToTheLimit,
 }

@@ -490,8 +490,15 @@ impl Writer {
             if background && let Some(hold) = &mut self.hold {
                 let low_water = self.low_water;
                 let release = || stop.is_cancelled() || self.rx.len() >= low_water;
-                if hold.while_busy(release).await {
-                    self.metrics.audit.batches_held.inc();
+                match hold.while_busy(release).await {
+                    busy::Held::Not => {}
+                    busy::Held::Briefly => {
+                        self.metrics.audit.batches_held.inc();
+                    }
+                    busy::Held::ToTheLimit => {
+                        self.metrics.audit.batches_held.inc();
+                        self.metrics.audit.holds_to_the_limit.inc();
+                    }
                 }
             }
             in_flight = Some(self.start_insert(placed, background));
