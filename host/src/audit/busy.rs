@@ -101,10 +101,10 @@ impl CpuUse {
     }
 
     /// Whether the daemon, less the audit, used at least [`BUSY_SHARE`] of all cores
-    /// over the current window, if it is at least [`WINDOW`] long (then the next window starts), else
-    /// over the one before. Waits only at the first look and after a quiet spell
-    /// (see [`STALE`]), for one fresh window: a writer that keeps busy loses no time
-    /// to looking.
+    /// over the current window, if it is at least [`WINDOW`] long (then the next
+    /// window starts), else over the one before. Waits only at the first look and
+    /// after a quiet spell (see [`STALE`]), for one fresh window: a writer that keeps
+    /// busy loses no time to looking.
     async fn busy(&mut self) -> bool {
         let (at, used) = match self.window {
             Some((at, used)) if at.elapsed() <= STALE => (at, used),
@@ -116,6 +116,8 @@ impl CpuUse {
         };
         let elapsed = at.elapsed();
         if elapsed >= WINDOW {
+            // It can read lower than at the window's start: a thread adds a job's
+            // time once the job is done, and the process clock counted it all along.
             let now = self.others().max(used);
             self.last =
                 now.saturating_sub(used).as_secs_f64() / (elapsed.as_secs_f64() * self.cores);
