@@ -1,6 +1,7 @@
 //! An audit writer holds its batches back while the daemon is busy, and not for
-//! long, on either backend. A file of its own: the hold reads the whole process's CPU time,
-//! so other tests running beside it in one process would make the "daemon" busy.
+//! long, on either backend. A file of its own: the hold reads the whole process's
+//! CPU time, so other tests running beside it in one process would make the
+//! "daemon" busy.
 //! The two tests here keep every core busy in turn (each waits for the other: see
 //! `ONE_AT_A_TIME`).
 

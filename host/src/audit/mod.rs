@@ -490,15 +490,12 @@ impl Writer {
             if background && let Some(hold) = &mut self.hold {
                 let low_water = self.low_water;
                 let release = || stop.is_cancelled() || self.rx.len() >= low_water;
-                match hold.while_busy(release).await {
-                    busy::Held::Not => {}
-                    busy::Held::Briefly => {
-                        self.metrics.audit.batches_held.inc();
-                    }
-                    busy::Held::ToTheLimit => {
-                        self.metrics.audit.batches_held.inc();
-                        self.metrics.audit.holds_to_the_limit.inc();
-                    }
+                let held = hold.while_busy(release).await;
+                if held != busy::Held::Not {
+                    self.metrics.audit.batches_held.inc();
+                }
+                if held == busy::Held::ToTheLimit {
+                    self.metrics.audit.holds_to_the_limit.inc();
                 }
             }
             in_flight = Some(self.start_insert(placed, background));
