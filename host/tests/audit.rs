@@ -431,3 +431,88 @@ async fn the_writer_retries_until_the_database_takes_the_rows() {
         db.cleanup().await;
     }
 }
+
+/// A SQLite database from before the audit log had a file of its own holds the log
+/// in its main file. The next start moves it, whole and still verifying, and the
+/// chain goes on from where it was.
+#[tokio::test]
+async fn an_audit_log_in_the_main_sqlite_file_moves_to_its_own() {
+    let mut db = TestDb::sqlite().await;
+    let audit = write_rows(&db, "c1", 30).await;
+    audit.shutdown().await;
+    let evhost::store::Store::Sqlite(pool) = &db.store else {
+        unreachable!("the first test database is SQLite")
+    };
+    let main = pool.connect_options().get_filename().to_path_buf();
+    let own = evhost::store::sqlite_audit_file(pool);
+    assert!(own.exists(), "{} was created", own.display());
+    db.store.close().await;
+
+    // The earlier layout: the tables in the main file (as its first migration made
+    // them), the rows in them, no audit file. Row numbers were used up to 40.
+    let conn = rusqlite::Connection::open(&main).unwrap();
+    conn.execute("ATTACH DATABASE ?1 AS audit", [own.to_str().unwrap()])
+        .unwrap();
+    conn.execute_batch(include_str!("../../migrations/sqlite/0001_audit_log.sql"))
+        .unwrap();
+    conn.execute_batch(
+        "INSERT INTO main.audit_log SELECT * FROM audit.audit_log;
+         UPDATE main.sqlite_sequence SET seq = 40 WHERE name = 'audit_log';
+         DETACH DATABASE audit;",
+    )
+    .unwrap();
+    drop(conn);
+    for suffix in ["", "-wal", "-shm"] {
+        let mut path = own.clone().into_os_string();
+        path.push(suffix);
+        let _ = std::fs::remove_file(path);
+    }
+
+    let config = TestDb::config(db.dir.path(), None, None);
+    db.store = evhost::store::Store::connect(&config).await.unwrap();
+    db.store.migrate().await.unwrap();
+    let moved = db;
+    let report = audit::verify(&moved.store).await.unwrap();
+    assert!(report.ok && report.rows == 30, "{report:?}");
+    let in_main: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM main.sqlite_master WHERE name IN ('audit_log', 'audit_anchor')",
+    )
+    .fetch_one(pool_of(&moved.store))
+    .await
+    .unwrap();
+    assert_eq!(in_main, 0, "the main file's tables are gone");
+    // A second start finds nothing to move.
+    moved.store.migrate().await.unwrap();
+
+    let audit = moved.audit("c1").await;
+    record(
+        &audit,
+        &[event("after-the-move", "user.login", Some("web"))],
+    )
+    .await;
+    audit.shutdown().await;
+    let report = audit::verify(&moved.store).await.unwrap();
+    assert!(report.ok && report.rows == 31, "{report:?}");
+    let newest = audit::query(
+        &moved.store,
+        &audit::Filter {
+            limit: 1,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(newest[0].entry.event_id, "after-the-move");
+    assert_eq!(
+        newest[0].seq, 41,
+        "row numbers go on after the highest used"
+    );
+    moved.cleanup().await;
+}
+
+fn pool_of(store: &evhost::store::Store) -> &sqlx::SqlitePool {
+    match store {
+        evhost::store::Store::Sqlite(pool) => pool,
+        evhost::store::Store::Postgres(_) => unreachable!("a SQLite test"),
+    }
+}

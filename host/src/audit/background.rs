@@ -13,9 +13,10 @@
 //!
 //! Two such threads per writer, one placing and one inserting, so that one batch is
 //! placed while the one before it is inserted, as at the normal priority. On SQLite an
-//! insert holds the write turn that the webhook outbox also waits for, so at the
-//! lower priority it takes at most [`BATCH_ON_SQLITE`] rows at a time: a short hold
-//! even when the thread gets little of a core.
+//! insert holds the audit file's write lock, which retention's deletes also wait for
+//! (the webhook outbox no longer does: it writes to the main file, see
+//! `store::audit_file`), so at the lower priority it takes at most [`BATCH_ON_SQLITE`]
+//! rows at a time: a short hold even when the thread gets little of a core.
 
 use std::sync::mpsc;
 use std::thread::JoinHandle;

@@ -216,7 +216,9 @@ impl Inserter {
     /// Opens the writer's SQLite connection, or shares the PostgreSQL pool.
     pub fn open(store: &Store) -> Result<Inserter, WriteError> {
         Ok(match store {
-            Store::Sqlite(pool) => Inserter::Sqlite(SqliteWriter::open(pool)?),
+            Store::Sqlite(pool) => Inserter::Sqlite(SqliteWriter::open_file(
+                &crate::store::sqlite_audit_file(pool),
+            )?),
             Store::Postgres(pool) => Inserter::Postgres(pool.clone()),
         })
     }

@@ -14,6 +14,8 @@ use sqlx::{PgPool, SqlitePool};
 
 use crate::config::Config;
 
+pub mod audit_file;
+
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
@@ -44,6 +46,18 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database error")]
     Db(#[from] sqlx::Error),
+    #[error("cannot create the audit log's file {path}")]
+    AuditFile {
+        path: std::path::PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error(
+        "moving the audit log into {path}: {missing} rows did not arrive; the main file keeps them"
+    )]
+    AuditMove {
+        path: std::path::PathBuf,
+        missing: i64,
+    },
 }
 
 /// A connection pool to one of the supported databases.
@@ -75,7 +89,16 @@ impl Store {
                 // Audit rows must survive a power cut, not only a crash.
                 .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(Duration::from_secs(10));
+            let audit = audit_file::path(options.get_filename());
+            audit_file::create(&audit).map_err(|source| StoreError::AuditFile {
+                path: audit.clone(),
+                source,
+            })?;
             let pool = SqlitePoolOptions::new()
+                .after_connect(move |conn, _| {
+                    let audit = audit.clone();
+                    Box::pin(async move { audit_file::attach(conn, &audit).await })
+                })
                 .max_connections(config.database.max_connections.min(8))
                 .connect_with(options)
                 .await
@@ -111,7 +134,10 @@ impl Store {
     /// Applies the embedded migrations not yet applied.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         match self {
-            Store::Sqlite(pool) => SQLITE_MIGRATIONS.run(pool).await?,
+            Store::Sqlite(pool) => {
+                SQLITE_MIGRATIONS.run(pool).await?;
+                audit_file::migrate(pool, &sqlite_audit_file(pool)).await?;
+            }
             Store::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await?,
         }
         Ok(())
@@ -131,6 +157,12 @@ impl Store {
             Store::Postgres(pool) => pool.close().await,
         }
     }
+}
+
+/// The file that holds the audit log of the SQLite database `pool` (see
+/// [`audit_file`]).
+pub fn sqlite_audit_file(pool: &SqlitePool) -> std::path::PathBuf {
+    audit_file::path(pool.connect_options().get_filename())
 }
 
 /// How durable a busy writer's transaction must be when its commit returns.
@@ -155,20 +187,28 @@ pub enum Durability {
 /// across batches, values bound by reference, no hand-over to sqlx's worker thread.
 /// The audit writer and the webhook outbox each have one.
 #[derive(Clone)]
-pub struct SqliteWriter(Arc<Mutex<WriterConnection>>);
+pub struct SqliteWriter {
+    conn: Arc<Mutex<WriterConnection>>,
+    /// The file's write turn; holding it also keeps the file's checkpoint thread
+    /// running.
+    file: Arc<SqliteFile>,
+}
 
 struct WriterConnection {
     conn: rusqlite::Connection,
     /// The `synchronous` setting the connection has now.
     durability: Durability,
-    /// Keeps the file's checkpoint thread running (none if it could not start).
-    _checkpoints: Option<Arc<CheckpointThread>>,
 }
 
 impl SqliteWriter {
+    /// A writer on the pool's own file.
     pub fn open(pool: &SqlitePool) -> Result<SqliteWriter, rusqlite::Error> {
-        let path = pool.connect_options().get_filename().to_path_buf();
-        let conn = rusqlite::Connection::open(&path)?;
+        SqliteWriter::open_file(pool.connect_options().get_filename())
+    }
+
+    /// A writer on the SQLite file at `path` (in WAL mode already).
+    pub fn open_file(path: &std::path::Path) -> Result<SqliteWriter, rusqlite::Error> {
+        let conn = rusqlite::Connection::open(path)?;
         conn.busy_timeout(Duration::from_secs(10))?;
         // As the pool's connections: survive a power cut. The file is in WAL mode
         // already (the pool set it).
@@ -180,15 +220,17 @@ impl SqliteWriter {
             rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
             true,
         )?;
-        let checkpoints = checkpoint_thread(&path)?;
-        if checkpoints.is_some() {
+        let file = SqliteFile::of(path)?;
+        if file.checkpointing {
             conn.pragma_update(None, "wal_autocheckpoint", INLINE_CHECKPOINT_PAGES)?;
         }
-        Ok(SqliteWriter(Arc::new(Mutex::new(WriterConnection {
-            conn,
-            durability: Durability::PowerCut,
-            _checkpoints: checkpoints,
-        }))))
+        Ok(SqliteWriter {
+            conn: Arc::new(Mutex::new(WriterConnection {
+                conn,
+                durability: Durability::PowerCut,
+            })),
+            file,
+        })
     }
 
     /// Runs `write` (one transaction) on a blocking thread, in turn with the
@@ -198,8 +240,8 @@ impl SqliteWriter {
         durability: Durability,
         write: impl FnOnce(&mut rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, WriteError> {
-        let _turn = SQLITE_WRITE_TURN.lock().await;
-        let writer = self.0.clone();
+        let _turn = self.file.turn.lock().await;
+        let writer = self.conn.clone();
         let done = tokio::task::spawn_blocking(move || run_write(&writer, durability, write))
             .await
             .map_err(|e| WriteError::Task(e.to_string()))?;
@@ -214,8 +256,8 @@ impl SqliteWriter {
         durability: Durability,
         write: impl FnOnce(&mut rusqlite::Connection) -> rusqlite::Result<T>,
     ) -> Result<T, WriteError> {
-        let _turn = SQLITE_WRITE_TURN.blocking_lock();
-        Ok(run_write(&self.0, durability, write)?)
+        let _turn = self.file.turn.blocking_lock();
+        Ok(run_write(&self.conn, durability, write)?)
     }
 }
 
@@ -245,13 +287,52 @@ const INLINE_CHECKPOINT_PAGES: i64 = 8_000;
 /// the write turn, so that the WAL starts over: 16 MiB.
 const RESTART_PAGES: i64 = 4_000;
 
-/// While one of these lives, its file's checkpoint thread runs; every writer on the
-/// file holds the same one.
-struct CheckpointThread;
+/// What the busy writers on one SQLite file share: turns at its write lock, and its
+/// checkpoint thread, which runs while one of these lives.
+struct SqliteFile {
+    /// Turns at the file's write lock for the daemon's busy writers on it, in the
+    /// order they ask.
+    ///
+    /// SQLite lets one transaction write to a file at a time; the others poll with
+    /// growing sleeps (the busy timeout), which is not fair: a writer that commits
+    /// and begins again at once, as the pipelined audit writer does while it has a
+    /// backlog, can keep the lock for seconds while another sleeps between polls.
+    /// Queued here (tokio's mutex is FIFO) they take turns instead. One queue per
+    /// file: the audit log has a file of its own ([`audit_file`]), so its writer and
+    /// the webhook outbox do not wait for each other. On PostgreSQL there is none.
+    turn: tokio::sync::Mutex<()>,
+    /// Whether the checkpoint thread started (if not, commits checkpoint as SQLite
+    /// does by default).
+    checkpointing: bool,
+}
 
-/// The checkpoint thread of each SQLite file in this process.
-static CHECKPOINT_THREADS: Mutex<Vec<(std::path::PathBuf, std::sync::Weak<CheckpointThread>)>> =
+/// The shared state of each SQLite file in this process.
+static SQLITE_FILES: Mutex<Vec<(std::path::PathBuf, std::sync::Weak<SqliteFile>)>> =
     Mutex::new(Vec::new());
+
+impl SqliteFile {
+    /// The file's shared state, created (and its checkpoint thread started) by the
+    /// first writer on it.
+    fn of(path: &std::path::Path) -> Result<Arc<SqliteFile>, rusqlite::Error> {
+        let mut files = SQLITE_FILES.lock().unwrap_or_else(PoisonError::into_inner);
+        files.retain(|(_, alive)| alive.strong_count() > 0);
+        if let Some(file) = files
+            .iter()
+            .find(|(file, _)| file == path)
+            .and_then(|(_, alive)| alive.upgrade())
+        {
+            return Ok(file);
+        }
+        let conn = rusqlite::Connection::open(path)?;
+        conn.busy_timeout(READERS_WAIT)?;
+        let file = Arc::new_cyclic(|alive| SqliteFile {
+            turn: tokio::sync::Mutex::new(()),
+            checkpointing: checkpoint_thread(conn, alive.clone()),
+        });
+        files.push((path.to_path_buf(), Arc::downgrade(&file)));
+        Ok(file)
+    }
+}
 
 /// How long a RESTART waits for readers of older snapshots, holding the write turn
 /// meanwhile; and how long it is not tried again after readers kept it from
@@ -260,39 +341,21 @@ const READERS_WAIT: Duration = Duration::from_millis(50);
 const RESTART_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Copies the WAL into the database file from a thread of its own, one per file
-/// (the audit writers and the outbox share it), beside the writers rather than
-/// inside their commits: SQLite's automatic checkpoint runs in the commit that
-/// crosses the threshold, and that was about 15 % of the audit writer's insert time
-/// (fsync of the database file included), all of it holding the process's write
-/// turn. A `PASSIVE` checkpoint takes no write lock and waits for nobody. The
-/// thread ends once the file's last writer is dropped. `None` if it cannot start
-/// (then commits checkpoint as SQLite does by default).
-fn checkpoint_thread(
-    path: &std::path::Path,
-) -> Result<Option<Arc<CheckpointThread>>, rusqlite::Error> {
+/// (the writers on a file share it), beside the writers rather than inside their
+/// commits: SQLite's automatic checkpoint runs in the commit that crosses the
+/// threshold, and that was about 15 % of the audit writer's insert time (fsync of
+/// the database file included), all of it holding the file's write turn. A
+/// `PASSIVE` checkpoint takes no write lock and waits for nobody. The thread ends
+/// once `file` is dropped (with the file's last writer). False if it cannot start.
+fn checkpoint_thread(conn: rusqlite::Connection, file: std::sync::Weak<SqliteFile>) -> bool {
     const BUSY: Duration = Duration::from_millis(10);
     const IDLE: Duration = Duration::from_millis(250);
-    let mut threads = CHECKPOINT_THREADS
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    threads.retain(|(_, alive)| alive.strong_count() > 0);
-    if let Some(running) = threads
-        .iter()
-        .find(|(file, _)| file == path)
-        .and_then(|(_, alive)| alive.upgrade())
-    {
-        return Ok(Some(running));
-    }
-    let conn = rusqlite::Connection::open(path)?;
-    conn.busy_timeout(READERS_WAIT)?;
-    let token = Arc::new(CheckpointThread);
-    let alive = Arc::downgrade(&token);
     let started = std::thread::Builder::new()
         .name("evhost-sqlite-checkpoint".into())
         .spawn(move || {
             let mut last = (0, 0);
             let mut next_restart = std::time::Instant::now();
-            while alive.strong_count() > 0 {
+            while file.strong_count() > 0 {
                 // (frames in the WAL, frames copied so far): while they move, a
                 // writer is busy, so look again soon.
                 let now = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
@@ -305,8 +368,9 @@ fn checkpoint_thread(
                 if let Ok((frames, _)) = now
                     && frames >= RESTART_PAGES
                     && std::time::Instant::now() >= next_restart
+                    && let Some(file) = file.upgrade()
                 {
-                    let _turn = SQLITE_WRITE_TURN.blocking_lock();
+                    let _turn = file.turn.blocking_lock();
                     // The first column is 1 when readers kept it from finishing.
                     let blocked = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |row| {
                         row.get::<_, i64>(0)
@@ -330,26 +394,13 @@ fn checkpoint_thread(
             }
         });
     match started {
-        Ok(_) => {
-            threads.push((path.to_path_buf(), Arc::downgrade(&token)));
-            Ok(Some(token))
-        }
+        Ok(_) => true,
         Err(error) => {
             tracing::warn!(%error, "cannot start the WAL checkpoint thread; writers checkpoint as they commit");
-            Ok(None)
+            false
         }
     }
 }
-
-/// Turns at SQLite's write lock for the daemon's busy writers (the audit writer, the
-/// webhook outbox, claims and the delivery recorder), in the order they ask.
-///
-/// SQLite lets one transaction write at a time; the others poll with growing sleeps
-/// (the busy timeout), which is not fair: a writer that commits and begins again at
-/// once, as the pipelined audit writer does while it has a backlog, can keep the lock
-/// for seconds while the outbox sleeps between polls. Queued here (tokio's mutex is
-/// FIFO) they take turns instead. One queue per process; on PostgreSQL there is none.
-static SQLITE_WRITE_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Why a busy writer's batch was not written (its writer retries).
 #[derive(Debug, thiserror::Error)]
@@ -417,8 +468,8 @@ mod tests {
         let writer = SqliteWriter::open(&pool).unwrap();
         let second = SqliteWriter::open(&pool).unwrap();
         let thread_of = |w: &SqliteWriter| {
-            let w = w.0.lock().unwrap();
-            Arc::as_ptr(w._checkpoints.as_ref().expect("the thread started"))
+            assert!(w.file.checkpointing, "the thread started");
+            Arc::as_ptr(&w.file)
         };
         assert_eq!(
             thread_of(&writer),

@@ -41,7 +41,7 @@ impl TestDb {
         Config::load_from(None, env).unwrap()
     }
 
-    async fn sqlite() -> TestDb {
+    pub async fn sqlite() -> TestDb {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::connect(&Self::config(dir.path(), None, None))
             .await
