@@ -108,9 +108,10 @@ async fn each_event_is_recorded_once_and_the_log_verifies() {
 }
 
 /// Below half its backlog a writer places and inserts at a lower CPU priority (on
-/// SQLite in batches of at most 250), above half and when stopping at the daemon's.
-/// A burst that fills the backlog is written both ways: each event once, in one
-/// chain that verifies.
+/// SQLite in batches of at most 250), above half and when stopping at the daemon's
+/// (on SQLite committing first and fsyncing beside the next batch). A burst that
+/// fills the backlog is written both ways: each event once, in one chain that
+/// verifies, every row counted as written once, the last checkpoint at the head.
 #[tokio::test]
 async fn a_burst_that_fills_the_backlog_is_written_at_both_priorities() {
     for db in TestDb::all().await {
@@ -135,6 +136,14 @@ async fn a_burst_that_fills_the_backlog_is_written_at_both_priorities() {
         assert_eq!(audit::count(&db.store).await.unwrap(), 5000, "{backend}");
         let report = audit::verify(&db.store).await.unwrap();
         assert!(report.ok && report.rows == 5000, "{backend}: {report:?}");
+        assert_eq!(metrics.audit.rows_written.get(), 5000, "{backend}");
+        let checkpoints =
+            checkpoint::read_latest(&db.dir.path().join("audit-checkpoints.jsonl")).unwrap();
+        assert_eq!(
+            checkpoints.iter().map(|c| c.chain_seq).collect::<Vec<_>>(),
+            [5000],
+            "{backend}"
+        );
         let low = metrics.audit.rows_written_low_priority.get();
         if backend == "sqlite" {
             assert!(low > 0 && low < 5000, "{low} rows at the lower priority");

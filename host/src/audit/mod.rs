@@ -188,6 +188,7 @@ impl Audit {
                 low_water: per_writer / 2,
                 chain,
                 head,
+                syncing: None,
                 rx,
                 backlog_shown: 0,
                 options: options.clone(),
@@ -383,7 +384,11 @@ struct Writer {
     hold: Option<busy::Hold>,
     low_water: usize,
     chain: String,
+    /// The last row committed: where the next batch goes.
     head: (i64, [u8; 32]),
+    /// On SQLite, a batch committed at full priority whose fsync is still running
+    /// (see `Writer::settle`).
+    syncing: Option<Syncing>,
     rx: mpsc::Receiver<Item>,
     /// This writer's share of the backlog gauge (the writers add up).
     backlog_shown: i64,
@@ -410,7 +415,19 @@ struct InFlight {
     placed: Arc<db::Placed>,
     /// Placed and inserted at the lower priority.
     background: bool,
+    /// Committed without an fsync (SQLite at full priority): `settle` starts one.
+    unsynced: bool,
     task: JoinHandle<(Result<(), db::WriteError>, Duration)>,
+}
+
+/// A committed batch whose fsync runs while the next batch is inserted; its rows
+/// count as written (and a checkpoint may sign them) once the fsync returns.
+struct Syncing {
+    placed: Arc<db::Placed>,
+    /// From the insert's start to its commit.
+    took: Duration,
+    /// The fsync, and how long it took.
+    task: JoinHandle<(std::io::Result<()>, Duration)>,
 }
 
 impl Writer {
@@ -425,6 +442,7 @@ impl Writer {
                 && let Some(batch) = in_flight.take()
             {
                 self.settle(batch).await;
+                self.finish_sync().await;
                 self.checkpoint_if_due();
             }
             // Below half its backlog the writer is absorbing a burst, or keeping up:
@@ -504,6 +522,7 @@ impl Writer {
         if let Some(batch) = in_flight.take() {
             self.settle(batch).await;
         }
+        self.finish_sync().await;
         self.checkpoint();
         self.show_backlog(0);
         tracing::info!(chain = %self.chain, head = self.head.0, "audit writer stopped; every row written");
@@ -538,7 +557,21 @@ impl Writer {
                 });
                 (task, true)
             }
-            _ => {
+            (_, Some(writer)) => {
+                let writer = writer.clone();
+                let task = tokio::spawn(async move {
+                    let started = Instant::now();
+                    let result = db::insert_sqlite_unsynced(&writer, &chain, batch).await;
+                    (result, started.elapsed())
+                });
+                return InFlight {
+                    placed,
+                    background: false,
+                    unsynced: true,
+                    task,
+                };
+            }
+            (_, None) => {
                 let inserter = self.inserter.clone();
                 let task = tokio::spawn(async move {
                     let started = Instant::now();
@@ -551,14 +584,28 @@ impl Writer {
         InFlight {
             placed,
             background: low_priority,
+            unsynced: false,
             task,
         }
     }
 
     /// Waits for the batch in flight; if its insert failed, writes it again until it
     /// is in.
+    ///
+    /// A batch committed without an fsync gets one here, which runs while the next
+    /// batch is inserted (one fsync at a time: the one before is finished first).
     async fn settle(&mut self, batch: InFlight) {
+        self.finish_sync().await;
         let first = match batch.task.await {
+            Ok((Ok(()), took)) if batch.unsynced => {
+                self.head = batch.placed.head;
+                self.syncing = Some(Syncing {
+                    placed: batch.placed,
+                    took,
+                    task: self.start_sync(),
+                });
+                return;
+            }
             Ok((Ok(()), took)) => {
                 self.written(batch.placed.head, batch.placed.len(), took);
                 if batch.background {
@@ -575,6 +622,47 @@ impl Writer {
             self.failed(&first, batch.placed.len());
         }
         self.write(batch.placed.entries(), duplicate).await;
+    }
+
+    /// Waits for the fsync of the batch committed last, if one runs, and then counts
+    /// its rows as written. A failed fsync is tried again until one succeeds: the
+    /// rows are in the database, and only the fsync can make them durable.
+    async fn finish_sync(&mut self) {
+        let Some(mut syncing) = self.syncing.take() else {
+            return;
+        };
+        let mut backoff = Duration::from_millis(100);
+        let synced = loop {
+            let error = match (&mut syncing.task).await {
+                Ok((Ok(()), took)) => break took,
+                Ok((Err(error), _)) => {
+                    db::WriteError::Task(format!("fsync of the audit WAL: {error}"))
+                }
+                Err(panic) => db::WriteError::Task(panic.to_string()),
+            };
+            self.failed(&error, syncing.placed.len());
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            syncing.task = self.start_sync();
+        };
+        self.written(
+            syncing.placed.head,
+            syncing.placed.len(),
+            syncing.took + synced,
+        );
+    }
+
+    /// An fsync of the SQLite writer's WAL on a task of its own.
+    fn start_sync(&self) -> JoinHandle<(std::io::Result<()>, Duration)> {
+        let writer = self
+            .inserter
+            .sqlite()
+            .expect("only SQLite commits without an fsync")
+            .clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            (writer.sync_wal().await, started.elapsed())
+        })
     }
 
     fn written(&mut self, head: db::Head, rows: usize, took: Duration) {
@@ -636,19 +724,19 @@ impl Writer {
     }
 
     /// Signs the chain head into the checkpoint file, if it moved.
+    /// Only rows that survive a power cut are signed: not a batch whose fsync runs.
     fn checkpoint(&mut self) {
         self.last_checkpoint = Some(Instant::now());
-        if self.head.0 == self.checkpointed {
+        let head = self
+            .syncing
+            .as_ref()
+            .map_or(self.head, |syncing| syncing.placed.after);
+        if head.0 == self.checkpointed {
             return;
         }
-        let cp = checkpoint::Checkpoint::sign(
-            &self.key,
-            &self.chain,
-            self.head.0,
-            &hex::encode(self.head.1),
-        );
+        let cp = checkpoint::Checkpoint::sign(&self.key, &self.chain, head.0, &hex::encode(head.1));
         match checkpoint::append(&self.options.checkpoint_file, &cp) {
-            Ok(()) => self.checkpointed = self.head.0,
+            Ok(()) => self.checkpointed = head.0,
             Err(error) => {
                 tracing::error!(error = %crate::error_chain(&error), "cannot write the audit checkpoint")
             }
