@@ -666,11 +666,13 @@ fn plugin_new_makes_a_crate_that_passes_its_test() {
 async fn tap_plugins_observe_without_holding_events() {
     let d = daemon(&[]).await;
     let rx = receive_all(&d, "test.*").await;
-    // A tap that takes 200 ms per event (a loop cut at its deadline) and tries to
-    // drop everything: neither holds nor drops anything.
+    // A tap that takes 400 ms per event (a loop cut at its deadline) and tries to
+    // drop everything: neither holds nor drops anything. Held, the five events would
+    // take at least 2 s; at 200 ms per event (before) the margin was too thin, and
+    // one full-suite run on a loaded 2-core machine delivered them unheld in 1.17 s.
     d.write_sidecar(
         "watcher",
-        Some("mode = \"tap\"\ntimeout = \"200ms\"\n[config]\nbehave = \"by-event\"\nsubscribe = \"test.*\"\n"),
+        Some("mode = \"tap\"\ntimeout = \"400ms\"\n[config]\nbehave = \"by-event\"\nsubscribe = \"test.*\"\n"),
     );
     d.install_plugin("watcher", &plugin_wasm("hostile")).await;
     let started = Instant::now();
@@ -680,8 +682,8 @@ async fn tap_plugins_observe_without_holding_events() {
     rx.wait_for(5, Duration::from_secs(10)).await;
     let delivered = started.elapsed();
     assert!(
-        delivered < Duration::from_millis(900),
-        "5 events behind a 200 ms tap were delivered in {delivered:?}: the tap held them"
+        delivered < Duration::from_millis(1500),
+        "5 events behind a 400 ms tap were delivered in {delivered:?}: the tap held them"
     );
     let status = d
         .wait_plugin("watcher", |p| p["errors"]["timeout"] == 5)
