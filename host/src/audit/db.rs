@@ -235,7 +235,17 @@ impl Inserter {
     /// transaction, on PostgreSQL one statement binding one array per column
     /// (`UNNEST`), since binding thousands of separate values over the wire costs
     /// more than the insert.
-    pub async fn insert(&self, chain: &str, placed: Arc<Placed>) -> Result<(), WriteError> {
+    ///
+    /// `durability` applies to SQLite: [`Durability::Crash`] leaves out the fsync
+    /// that makes the batch survive a power cut, and [`SqliteWriter::sync_wal`] must
+    /// follow before its rows count as written (in the write lock that fsync was
+    /// about a quarter of a batch's time). PostgreSQL's server syncs as configured.
+    pub async fn insert(
+        &self,
+        chain: &str,
+        placed: Arc<Placed>,
+        durability: Durability,
+    ) -> Result<(), WriteError> {
         if placed.rows.is_empty() {
             return Ok(());
         }
@@ -243,34 +253,13 @@ impl Inserter {
             Inserter::Sqlite(writer) => {
                 let chain = chain.to_string();
                 writer
-                    .write(Durability::PowerCut, move |conn| {
-                        insert_sqlite(conn, &chain, &placed)
-                    })
+                    .write(durability, move |conn| insert_sqlite(conn, &chain, &placed))
                     .await?;
             }
             Inserter::Postgres(pool) => insert_postgres(pool, chain, &placed).await?,
         }
         Ok(())
     }
-}
-
-/// Inserts a placed batch on SQLite without the fsync that makes it survive a power
-/// cut (see [`SqliteWriter::sync_wal`], which must follow before the rows count as
-/// written): the fsync was about a quarter of a batch's time in the write lock.
-pub async fn insert_sqlite_unsynced(
-    writer: &SqliteWriter,
-    chain: &str,
-    placed: Arc<Placed>,
-) -> Result<(), WriteError> {
-    if placed.rows.is_empty() {
-        return Ok(());
-    }
-    let chain = chain.to_string();
-    writer
-        .write(Durability::Crash, move |conn| {
-            insert_sqlite(conn, &chain, &placed)
-        })
-        .await
 }
 
 /// Inserts a placed batch through `writer` on the calling thread (see
@@ -389,7 +378,10 @@ pub async fn append(
 ) -> Result<Arc<Placed>, WriteError> {
     if !known_duplicate {
         let placed = Arc::new(place(chain, head, entries, recorded_us, &HashSet::new()));
-        match inserter.insert(chain, placed.clone()).await {
+        match inserter
+            .insert(chain, placed.clone(), Durability::PowerCut)
+            .await
+        {
             Err(e) if e.is_duplicate() => {
                 let entries = placed.entries();
                 return append_new(store, inserter, chain, head, entries, recorded_us).await;
@@ -425,7 +417,9 @@ async fn append_new(
         recorded.extend(found.into_iter().map(|(id,)| id));
     }
     let placed = Arc::new(place(chain, head, entries, recorded_us, &recorded));
-    inserter.insert(chain, placed.clone()).await?;
+    inserter
+        .insert(chain, placed.clone(), Durability::PowerCut)
+        .await?;
     Ok(placed)
 }
 

@@ -34,7 +34,7 @@ pub use verify::{Break, Report, verify};
 use crate::bus::{Handling, Subscriber, recv_batch};
 use crate::event::{Event, new_event_id};
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::store::{Durability, Store};
 
 /// Why the audit log could not start.
 #[derive(Debug, thiserror::Error)]
@@ -540,6 +540,12 @@ impl Writer {
     fn start_insert(&self, placed: db::Placed, background: bool) -> InFlight {
         let placed = Arc::new(placed);
         let (chain, batch) = (self.chain.clone(), placed.clone());
+        // At full priority SQLite commits without the fsync, which `settle` then
+        // runs beside the next batch.
+        let durability = match self.inserter {
+            db::Inserter::Sqlite(_) => Durability::Crash,
+            db::Inserter::Postgres(_) => Durability::PowerCut,
+        };
         let (task, low_priority) = match (&self.inserting, self.inserter.sqlite()) {
             (Some(thread), Some(writer)) if background => {
                 let writer = writer.clone();
@@ -557,25 +563,11 @@ impl Writer {
                 });
                 (task, true)
             }
-            (_, Some(writer)) => {
-                let writer = writer.clone();
-                let task = tokio::spawn(async move {
-                    let started = Instant::now();
-                    let result = db::insert_sqlite_unsynced(&writer, &chain, batch).await;
-                    (result, started.elapsed())
-                });
-                return InFlight {
-                    placed,
-                    background: false,
-                    unsynced: true,
-                    task,
-                };
-            }
-            (_, None) => {
+            _ => {
                 let inserter = self.inserter.clone();
                 let task = tokio::spawn(async move {
                     let started = Instant::now();
-                    let result = inserter.insert(&chain, batch).await;
+                    let result = inserter.insert(&chain, batch, durability).await;
                     (result, started.elapsed())
                 });
                 (task, false)
@@ -584,7 +576,7 @@ impl Writer {
         InFlight {
             placed,
             background: low_priority,
-            unsynced: false,
+            unsynced: !low_priority && durability == Durability::Crash,
             task,
         }
     }
