@@ -83,6 +83,26 @@ impl BenchDb {
         Ok((audit, metrics))
     }
 
+    /// On SQLite, copies what earlier runs left in the write-ahead logs into the
+    /// database files before a run's clock starts, so that no run pays for the one
+    /// before it. Without this, the checkpoint thread was still copying the previous
+    /// audited run's rows during the first tens of milliseconds of the next burst
+    /// (`perf`, session 13), which fell on the run with the audit in some pairs and on
+    /// the one without in others: noise in both directions.
+    async fn settle(&self) -> anyhow::Result<()> {
+        if let Store::Sqlite(pool) = &self.store {
+            for schema in ["main", "audit"] {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "PRAGMA {schema}.wal_checkpoint(TRUNCATE)"
+                )))
+                .execute(pool)
+                .await
+                .context("checkpoint between bench runs")?;
+            }
+        }
+        Ok(())
+    }
+
     async fn close(self) {
         self.store.close().await;
         self.scratch.remove().await;
@@ -326,6 +346,7 @@ async fn bus_rate(
     } else {
         None
     };
+    db.settle().await?;
     let template = template_event();
     let waits = super::waits();
     let start = Instant::now();
