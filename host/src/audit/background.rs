@@ -26,9 +26,9 @@ use tokio::sync::oneshot;
 
 use super::busy::OwnCpu;
 
-/// Most rows one low-priority SQLite insert takes (one transaction): a quarter of
-/// the default batch, so the write turn is held a quarter as long, for one commit
-/// (and fsync) per 250 rows instead of per 1,000.
+/// Most rows one low-priority SQLite insert takes (one transaction): a sixteenth of
+/// the default batch, so the write turn is held a short time even when the thread
+/// gets little of a core, for one commit (and fsync) per 250 rows.
 pub(super) const BATCH_ON_SQLITE: usize = 250;
 
 /// A thread at a lower CPU priority that runs the jobs it is given, in order.

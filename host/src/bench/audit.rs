@@ -122,6 +122,11 @@ async fn feed(subscriber: &Arc<dyn Subscriber>, event: &Arc<Event>) {
     }
 }
 
+/// Rows per batch in the batched measurements: the daemon's default.
+fn default_batch() -> usize {
+    crate::config::AuditConfig::default().batch_size
+}
+
 fn postgres_backend(db: &BenchDb) -> bool {
     matches!(db.store, Store::Postgres(_))
 }
@@ -161,13 +166,13 @@ async fn writer_rate(
 /// comparison of two instants used before session 9 read one build's PostgreSQL
 /// figure as anything from 20,000 to 100,000 events/s.
 async fn flat_rate(db: &BenchDb, rates: &[u64], seconds: u64) -> anyhow::Result<Option<u64>> {
-    const BATCH: usize = 1000;
+    let batch = default_batch();
     let template = template_event();
     let writers = if postgres_backend(db) { 2 } else { 1 };
     let mut best = None;
     for &rate in rates {
         let run = format!("flat{rate}-{}", uuid::Uuid::new_v4().simple());
-        let (audit, _) = db.audit(&run, BATCH, 1_000_000, Some(writers)).await?;
+        let (audit, _) = db.audit(&run, batch, 1_000_000, Some(writers)).await?;
         let subscriber = audit.subscriber();
         let ticks = (seconds * 100) as usize;
         let per_tick = rate / 100;
@@ -190,7 +195,7 @@ async fn flat_rate(db: &BenchDb, rates: &[u64], seconds: u64) -> anyhow::Result<
                 .min()
                 .unwrap_or(0)
         };
-        if floor(3) <= floor(1) + BATCH * writers {
+        if floor(3) <= floor(1) + batch * writers {
             best = Some(rate);
         } else {
             break;
@@ -340,7 +345,9 @@ async fn bus_rate(
     bus.subscribe(vec![TypePattern::All], Arc::new(keeper))?;
     let run = format!("cost-{}", uuid::Uuid::new_v4().simple());
     let audit = if let Some(fill) = audit_filled {
-        let (audit, metrics) = db.audit(&run, 1000, fill.backlog(events), None).await?;
+        let (audit, metrics) = db
+            .audit(&run, default_batch(), fill.backlog(events), None)
+            .await?;
         bus.subscribe(vec![TypePattern::All], audit.subscriber())?;
         Some((audit, metrics))
     } else {
@@ -407,11 +414,12 @@ pub async fn report(rows: u64, workers: usize, postgres: Option<&str>) -> anyhow
         // SQLite takes one writer at a time, so only PostgreSQL gets a second by default.
         let counts: &[usize] = if postgres_backend(&db) { &[1, 2] } else { &[1] };
         for &writers in counts {
-            let (batched, cpu) = writer_rate(&db, rows, 1000, Some(writers)).await?;
+            let (batched, cpu) = writer_rate(&db, rows, default_batch(), Some(writers)).await?;
             super::row(
                 &format!(
-                    "audit rows, {}: batched, 1000 rows/batch, {writers} writer{}",
+                    "audit rows, {}: batched, {} rows/batch, {writers} writer{}",
                     db.name,
+                    default_batch(),
                     if writers == 1 { "" } else { "s" }
                 ),
                 format!("{} rows/s ({cpu})", thousands(batched)),
