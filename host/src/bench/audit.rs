@@ -91,14 +91,12 @@ impl BenchDb {
     /// the one without in others: noise in both directions.
     async fn settle(&self) -> anyhow::Result<()> {
         if let Store::Sqlite(pool) = &self.store {
-            for schema in ["main", "audit"] {
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "PRAGMA {schema}.wal_checkpoint(TRUNCATE)"
-                )))
-                .execute(pool)
-                .await
-                .context("checkpoint between bench runs")?;
-            }
+            sqlx::raw_sql(
+                "PRAGMA main.wal_checkpoint(TRUNCATE); PRAGMA audit.wal_checkpoint(TRUNCATE);",
+            )
+            .execute(pool)
+            .await
+            .context("checkpoint between bench runs")?;
         }
         Ok(())
     }
