@@ -71,8 +71,15 @@ pub struct ServerConfig {
 pub struct EventsConfig {
     /// Bus workers that dispatch events to subscribers.
     pub workers: usize,
-    /// Events the bus holds before it pushes back on publishers.
-    pub queue_size: usize,
+    /// Events committed to the log but not yet dispatched, at most: past it,
+    /// publishers get 503 with Retry-After (and nothing is written).
+    pub max_lag: usize,
+    /// The same limit in bytes of payload (plus about 0.5 KiB an event), which is
+    /// what bounds the daemon's memory.
+    pub max_lag_bytes: u64,
+    /// The platform plan's name for `max_lag`; when set, it is the limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_size: Option<usize>,
     /// Longest a single subscriber may take over one event.
     #[serde(with = "duration")]
     pub handler_timeout: Duration,
@@ -80,11 +87,12 @@ pub struct EventsConfig {
     pub allow_custom_types: bool,
     /// Accept fields a known type does not define (publishers ahead of the catalog).
     pub allow_unknown_fields: bool,
-    /// How long a publisher-given event id is remembered, so a resend is not processed twice.
+    /// How long a publisher-given event id stays unique in the log, so a resend
+    /// is answered with the original and not processed again. With the audit log on,
+    /// ids stay unique as long as their rows are kept (`audit.retention_days`); with
+    /// it off, rows are kept this long.
     #[serde(with = "duration")]
     pub dedup_window: Duration,
-    /// Most ids remembered for deduplication; the oldest are forgotten first.
-    pub dedup_capacity: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -94,14 +102,12 @@ pub struct AuditConfig {
     /// Rows older than this many days are purged (0 keeps everything).
     pub retention_days: u32,
     /// Most rows written in one transaction. Batches only fill when rows arrive
-    /// faster than the writer commits; then bigger ones cost less per row (fewer
-    /// commits, and on SQLite fewer partly filled pages written again): 4,000
-    /// measured 15–25 % more rows/s than 1,000 on SQLite (see BENCHMARKS.md).
+    /// faster than the writer commits (what arrives during one commit goes into the
+    /// next); then bigger ones cost less per row (fewer commits, and on SQLite fewer
+    /// partly filled pages written again).
     pub batch_size: usize,
-    /// Longest a row waits for its batch to fill before it is written anyway.
-    #[serde(with = "duration")]
-    pub flush_interval: Duration,
-    /// Rows waiting to be written before the bus pushes back on publishers.
+    /// Appends (requests, management actions) waiting for a writer, at most; past
+    /// it, appenders wait for room.
     pub max_backlog: usize,
     /// How often the chain head is signed into the checkpoint file.
     #[serde(with = "duration")]
@@ -120,12 +126,6 @@ pub struct AuditConfig {
     /// events between them. Unset: 1 on SQLite (one writer at a time anyway), 2 on
     /// PostgreSQL (two server processes insert in parallel).
     pub writers: Option<usize>,
-    /// How many steps (Unix `nice`, 0–19) below the daemon's CPU priority the writers'
-    /// placing and hashing run, so a burst the backlog absorbs does not slow the bus
-    /// while it lasts (on SQLite the inserts too). 0: the same priority, and no
-    /// batch is held back while the daemon is busy. The lowering is Linux only;
-    /// elsewhere it is ignored.
-    pub nice: u8,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -330,24 +330,21 @@ impl Default for EventsConfig {
     fn default() -> Self {
         EventsConfig {
             workers: 4,
-            queue_size: 1000,
+            max_lag: 100_000,
+            max_lag_bytes: 256 * 1024 * 1024,
+            queue_size: None,
             handler_timeout: Duration::from_secs(5),
             allow_custom_types: true,
             allow_unknown_fields: false,
             dedup_window: Duration::from_secs(24 * 3600),
-            dedup_capacity: 1_000_000,
         }
     }
 }
 
-/// The lowest CPU priority there is (`audit.nice`).
-const MAX_NICE: u8 = 19;
-
 /// Most audit writers (`audit.writers`).
 pub const MAX_AUDIT_WRITERS: usize = 8;
 
-/// Most rows in one audit batch (`audit.batch_size`). A writer keeps up to three
-/// batches in hand (one being placed, one inserted, one synced), about 1 KiB a row.
+/// Most rows in one log batch (`audit.batch_size`), about 1 KiB a row in hand.
 const MAX_AUDIT_BATCH: usize = 10_000;
 
 impl Default for AuditConfig {
@@ -356,7 +353,6 @@ impl Default for AuditConfig {
             enabled: true,
             retention_days: 90,
             batch_size: 4000,
-            flush_interval: Duration::from_millis(20),
             max_backlog: 100_000,
             checkpoint_interval: Duration::from_secs(60),
             checkpoint_file: None,
@@ -364,7 +360,6 @@ impl Default for AuditConfig {
             purge_interval: Duration::from_secs(3600),
             refusals_per_minute: 10,
             writers: None,
-            nice: 10,
         }
     }
 }
@@ -466,6 +461,9 @@ impl Config {
             });
         }
         config.check()?;
+        if let Some(queue_size) = config.events.queue_size.take() {
+            config.events.max_lag = queue_size;
+        }
         Ok(config)
     }
 
@@ -515,12 +513,25 @@ impl Config {
                 format!("{:?} is out of range; allowed: 1ms to 60s", p.timeout),
             ));
         }
-        if self.events.queue_size == 0 || self.events.queue_size > 10_000_000 {
+        for (key, value) in [
+            ("events.max_lag", Some(self.events.max_lag)),
+            ("events.queue_size", self.events.queue_size),
+        ] {
+            if let Some(value) = value
+                && !(1..=10_000_000).contains(&value)
+            {
+                return Err(invalid(
+                    key,
+                    format!("{value} is out of range; allowed: 1 to 10000000"),
+                ));
+            }
+        }
+        if self.events.max_lag_bytes < 1024 * 1024 {
             return Err(invalid(
-                "events.queue_size",
+                "events.max_lag_bytes",
                 format!(
-                    "{} is out of range; allowed: 1 to 10000000",
-                    self.events.queue_size
+                    "{} is too small; allowed: at least 1048576 (1 MiB)",
+                    self.events.max_lag_bytes
                 ),
             ));
         }
@@ -648,15 +659,6 @@ impl Config {
             return Err(invalid(
                 "audit.writers",
                 format!("{writers} is out of range; allowed: 1 to {MAX_AUDIT_WRITERS}"),
-            ));
-        }
-        if self.audit.nice > MAX_NICE {
-            return Err(invalid(
-                "audit.nice",
-                format!(
-                    "{} is out of range; allowed: 0 to {MAX_NICE}",
-                    self.audit.nice
-                ),
             ));
         }
         for (key, d) in [
@@ -961,7 +963,8 @@ mod tests {
         let c = Config::load_from(None, env(&[])).unwrap();
         assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.events.workers, 4);
-        assert_eq!(c.events.queue_size, 1000);
+        assert_eq!(c.events.max_lag, 100_000);
+        assert_eq!(c.events.max_lag_bytes, 256 * 1024 * 1024);
         assert_eq!(c.audit.retention_days, 90);
         assert_eq!(
             c.webhooks.retry_delays,
@@ -978,7 +981,10 @@ mod tests {
         );
         let c = Config::load_from(Some(f.path()), env(&[])).unwrap();
         assert_eq!(c.events.workers, 8);
-        assert_eq!(c.events.queue_size, 50);
+        assert_eq!(
+            c.events.max_lag, 50,
+            "the plan's queue_size is the lag limit"
+        );
         assert!(!c.audit.enabled);
         assert_eq!(c.audit.retention_days, 30);
         assert_eq!(c.webhooks.timeout, Duration::from_millis(250));
@@ -1052,15 +1058,19 @@ mod tests {
         let ok = Config::load_from(None, env(&[("EVHOST_AUDIT__WRITERS", "3")])).unwrap();
         assert_eq!(ok.audit.writers, Some(3));
 
-        let err = Config::load_from(None, env(&[("EVHOST_AUDIT__NICE", "20")]))
+        let err = Config::load_from(None, env(&[("EVHOST_EVENTS__MAX_LAG", "0")]))
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("audit.nice") && err.contains("0 to 19"),
+            err.contains("events.max_lag") && err.contains("1 to 10000000"),
             "{err}"
         );
-        let ok = Config::load_from(None, env(&[("EVHOST_AUDIT__NICE", "0")])).unwrap();
-        assert_eq!(ok.audit.nice, 0);
+        let err = Config::load_from(None, env(&[("EVHOST_EVENTS__MAX_LAG_BYTES", "1000")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("events.max_lag_bytes"), "{err}");
+        let ok = Config::load_from(None, env(&[("EVHOST_EVENTS__MAX_LAG", "5000")])).unwrap();
+        assert_eq!(ok.events.max_lag, 5000);
 
         let err = Config::load_from(None, env(&[("EVHOST_AUDIT__BATCH_SIZE", "10001")]))
             .unwrap_err()

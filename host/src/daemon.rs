@@ -1,7 +1,12 @@
 //! `evhost serve`: wires the parts together, runs until told to stop, then drains.
 //!
+//! Data flows one way: ingest → the event log (committed before any answer) → the
+//! dispatcher (plugins, subscribers) → the webhook outbox and the other consumers.
+//!
 //! Shutdown order: refuse new events (503), end live tails, let in-flight HTTP
-//! requests finish, publish `server.stopped`, dispatch every accepted event, exit.
+//! requests finish, publish `server.stopped`, dispatch what was committed, store
+//! where dispatch stands, exit. All of it within `server.shutdown_timeout`; what is
+//! not done by then stays in the log and is dispatched at the next start.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -19,6 +24,7 @@ use crate::audit::{Audit, AuditOptions};
 use crate::bus::{Bus, BusOptions};
 use crate::config::Config;
 use crate::event::{Catalog, Event, TypePattern};
+use crate::eventlog::Log;
 use crate::ingest::Ingest;
 use crate::metrics::{EventMetrics, Metrics};
 use crate::plugins::loader::Plugins;
@@ -90,7 +96,7 @@ pub async fn serve(
     let bus = Bus::start(
         BusOptions {
             workers: config.events.workers,
-            queue_size: config.events.queue_size,
+            queue_size: config.events.max_lag,
             handler_timeout: config.events.handler_timeout,
         },
         metrics.clone(),
@@ -98,48 +104,21 @@ pub async fn serve(
     let tail = Tail::new();
     subscribe_builtins(&bus, &metrics, &tail);
 
-    let ingest = Arc::new(Ingest::new(
-        catalog.clone(),
-        bus.clone(),
-        config.events.dedup_window,
-        config.events.dedup_capacity,
-    ));
-
     let store = Store::connect(&config).await?;
     store.migrate().await?;
-    let audit = if config.audit.enabled {
-        let audit = Audit::start(
-            store.clone(),
-            AuditOptions::from_config(&config),
-            metrics.clone(),
-            crate::audit::chain_id(&config.data_dir)?,
-        )
-        .await?;
-        bus.subscribe(vec![TypePattern::All], audit.subscriber())
-            .expect("built-in subscriber ids are unique");
-        // Resends of ids accepted before a restart are still recognised.
-        let window_start = chrono::Utc::now()
-            - chrono::Duration::from_std(config.events.dedup_window)
-                .unwrap_or(chrono::Duration::MAX);
-        match crate::audit::recent_event_ids(
-            &store,
-            window_start.timestamp_micros(),
-            config.events.dedup_capacity as i64,
-        )
-        .await
-        {
-            Ok(ids) => {
-                let n = ingest.remember(ids.into_iter().rev());
-                tracing::debug!(ids = n, "dedup window seeded from the audit log");
-            }
-            Err(error) => {
-                tracing::warn!(%error, "could not seed the dedup window from the audit log")
-            }
-        }
-        Some(audit)
-    } else {
-        None
-    };
+    let audit = Audit::start(
+        store.clone(),
+        AuditOptions::from_config(&config),
+        metrics.clone(),
+        crate::audit::chain_id(&config.data_dir)?,
+        Some(Arc::new(bus.clone())),
+    )
+    .await?;
+    let log = Log::new(audit.clone(), bus.clone());
+    if bus.set_log(Arc::new(log.clone())).is_err() {
+        unreachable!("the bus gets its log once, here");
+    }
+    let ingest = Arc::new(Ingest::new(catalog.clone(), log.clone()));
     let webhooks = if config.webhooks.enabled {
         // Named like the audit chain, in its own file, so a restarted daemon knows
         // (and gives back) the leases it held.
@@ -149,18 +128,21 @@ pub async fn serve(
             store.clone(),
             WebhookOptions::from_config(&config, owner),
             metrics.clone(),
-            bus.clone(),
+            log.clone(),
             catalog.clone(),
         )
         .await?;
         bus.subscribe(vec![TypePattern::All], webhooks.subscriber())
             .expect("built-in subscriber ids are unique");
+        if bus.set_delivery(webhooks.delivery_sink()).is_err() {
+            unreachable!("the bus gets its delivery sink once, here");
+        }
         Some(webhooks)
     } else {
         None
     };
-    // Plugins last: their `deliver` actions need the webhooks, and the first events
-    // they see may come as soon as the bus has its pipeline.
+    // Plugins last: the first events they see may come as soon as the bus has its
+    // pipeline.
     let plugins = if config.plugins.enabled {
         let plugins = Plugins::start(
             config.plugins.clone(),
@@ -168,12 +150,9 @@ pub async fn serve(
             config.plugin_cache_dir(),
             metrics.clone(),
             catalog.clone(),
-            audit.clone(),
+            Some(audit.clone()),
         )
         .await?;
-        if let Some(webhooks) = &webhooks {
-            plugins.set_delivery(webhooks.delivery_sink());
-        }
         if bus.set_pipeline(plugins.pipeline()).is_err() {
             unreachable!("the bus gets its pipeline once, here");
         }
@@ -182,9 +161,12 @@ pub async fn serve(
     } else {
         None
     };
+    // Every consumer is in place: what the last run committed and did not dispatch
+    // goes now, beside new events.
+    audit.replay(Arc::new(bus.clone()));
     tracing::info!(
         backend = store.backend(),
-        audit = audit.is_some(),
+        audit = config.audit.enabled,
         webhooks = webhooks.is_some(),
         "database ready"
     );
@@ -199,7 +181,7 @@ pub async fn serve(
             max_batch_events: config.server.max_batch_events,
         },
         shutdown: shutdown.clone(),
-        audit: audit.clone(),
+        audit: config.audit.enabled.then(|| audit.clone()),
         store: Some(store.clone()),
         webhooks: webhooks.clone(),
         plugins: plugins.clone(),
@@ -207,7 +189,7 @@ pub async fn serve(
 
     let hostname = hostname();
     publish_own(
-        &bus,
+        &log,
         types::SERVER_STARTED,
         &ServerStarted {
             server: "evhost".into(),
@@ -215,7 +197,8 @@ pub async fn serve(
             hostname: hostname.clone(),
             pid: std::process::id(),
         },
-    );
+    )
+    .await;
     if state.auth.is_open() {
         tracing::warn!(
             "no API token configured: the API is open to anyone on this machine, so evhost listens on loopback only; set EVHOST_API_TOKEN to require a token"
@@ -248,7 +231,8 @@ pub async fn serve(
     let server = tokio::spawn(async move { server.await });
     let grace = config.server.shutdown_timeout;
     shutdown.cancelled().await;
-    match tokio::time::timeout(grace, server).await {
+    let deadline = tokio::time::Instant::now() + grace;
+    match tokio::time::timeout_at(deadline, server).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => return Err(ServeError::Server(e)),
         Ok(Err(e)) => tracing::error!(error = %e, "HTTP server task failed"),
@@ -258,29 +242,39 @@ pub async fn serve(
         ),
     }
 
-    publish_own(
-        &bus,
-        types::SERVER_STOPPED,
-        &ServerStopped {
-            server: "evhost".into(),
-            version: VERSION.into(),
-            hostname,
-            pid: std::process::id(),
-            uptime_seconds: started.elapsed().as_secs(),
-            reason: "signal".into(),
-        },
-    );
-    bus.shutdown().await;
-    if let Some(plugins) = &plugins {
-        plugins.stop();
-    }
-    if let Some(webhooks) = &webhooks {
-        webhooks.shutdown().await;
-    }
-    if let Some(audit) = &audit {
+    let drain = async {
+        publish_own(
+            &log,
+            types::SERVER_STOPPED,
+            &ServerStopped {
+                server: "evhost".into(),
+                version: VERSION.into(),
+                hostname,
+                pid: std::process::id(),
+                uptime_seconds: started.elapsed().as_secs(),
+                reason: "signal".into(),
+            },
+        )
+        .await;
+        bus.shutdown().await;
+        if let Some(plugins) = &plugins {
+            plugins.stop();
+        }
+        if let Some(webhooks) = &webhooks {
+            webhooks.shutdown().await;
+        }
         audit.shutdown().await;
+        store.close().await;
+    };
+    if tokio::time::timeout_at(deadline, drain).await.is_err() {
+        let (events, _) = log.tracker().lag();
+        tracing::warn!(
+            ?grace,
+            events,
+            "stopped at the shutdown timeout (server.shutdown_timeout); events committed but not processed stay in the log and are processed at the next start"
+        );
+        return Ok(());
     }
-    store.close().await;
     tracing::info!("evhost stopped; every accepted event was dispatched");
     Ok(())
 }
@@ -300,12 +294,17 @@ fn subscribe_builtins(bus: &Bus, metrics: &Arc<Metrics>, tail: &Tail) {
         .expect("built-in subscriber ids are unique");
 }
 
-/// Publishes one of the daemon's own events; a failure is logged, not fatal.
-fn publish_own<T: serde::Serialize>(bus: &Bus, kind: &str, data: &T) {
-    let result = Event::from_daemon(kind, data)
-        .map_err(|e| e.to_string())
-        .and_then(|event| bus.publish(event).map_err(|e| e.to_string()));
-    if let Err(error) = result {
+/// Publishes one of the daemon's own events through the log; a failure is logged,
+/// not fatal.
+async fn publish_own<T: serde::Serialize>(log: &Log, kind: &str, data: &T) {
+    let event = match Event::from_daemon(kind, data) {
+        Ok(event) => event,
+        Err(error) => {
+            tracing::error!(event_type = kind, %error, "could not encode the daemon's own event");
+            return;
+        }
+    };
+    if let Err(error) = log.publish_own(event).await {
         tracing::error!(event_type = kind, %error, "could not publish the daemon's own event");
     }
 }

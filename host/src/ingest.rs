@@ -1,20 +1,21 @@
-//! Ingest: turns what a publisher sent into accepted events on the bus.
+//! Ingest: turns what a publisher sent into events committed to the log.
 //!
 //! Checks the type and payload against the catalog, gives the event its id, time,
-//! source and actor, drops resends of an id seen within the dedup window, and queues
-//! the result. Nothing is queued unless everything in the request passed.
+//! source and actor, and appends the result to the log; the answer comes once it is
+//! committed. A resend of an id the log already has is answered with that id and
+//! processed no further. Nothing is appended unless everything in the request
+//! passed.
 
-use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
-use crate::bus::{Bus, PublishError, SubscriberFailure};
+use crate::bus::SubscriberFailure;
 use crate::event::wire::Draft;
 use crate::event::{Actor, Catalog, Event, EventId, ValidationError, new_event_id};
+use crate::eventlog::{LagFull, Log, LogError};
 
 /// Deepest nesting of arrays and objects accepted in `data`.
 pub const MAX_DATA_DEPTH: usize = 64;
@@ -45,9 +46,24 @@ pub enum IngestError {
     #[error("this token may not publish on behalf of a user (it is not marked trusted)")]
     NotTrusted,
     #[error(transparent)]
-    Publish(#[from] PublishError),
+    Lagging(#[from] LagFull),
     #[error("evhost is shutting down and takes no new events")]
     Stopping,
+    /// `?wait=true`: the event is committed, but the daemon stopped before it was
+    /// processed (the next start processes it).
+    #[error(
+        "event {0} is kept, but evhost stopped before it was processed; the next start processes it"
+    )]
+    NotProcessed(EventId),
+}
+
+impl From<LogError> for IngestError {
+    fn from(error: LogError) -> IngestError {
+        match error {
+            LogError::Lag(full) => IngestError::Lagging(full),
+            LogError::Stopped => IngestError::Stopping,
+        }
+    }
 }
 
 /// The answer for one event: its id, and whether it was a resend.
@@ -59,22 +75,15 @@ pub struct Accepted {
 
 pub struct Ingest {
     catalog: Arc<Catalog>,
-    bus: Bus,
-    dedup: Dedup,
+    log: Log,
     stopping: AtomicBool,
 }
 
 impl Ingest {
-    pub fn new(
-        catalog: Arc<Catalog>,
-        bus: Bus,
-        dedup_window: Duration,
-        dedup_capacity: usize,
-    ) -> Ingest {
+    pub fn new(catalog: Arc<Catalog>, log: Log) -> Ingest {
         Ingest {
             catalog,
-            bus,
-            dedup: Dedup::new(dedup_window, dedup_capacity),
+            log,
             stopping: AtomicBool::new(false),
         }
     }
@@ -83,18 +92,8 @@ impl Ingest {
         &self.catalog
     }
 
-    pub fn bus(&self) -> &Bus {
-        &self.bus
-    }
-
-    /// Seeds the dedup window with ids recorded before a restart (newest first).
-    pub fn remember(&self, ids: impl IntoIterator<Item = String>) -> usize {
-        let mut n = 0;
-        for id in ids {
-            self.dedup.first_sighting(&EventId::from(id));
-            n += 1;
-        }
-        n
+    pub fn log(&self) -> &Log {
+        &self.log
     }
 
     /// From now on every request is refused with [`IngestError::Stopping`].
@@ -106,81 +105,57 @@ impl Ingest {
         self.stopping.load(Ordering::SeqCst)
     }
 
-    /// Accepts one event and returns at once.
-    pub fn accept(&self, draft: Draft, origin: &Origin) -> Result<Accepted, IngestError> {
+    /// Accepts one event: answers once it is committed.
+    pub async fn accept(&self, draft: Draft, origin: &Origin) -> Result<Accepted, IngestError> {
         self.accept_inner(draft, origin, false)
+            .await
             .map(|(accepted, _)| accepted)
     }
 
-    /// Accepts one event and waits until every subscriber has handled it.
+    /// Accepts one event and waits until it is processed: every subscriber has
+    /// handled it, its plugins ran, its delivery rows are committed.
     pub async fn accept_wait(
         &self,
         draft: Draft,
         origin: &Origin,
     ) -> Result<(Accepted, Vec<SubscriberFailure>), IngestError> {
-        let (accepted, event) = self.accept_inner(draft, origin, true)?;
-        let Some(event) = event else {
-            return Ok((accepted, Vec::new()));
-        };
-        match self.bus.publish_wait(event).await {
-            Ok(failures) => Ok((accepted, failures)),
-            Err(e) => {
-                self.dedup.forget(&accepted.id);
-                Err(e.into())
-            }
-        }
+        self.accept_inner(draft, origin, true).await
     }
 
-    /// Checks, dedups and (unless `defer`) queues one event. With `defer`, the built
-    /// event is handed back for the caller to queue.
-    fn accept_inner(
+    async fn accept_inner(
         &self,
         draft: Draft,
         origin: &Origin,
-        defer: bool,
-    ) -> Result<(Accepted, Option<Event>), IngestError> {
+        wait: bool,
+    ) -> Result<(Accepted, Vec<SubscriberFailure>), IngestError> {
         if self.is_stopping() {
             return Err(IngestError::Stopping);
         }
-        let given_id = draft.id.is_some();
         let event = self.build(draft, origin, None)?;
         let id = event.id.clone();
-        if given_id && !self.dedup.first_sighting(&id) {
-            self.bus_metrics_duplicate();
-            return Ok((
-                Accepted {
-                    id,
-                    duplicate: true,
-                },
-                None,
-            ));
-        }
-        if defer {
-            return Ok((
-                Accepted {
-                    id,
-                    duplicate: false,
-                },
-                Some(event),
-            ));
-        }
-        if let Err(e) = self.bus.publish(event) {
-            if given_id {
-                self.dedup.forget(&id);
-            }
-            return Err(e.into());
-        }
-        Ok((
-            Accepted {
-                id,
-                duplicate: false,
-            },
-            None,
-        ))
+        let answer = self
+            .log
+            .publish(vec![event], wait)
+            .await?
+            .pop()
+            .expect("one answer per event");
+        let failures = match answer.processed {
+            Some(processed) => processed
+                .wait()
+                .await
+                .map_err(|_| IngestError::NotProcessed(id.clone()))?,
+            None => Vec::new(),
+        };
+        let accepted = Accepted {
+            id,
+            duplicate: answer.duplicate,
+        };
+        Ok((accepted, failures))
     }
 
-    /// Accepts a batch whole or not at all; returns the ids in request order.
-    pub fn accept_batch(
+    /// Accepts a batch whole or not at all, in one append; returns the ids in
+    /// request order.
+    pub async fn accept_batch(
         &self,
         drafts: Vec<Draft>,
         origin: &Origin,
@@ -191,35 +166,11 @@ impl Ingest {
         let events = drafts
             .into_iter()
             .enumerate()
-            .map(|(i, draft)| {
-                let given_id = draft.id.is_some();
-                self.build(draft, origin, Some(i)).map(|e| (e, given_id))
-            })
+            .map(|(i, draft)| self.build(draft, origin, Some(i)))
             .collect::<Result<Vec<_>, _>>()?;
-        let ids: Vec<EventId> = events.iter().map(|(e, _)| e.id.clone()).collect();
-        let mut fresh = Vec::with_capacity(events.len());
-        let mut remembered = Vec::new();
-        for (event, given_id) in events {
-            if given_id {
-                if !self.dedup.first_sighting(&event.id) {
-                    self.bus_metrics_duplicate();
-                    continue;
-                }
-                remembered.push(event.id.clone());
-            }
-            fresh.push(event);
-        }
-        if let Err(e) = self.bus.publish_all(fresh) {
-            for id in &remembered {
-                self.dedup.forget(id);
-            }
-            return Err(e.into());
-        }
+        let ids: Vec<EventId> = events.iter().map(|e| e.id.clone()).collect();
+        self.log.publish(events, false).await?;
         Ok(ids)
-    }
-
-    fn bus_metrics_duplicate(&self) {
-        self.bus.metrics().duplicate();
     }
 
     /// Validates a draft and builds the envelope.
@@ -320,64 +271,6 @@ fn json_depth(text: &str) -> usize {
     deepest
 }
 
-/// Publisher-given ids seen within the window, bounded in number.
-struct Dedup {
-    window: Duration,
-    capacity: usize,
-    state: Mutex<DedupState>,
-}
-
-#[derive(Default)]
-struct DedupState {
-    seen: HashMap<EventId, Instant>,
-    order: VecDeque<(Instant, EventId)>,
-}
-
-impl Dedup {
-    fn new(window: Duration, capacity: usize) -> Dedup {
-        Dedup {
-            window,
-            capacity,
-            state: Mutex::new(DedupState::default()),
-        }
-    }
-
-    /// Records `id`; false when it was seen within the window.
-    fn first_sighting(&self, id: &EventId) -> bool {
-        if self.window.is_zero() || self.capacity == 0 {
-            return true;
-        }
-        let now = Instant::now();
-        let mut state = self.state.lock().expect("not poisoned");
-        // Forget what fell out of the window, and the oldest past the capacity.
-        while let Some((at, old)) = state.order.front() {
-            let expired = now.duration_since(*at) > self.window;
-            if !expired && state.order.len() < self.capacity {
-                break;
-            }
-            let old = old.clone();
-            let at = *at;
-            state.order.pop_front();
-            if state.seen.get(&old) == Some(&at) {
-                state.seen.remove(&old);
-            }
-        }
-        if let Some(at) = state.seen.get(id)
-            && now.duration_since(*at) <= self.window
-        {
-            return false;
-        }
-        state.seen.insert(id.clone(), now);
-        state.order.push_back((now, id.clone()));
-        true
-    }
-
-    /// Forgets an id whose event was not queued after all, so a retry goes through.
-    fn forget(&self, id: &EventId) {
-        self.state.lock().expect("not poisoned").seen.remove(id);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -387,35 +280,5 @@ mod tests {
         assert_eq!(json_depth("{}"), 1);
         assert_eq!(json_depth(r#"{"a":[{"b":1}]}"#), 3);
         assert_eq!(json_depth(r#"{"a":"[[[[{{{\"]]]"}"#), 1);
-    }
-
-    #[test]
-    fn dedup_remembers_within_the_window() {
-        let d = Dedup::new(Duration::from_secs(60), 10);
-        let id: EventId = "a".into();
-        assert!(d.first_sighting(&id));
-        assert!(!d.first_sighting(&id));
-        d.forget(&id);
-        assert!(d.first_sighting(&id));
-    }
-
-    #[test]
-    fn dedup_forgets_after_the_window() {
-        let d = Dedup::new(Duration::from_millis(20), 10);
-        let id: EventId = "a".into();
-        assert!(d.first_sighting(&id));
-        std::thread::sleep(Duration::from_millis(30));
-        assert!(d.first_sighting(&id));
-    }
-
-    #[test]
-    fn dedup_is_bounded() {
-        let d = Dedup::new(Duration::from_secs(60), 3);
-        for i in 0..10 {
-            assert!(d.first_sighting(&EventId::from(format!("id{i}"))));
-        }
-        let state = d.state.lock().unwrap();
-        assert!(state.seen.len() <= 3);
-        assert!(state.order.len() <= 4);
     }
 }

@@ -1,10 +1,11 @@
 //! evhost: the event system of an email platform.
 //!
 //! Mail components publish events over HTTP ([`api`]); each is checked against the
-//! catalog and given an envelope ([`event`], [`ingest`]), queued on the bus ([`bus`])
-//! and dispatched to subscribers: metrics ([`metrics`]), the live tail, and (in later
-//! parts) webhooks, the audit log and WebAssembly plugins. [`daemon`] wires it all
-//! together; [`cli`] is the command line.
+//! catalog and given an envelope ([`event`], [`ingest`]), committed to the event log
+//! ([`eventlog`], which is the audit log, [`audit`]) before it is acknowledged, and
+//! then dispatched ([`bus`]) through the WebAssembly plugins ([`plugins`]) to the
+//! consumers: webhooks ([`webhooks`]), metrics ([`metrics`]) and the live tail.
+//! [`daemon`] wires it all together; [`cli`] is the command line.
 
 pub mod api;
 pub mod audit;
@@ -12,9 +13,9 @@ pub mod bench;
 pub mod bus;
 pub mod cli;
 pub mod config;
-pub mod cpu;
 pub mod daemon;
 pub mod event;
+pub mod eventlog;
 pub mod ingest;
 pub mod metrics;
 pub mod plugins;

@@ -1,13 +1,15 @@
-//! The audit log on both backends: SQLite always, PostgreSQL when
+//! The event log (the audit log) on both backends: SQLite always, PostgreSQL when
 //! `EVHOST_TEST_POSTGRES_URL` is set (each test in its own schema). Tampering
-//! directly in the database must be caught; retention must not break verification.
+//! directly in the database must be caught; retention must not break verification;
+//! what was committed and not dispatched is dispatched at the next start, once.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use evhost::audit::{self, Audit, AuditOptions, checkpoint};
-use evhost::bus::Handling;
-use evhost::event::{Actor, Event};
+use evhost::bus::{Bus, BusOptions, Handling, Subscriber};
+use evhost::event::{Actor, Event, TypePattern};
+use evhost::eventlog::{Dispatch, event_bytes};
 use evhost::metrics::Metrics;
 use serde_json::value::RawValue;
 use tokio_util::sync::CancellationToken;
@@ -26,9 +28,15 @@ impl TestDb {
             writers: Some(writers),
             ..self.audit_options()
         };
-        Audit::start(self.store.clone(), options, Metrics::new(10), chain.into())
-            .await
-            .unwrap()
+        Audit::start(
+            self.store.clone(),
+            options,
+            Metrics::new(10),
+            chain.into(),
+            None,
+        )
+        .await
+        .unwrap()
     }
 }
 
@@ -48,15 +56,19 @@ fn event(id: &str, kind: &str, token: Option<&str>) -> Arc<Event> {
     })
 }
 
-/// Feeds events through the audit subscriber, as the bus would, then flushes.
-async fn record(audit: &Arc<Audit>, events: &[Arc<Event>]) {
-    let subscriber = audit.subscriber();
-    for e in events {
-        match subscriber.handle(e) {
-            Handling::Done(r) => r.unwrap(),
-            Handling::Later(f) => f.await.unwrap(),
-        }
-    }
+/// Appends each event on its own, all at once (as concurrent publishers would), and
+/// waits until every one is committed; returns how many were new.
+async fn record(audit: &Arc<Audit>, events: &[Arc<Event>]) -> usize {
+    let appends = events.iter().map(|e| {
+        let admission = audit.tracker().admit_over(1, event_bytes(e));
+        audit.publish(vec![e.clone()], admission, false)
+    });
+    futures_util::future::join_all(appends)
+        .await
+        .into_iter()
+        .map(|answer| answer.unwrap())
+        .filter(|answer| !answer[0].duplicate)
+        .count()
 }
 
 async fn write_rows(db: &TestDb, chain: &str, n: usize) -> Arc<Audit> {
@@ -107,36 +119,46 @@ async fn each_event_is_recorded_once_and_the_log_verifies() {
     }
 }
 
-/// Below half its backlog a writer places and inserts at a lower CPU priority (on
-/// SQLite in batches of at most 250), above half and when stopping at the daemon's
-/// (on SQLite committing first and fsyncing beside the next batch). A burst that
-/// fills the backlog is written both ways: each event once, in one chain that
-/// verifies, every row counted as written once, the last checkpoint at the head.
+/// Appends from many publishers at once share commits (group commit): a burst of
+/// 5,000 single-event appends is written in batches, each event once, in one chain
+/// that verifies, every row counted once, the last checkpoint at the head.
 #[tokio::test]
-async fn a_burst_that_fills_the_backlog_is_written_at_both_priorities() {
+async fn a_burst_of_single_appends_shares_commits() {
     for db in TestDb::all().await {
         let metrics = Metrics::new(10);
         let options = AuditOptions {
             batch_size: 400,
+            max_backlog: 10_000,
             writers: Some(1),
             ..db.audit_options()
         };
-        let audit = Audit::start(db.store.clone(), options, metrics.clone(), "burst".into())
-            .await
-            .unwrap();
+        let audit = Audit::start(
+            db.store.clone(),
+            options,
+            metrics.clone(),
+            "burst".into(),
+            None,
+        )
+        .await
+        .unwrap();
         let events: Vec<_> = (0..5000)
             .map(|i| event(&format!("burst-e{i}"), "message.received", Some("smtp")))
             .collect();
-        // A few events to an idle writer, then the burst.
-        record(&audit, &events[..10]).await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        record(&audit, &events[10..]).await;
+        assert_eq!(record(&audit, &events).await, 5000);
         audit.shutdown().await;
         let backend = db.store.backend();
         assert_eq!(audit::count(&db.store).await.unwrap(), 5000, "{backend}");
         let report = audit::verify(&db.store).await.unwrap();
         assert!(report.ok && report.rows == 5000, "{backend}: {report:?}");
         assert_eq!(metrics.audit.rows_written.get(), 5000, "{backend}");
+        let commits = metric(
+            &metrics.encode(),
+            "evhost_audit_write_duration_seconds_count",
+        );
+        assert!(
+            (13.0..=1000.0).contains(&commits),
+            "{backend}: {commits} commits for 5000 appends (at most 400 rows each)"
+        );
         let checkpoints =
             checkpoint::read_latest(&db.dir.path().join("audit-checkpoints.jsonl")).unwrap();
         assert_eq!(
@@ -144,12 +166,112 @@ async fn a_burst_that_fills_the_backlog_is_written_at_both_priorities() {
             [5000],
             "{backend}"
         );
-        let low = metrics.audit.rows_written_low_priority.get();
-        if backend == "sqlite" {
-            assert!(low > 0 && low < 5000, "{low} rows at the lower priority");
-        } else {
-            assert_eq!(low, 0, "PostgreSQL's server inserts, at its own priority");
+        db.cleanup().await;
+    }
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in\n{text}"))
+}
+
+/// Counts the events the dispatcher hands it, by id.
+#[derive(Default)]
+struct Seen(std::sync::Mutex<Vec<String>>);
+
+impl Subscriber for Seen {
+    fn id(&self) -> &str {
+        "seen"
+    }
+
+    fn handle<'a>(&'a self, event: &'a Arc<Event>) -> Handling<'a> {
+        self.0.lock().unwrap().push(event.id.to_string());
+        Handling::ok()
+    }
+}
+
+/// Events committed while nothing dispatched them (as when a daemon dies right
+/// after the commit) are dispatched at the next start, each once and as they were
+/// accepted; a start after that dispatches nothing again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_was_committed_and_not_dispatched_is_dispatched_at_the_next_start() {
+    for db in TestDb::all().await {
+        let backend = db.store.backend();
+        let log = db.audit_with_writers("node", 2).await;
+        let events: Vec<_> = (0..120)
+            .map(|i| {
+                event(
+                    &format!("undispatched-{i}"),
+                    "message.received",
+                    Some("smtp"),
+                )
+            })
+            .collect();
+        assert_eq!(record(&log, &events).await, 120);
+        log.record_action(evhost::audit::Entry {
+            event_id: "an-action".into(),
+            event_type: "plugin.reload".into(),
+            actor: Some("evhost".into()),
+            actor_token: None,
+            actor_ip: None,
+            resource_type: None,
+            resource_id: None,
+            details: "{}".into(),
+            time_us: 0,
+            source: None,
+        })
+        .await;
+        log.shutdown().await;
+
+        for run in 0..2 {
+            let seen = Arc::new(Seen::default());
+            let bus = Bus::start(
+                BusOptions {
+                    workers: 2,
+                    queue_size: 1000,
+                    handler_timeout: Duration::from_secs(5),
+                },
+                Metrics::new(10),
+            );
+            bus.subscribe(vec![TypePattern::All], seen.clone()).unwrap();
+            let dispatch: Arc<dyn Dispatch> = Arc::new(bus.clone());
+            let options = AuditOptions {
+                writers: Some(2),
+                ..db.audit_options()
+            };
+            let log = Audit::start(
+                db.store.clone(),
+                options,
+                Metrics::new(10),
+                "node".into(),
+                Some(dispatch.clone()),
+            )
+            .await
+            .unwrap();
+            log.replay(dispatch);
+            let started = std::time::Instant::now();
+            let wanted = if run == 0 { 120 } else { 0 };
+            while seen.0.lock().unwrap().len() < wanted
+                || log.tracker().heads().iter().any(|(_, head, at)| at < head)
+            {
+                assert!(
+                    started.elapsed() < Duration::from_secs(20),
+                    "{backend}: run {run}: {} of {wanted} dispatched; {:?}",
+                    seen.0.lock().unwrap().len(),
+                    log.tracker().heads()
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            bus.shutdown().await;
+            log.shutdown().await;
+            let mut ids = seen.0.lock().unwrap().clone();
+            ids.sort();
+            ids.dedup();
+            assert_eq!(ids.len(), wanted, "{backend}: run {run}: each once");
+            assert_eq!(seen.0.lock().unwrap().len(), wanted, "{backend}: run {run}");
         }
+        assert!(audit::verify(&db.store).await.unwrap().ok);
         db.cleanup().await;
     }
 }
@@ -219,6 +341,13 @@ async fn retention_purges_a_prefix_and_verification_still_holds() {
             "UPDATE audit_log SET recorded_us = recorded_us - 200000000000 WHERE chain_seq <= 8",
         )
         .await;
+        // Nothing dispatched these events (no dispatcher here): retention keeps them.
+        let purged = audit::purge(&db.store, 1, &CancellationToken::new())
+            .await
+            .unwrap();
+        assert_eq!(purged, 0, "rows the dispatcher has not passed stay");
+        db.exec("UPDATE log_positions SET position = (SELECT MAX(chain_seq) FROM audit_log a WHERE a.chain = log_positions.chain)")
+            .await;
         let purged = audit::purge(&db.store, 1, &CancellationToken::new())
             .await
             .unwrap();
@@ -233,6 +362,8 @@ async fn retention_purges_a_prefix_and_verification_still_holds() {
         assert!(report.ok && report.rows == 13, "{report:?}");
         // Purging everything leaves an anchor to continue from.
         db.exec("UPDATE audit_log SET recorded_us = recorded_us - 200000000000")
+            .await;
+        db.exec("UPDATE log_positions SET position = (SELECT MAX(chain_seq) FROM audit_log a WHERE a.chain = log_positions.chain)")
             .await;
         assert_eq!(
             audit::purge(&db.store, 1, &CancellationToken::new())
@@ -418,16 +549,22 @@ async fn the_writer_retries_until_the_database_takes_the_rows() {
         let events: Vec<_> = (0..50)
             .map(|i| event(&format!("r{i}"), "message.received", None))
             .collect();
-        record(&audit, &events).await;
-        // Polled: on PostgreSQL a busy test process may hold the batch for up to a
-        // second before it is tried.
+        let pending = {
+            let (audit, events) = (audit.clone(), events.clone());
+            tokio::spawn(async move { record(&audit, &events).await })
+        };
         let started = std::time::Instant::now();
         while audit.is_healthy() && started.elapsed() < Duration::from_secs(5) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert!(!audit.is_healthy(), "writes are failing, and that shows");
+        assert!(
+            !pending.is_finished(),
+            "nobody is answered before the commit"
+        );
         db.exec("ALTER TABLE audit_log_away RENAME TO audit_log")
             .await;
+        assert_eq!(pending.await.unwrap(), 50);
         audit.shutdown().await;
         assert!(audit.is_healthy());
         assert_eq!(
@@ -438,90 +575,5 @@ async fn the_writer_retries_until_the_database_takes_the_rows() {
         );
         assert!(audit::verify(&db.store).await.unwrap().ok);
         db.cleanup().await;
-    }
-}
-
-/// A SQLite database from before the audit log had a file of its own holds the log
-/// in its main file. The next start moves it, whole and still verifying, and the
-/// chain goes on from where it was.
-#[tokio::test]
-async fn an_audit_log_in_the_main_sqlite_file_moves_to_its_own() {
-    let mut db = TestDb::sqlite().await;
-    let audit = write_rows(&db, "c1", 30).await;
-    audit.shutdown().await;
-    let evhost::store::Store::Sqlite(pool) = &db.store else {
-        unreachable!("the first test database is SQLite")
-    };
-    let main = pool.connect_options().get_filename().to_path_buf();
-    let own = evhost::store::sqlite_audit_file(pool);
-    assert!(own.exists(), "{} was created", own.display());
-    db.store.close().await;
-
-    // The earlier layout: the tables in the main file (as its first migration made
-    // them), the rows in them, no audit file. Row numbers were used up to 40.
-    let conn = rusqlite::Connection::open(&main).unwrap();
-    conn.execute("ATTACH DATABASE ?1 AS audit", [own.to_str().unwrap()])
-        .unwrap();
-    conn.execute_batch(include_str!("../../migrations/sqlite/0001_audit_log.sql"))
-        .unwrap();
-    conn.execute_batch(
-        "INSERT INTO main.audit_log SELECT * FROM audit.audit_log;
-         UPDATE main.sqlite_sequence SET seq = 40 WHERE name = 'audit_log';
-         DETACH DATABASE audit;",
-    )
-    .unwrap();
-    drop(conn);
-    for suffix in ["", "-wal", "-shm"] {
-        let mut path = own.clone().into_os_string();
-        path.push(suffix);
-        let _ = std::fs::remove_file(path);
-    }
-
-    let config = TestDb::config(db.dir.path(), None, None);
-    db.store = evhost::store::Store::connect(&config).await.unwrap();
-    db.store.migrate().await.unwrap();
-    let moved = db;
-    let report = audit::verify(&moved.store).await.unwrap();
-    assert!(report.ok && report.rows == 30, "{report:?}");
-    let in_main: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM main.sqlite_master WHERE name IN ('audit_log', 'audit_anchor')",
-    )
-    .fetch_one(pool_of(&moved.store))
-    .await
-    .unwrap();
-    assert_eq!(in_main, 0, "the main file's tables are gone");
-    // A second start finds nothing to move.
-    moved.store.migrate().await.unwrap();
-
-    let audit = moved.audit("c1").await;
-    record(
-        &audit,
-        &[event("after-the-move", "user.login", Some("web"))],
-    )
-    .await;
-    audit.shutdown().await;
-    let report = audit::verify(&moved.store).await.unwrap();
-    assert!(report.ok && report.rows == 31, "{report:?}");
-    let newest = audit::query(
-        &moved.store,
-        &audit::Filter {
-            limit: 1,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    assert_eq!(newest[0].entry.event_id, "after-the-move");
-    assert_eq!(
-        newest[0].seq, 41,
-        "row numbers go on after the highest used"
-    );
-    moved.cleanup().await;
-}
-
-fn pool_of(store: &evhost::store::Store) -> &sqlx::SqlitePool {
-    match store {
-        evhost::store::Store::Sqlite(pool) => pool,
-        evhost::store::Store::Postgres(_) => unreachable!("a SQLite test"),
     }
 }

@@ -6,6 +6,7 @@ mod auth;
 mod cli;
 mod errors;
 mod ingest;
+mod kept;
 mod metrics;
 mod plugins;
 mod shutdown;

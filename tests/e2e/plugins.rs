@@ -46,6 +46,26 @@ async fn audited(d: &Daemon, kind: &str, id: &str) -> Value {
     }
 }
 
+/// The log's record of what plugins did to the event `id` (a row of its own that
+/// refers to the event; the event's row stays as it was accepted).
+async fn decided(d: &Daemon, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let rows = d
+            .audit_rows("types=plugin.decided&resource_type=event", 100, Some(ADMIN))
+            .await;
+        if let Some(row) = rows.into_iter().find(|r| r["resource_id"] == id) {
+            return row;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no decision about {id} recorded; log:\n{}",
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Publishes one event and waits until the bus has handled it (`?wait=true`), so a
 /// test's events reach the plugins in order (the bus's workers run in parallel).
 async fn handled(d: &Daemon, kind: &str, data: &Value) -> String {
@@ -120,8 +140,11 @@ async fn the_examples_filter_transform_and_route_live_events() {
     assert_eq!(types["message.received"][0]["id"], clean_id.as_str());
     let _ = first_seen;
 
-    // The audit log still has the dropped event, with the plugin and its reason.
-    let dropped = audited(&d, "message.received", &spam_id).await;
+    // The audit log still has the dropped event as accepted, and beside it who
+    // dropped it and why.
+    let accepted = audited(&d, "message.received", &spam_id).await;
+    assert_eq!(accepted["details"]["spam_score"], 9.5, "{accepted}");
+    let dropped = decided(&d, &spam_id).await;
     assert_eq!(
         dropped["details"]["dropped"]["plugin"], "spam-router",
         "{dropped}"
@@ -147,12 +170,13 @@ async fn the_examples_filter_transform_and_route_live_events() {
     assert_eq!(last["data"]["subject"], "[redacted]");
     // The audit log keeps the event as accepted, and who changed it.
     let row = audited(&d, "message.received", &masked_id).await;
+    assert_eq!(row["details"]["subject"], "Hello", "{row}");
+    let row = decided(&d, &masked_id).await;
     assert_eq!(
         row["details"]["replaced_by"],
         json!(["pii-redactor"]),
         "{row}"
     );
-    assert_eq!(row["details"]["data"]["subject"], "Hello", "{row}");
 
     // vip-router last: VIP-domain events also go to the endpoint named "vip".
     d.write_sidecar(
@@ -405,7 +429,7 @@ async fn on_error_drop_and_the_circuit_breaker() {
     let passed = handled(&d, "test.x", &json!({"do": "pass"})).await;
     let got = rx.wait_for(1, Duration::from_secs(10)).await;
     assert_eq!(got[0].json()["id"], passed.as_str());
-    let row = audited(&d, "test.x", &failed).await;
+    let row = decided(&d, &failed).await;
     assert_eq!(row["details"]["dropped"]["plugin"], "strict");
     assert!(
         row["details"]["dropped"]["reason"]

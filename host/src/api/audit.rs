@@ -51,6 +51,10 @@ pub struct AuditRow {
     actor_ip: Option<String>,
     resource_type: Option<String>,
     resource_id: Option<String>,
+    /// The event's source, on rows that are accepted events (the rows the log
+    /// dispatches); absent on management actions and plugin decisions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<String>,
     #[schema(value_type = Object)]
     details: serde_json::Value,
     time: String,
@@ -75,6 +79,7 @@ impl From<Record> for AuditRow {
             actor_ip: e.actor_ip,
             resource_type: e.resource_type,
             resource_id: e.resource_id,
+            source: e.source,
             time: rfc3339_us(e.time_us),
             recorded_at: rfc3339_us(r.recorded_us),
             prev_hash: r.prev_hash,

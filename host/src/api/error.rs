@@ -5,7 +5,6 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use crate::bus::PublishError;
 use crate::ingest::IngestError;
 use crate::metrics::RejectReason;
 
@@ -70,7 +69,7 @@ impl ApiError {
     /// the bus has not counted it already.
     pub fn reject_reason(&self) -> Option<RejectReason> {
         match self.code {
-            "queue_full" | "stopping_bus" => None,
+            "queue_full" | "not_processed" => None,
             "stopping" => Some(RejectReason::Stopping),
             "unauthorized" => Some(RejectReason::Unauthorized),
             "forbidden" | "not_trusted" => Some(RejectReason::Forbidden),
@@ -93,32 +92,22 @@ impl From<IngestError> for ApiError {
                 ApiError::new(StatusCode::FORBIDDEN, "not_trusted", e.to_string())
             }
             IngestError::Stopping => ApiError::unavailable("stopping", e.to_string(), 5),
-            IngestError::Publish(PublishError::QueueFull { .. }) => ApiError::unavailable(
+            // Counted by the log already (under `queue_full`, the plan's name).
+            IngestError::Lagging(_) => ApiError::unavailable(
                 "queue_full",
                 format!("{e}; the Retry-After header says when"),
                 1,
             ),
-            IngestError::Publish(PublishError::BatchTooLarge { .. }) => ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "batch_too_large",
-                format!("{e}; split it"),
-            ),
-            // Counted by the bus already; a distinct code keeps the count single.
-            IngestError::Publish(PublishError::Closed) => ApiError {
-                code: "stopping_bus",
-                ..ApiError::unavailable("stopping", e.to_string(), 5)
-            },
+            IngestError::NotProcessed(_) => {
+                ApiError::unavailable("not_processed", e.to_string(), 5)
+            }
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let code = if self.code == "stopping_bus" {
-            "stopping"
-        } else {
-            self.code
-        };
+        let code = self.code;
         let body = Body {
             error: Inner {
                 code,

@@ -221,12 +221,12 @@ impl AppState {
     params(WaitQuery),
     request_body(content = EventRequest, content_type = "application/json"),
     responses(
-        (status = 202, description = "Accepted (or a resend of an id already accepted)", body = AcceptedBody),
-        (status = 200, description = "Handled by every subscriber (`?wait=true`)", body = HandledBody),
+        (status = 202, description = "Committed to the event log (or a resend of an id the log already has, marked by the header evhost-duplicate: true)", body = AcceptedBody),
+        (status = 200, description = "Processed (`?wait=true`): plugins ran, every subscriber handled it, its webhook deliveries are committed", body = HandledBody),
         (status = 400, description = "Bad JSON, bad UTF-8, or a payload that does not fit its type"),
         (status = 401, description = "No or bad token"), (status = 403, description = "Token lacks the publish scope"),
         (status = 413, description = "Body too large"), (status = 415, description = "Unsupported Content-Type"),
-        (status = 503, description = "Queue full or shutting down; see Retry-After")),
+        (status = 503, description = "Dispatch is `events.max_lag` behind, or shutting down; see Retry-After")),
     security(("bearer" = ["publish"])))]
 pub async fn publish_one(
     State(state): State<Arc<AppState>>,
@@ -262,7 +262,7 @@ pub async fn publish_one(
                 accepted.duplicate,
             ));
         }
-        let accepted = state.ingest.accept(draft, &origin)?;
+        let accepted = state.ingest.accept(draft, &origin).await?;
         Ok(duplicate_marked(
             (StatusCode::ACCEPTED, Json(AcceptedBody { id: accepted.id })).into_response(),
             accepted.duplicate,
@@ -287,10 +287,10 @@ fn duplicate_marked(mut response: Response, duplicate: bool) -> Response {
     description = "Publishes a JSON array of events (evhost's shape, or CloudEvents with `application/cloudevents-batch+json`). Every event is validated first; if any fails, none is accepted.",
     request_body(content = Vec<EventRequest>, content_type = "application/json"),
     responses(
-        (status = 202, description = "All accepted", body = AcceptedBatchBody),
+        (status = 202, description = "All committed to the event log in one append (resends of ids the log has are left out)", body = AcceptedBatchBody),
         (status = 400, description = "An event is invalid (named by its index); none accepted"),
         (status = 413, description = "Body or batch too large"),
-        (status = 503, description = "Queue cannot take the whole batch; see Retry-After")),
+        (status = 503, description = "Dispatch is `events.max_lag` behind (nothing was written), or shutting down; see Retry-After")),
     security(("bearer" = ["publish"])))]
 pub async fn publish_batch(
     State(state): State<Arc<AppState>>,
@@ -328,7 +328,7 @@ pub async fn publish_batch(
             ));
         }
         let origin = origin(principal, peer, &headers)?;
-        let ids = state.ingest.accept_batch(drafts, &origin)?;
+        let ids = state.ingest.accept_batch(drafts, &origin).await?;
         Ok((StatusCode::ACCEPTED, Json(AcceptedBatchBody { ids })).into_response())
     }
     .await;

@@ -171,31 +171,32 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// Readiness: takes events (not shutting down, audit writes succeeding); shows the
-/// bus queue and the audit backlog.
+/// Readiness: takes events (not shutting down, log writes succeeding); shows how
+/// far dispatch is behind the log and the log's backlog.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
-    responses((status = 200, description = "Ready to take events"), (status = 503, description = "Shutting down, or the audit log cannot write")))]
+    responses((status = 200, description = "Ready to take events"), (status = 503, description = "Shutting down, or the event log cannot write")))]
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    let bus = state.ingest.bus();
-    let audit_ok = state.audit.as_ref().is_none_or(|a| a.is_healthy());
-    let status = match (state.ingest.is_stopping(), audit_ok) {
+    let log = state.ingest.log();
+    let audit = log.audit();
+    let (lag, lag_bytes) = log.tracker().lag();
+    let (max_lag, max_lag_bytes) = log.tracker().limits();
+    let status = match (state.ingest.is_stopping(), audit.is_healthy()) {
         (true, _) => "stopping",
         (false, false) => "audit_unavailable",
         (false, true) => "ready",
     };
-    let mut body = json!({
+    let body = json!({
         "status": status,
-        "queue_depth": bus.depth(),
-        "queue_capacity": bus.capacity(),
-    });
-    if let Some(audit) = &state.audit {
-        body["audit"] = json!({
+        "queue_depth": lag,
+        "queue_capacity": max_lag,
+        "lag": { "events": lag, "bytes": lag_bytes, "max_events": max_lag, "max_bytes": max_lag_bytes },
+        "audit": {
             "healthy": audit.is_healthy(),
             "backlog": audit.backlog(),
             "backlog_capacity": audit.capacity(),
             "last_write_ms": audit.last_write_ms(),
-        });
-    }
+        },
+    });
     let code = if status == "ready" {
         StatusCode::OK
     } else {
@@ -207,11 +208,15 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 /// Prometheus metrics (OpenMetrics text).
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Metrics in the OpenMetrics text format")))]
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let bus = state.ingest.bus();
-    state.metrics.set_queue(bus.depth(), bus.capacity());
-    if let Some(audit) = &state.audit {
-        state.metrics.audit.backlog.set(audit.backlog() as i64);
-    }
+    let log = state.ingest.log();
+    let (lag, _) = log.tracker().lag();
+    let (max_lag, _) = log.tracker().limits();
+    state.metrics.set_queue(lag as usize, max_lag as usize);
+    state
+        .metrics
+        .audit
+        .backlog
+        .set(log.audit().backlog() as i64);
     (
         [(
             header::CONTENT_TYPE,

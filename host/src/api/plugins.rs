@@ -101,6 +101,7 @@ pub async fn reload(
                 resource_id: Some(name.clone()),
                 details: outcome.to_string(),
                 time_us: chrono::Utc::now().timestamp_micros(),
+                source: None,
             })
             .await;
     }

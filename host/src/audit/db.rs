@@ -12,7 +12,7 @@ use crate::event::TypePattern;
 use crate::store::{Durability, SqliteWriter, Store, dispatch};
 
 const COLUMNS: &str = "seq, chain, chain_seq, event_id, event_type, actor, actor_token, actor_ip, \
-                       resource_type, resource_id, details, time_us, recorded_us, prev_hash, hash";
+                       resource_type, resource_id, details, time_us, recorded_us, prev_hash, hash, source";
 
 type Row = (
     i64,
@@ -30,6 +30,7 @@ type Row = (
     i64,
     String,
     String,
+    Option<String>,
 );
 
 fn from_row(r: Row) -> Record {
@@ -47,6 +48,7 @@ fn from_row(r: Row) -> Record {
             resource_id: r.9,
             details: r.10,
             time_us: r.11,
+            source: r.15,
         },
         recorded_us: r.12,
         prev_hash: r.13,
@@ -116,6 +118,13 @@ impl Placed {
     pub fn entries(&self) -> Vec<Entry> {
         self.rows.iter().map(|row| row.entry.clone()).collect()
     }
+
+    /// Each row's event id and place in the chain.
+    pub fn seqs(&self) -> impl Iterator<Item = (&str, i64)> {
+        self.rows
+            .iter()
+            .map(|row| (row.entry.event_id.as_str(), row.chain_seq))
+    }
 }
 
 /// Places `entries` after `after`, leaving out event ids in `skip` and ids repeated
@@ -175,23 +184,26 @@ pub use crate::store::WriteError;
 /// quarter of the statements' time in the batched bench on a disk (`perf`), for an
 /// undo the writer never needs.
 const INSERT_INTO: &str = "INSERT OR ROLLBACK INTO audit_log (chain, chain_seq, event_id, event_type, actor, \
-     actor_token, actor_ip, resource_type, resource_id, details, time_us, recorded_us, prev_hash, hash) VALUES ";
+     actor_token, actor_ip, resource_type, resource_id, details, time_us, recorded_us, prev_hash, hash, source) VALUES ";
 
-/// Rows per SQLite insert statement: 50 rows of 14 values measured about 15 % faster
+/// Values per row of [`INSERT_INTO`].
+const VALUES_PER_ROW: usize = 15;
+
+/// Rows per SQLite insert statement: 50 rows of 14 or 15 values measured about 15 % faster
 /// than one row per statement (rusqlite, this schema), and the statement stays small
 /// enough to keep prepared.
 const SQLITE_ROWS_PER_STATEMENT: usize = 50;
 
-/// `INSERT … VALUES (?1, …, ?14), (?15, …)` for `rows` rows.
+/// `INSERT … VALUES (?1, …, ?15), (?16, …)` for `rows` rows.
 fn insert_sql(rows: usize) -> String {
     let mut sql = String::from(INSERT_INTO);
     for r in 0..rows {
         sql.push_str(if r == 0 { "(" } else { ", (" });
-        for c in 0..14 {
+        for c in 0..VALUES_PER_ROW {
             if c > 0 {
                 sql.push_str(", ");
             }
-            sql.push_str(&format!("?{}", r * 14 + c + 1));
+            sql.push_str(&format!("?{}", r * VALUES_PER_ROW + c + 1));
         }
         sql.push(')');
     }
@@ -223,29 +235,12 @@ impl Inserter {
         })
     }
 
-    /// The SQLite connection, if the log is on SQLite.
-    pub fn sqlite(&self) -> Option<&SqliteWriter> {
-        match self {
-            Inserter::Sqlite(writer) => Some(writer),
-            Inserter::Postgres(_) => None,
-        }
-    }
-
-    /// Inserts a placed batch atomically: on SQLite one statement per row in one
-    /// transaction, on PostgreSQL one statement binding one array per column
-    /// (`UNNEST`), since binding thousands of separate values over the wire costs
-    /// more than the insert.
-    ///
-    /// `durability` applies to SQLite: [`Durability::Crash`] leaves out the fsync
-    /// that makes the batch survive a power cut, and [`SqliteWriter::sync_wal`] must
-    /// follow before its rows count as written (in the write lock that fsync was
-    /// about a quarter of a batch's time). PostgreSQL's server syncs as configured.
-    pub async fn insert(
-        &self,
-        chain: &str,
-        placed: Arc<Placed>,
-        durability: Durability,
-    ) -> Result<(), WriteError> {
+    /// Inserts a placed batch in one transaction, committed durably (SQLite
+    /// `synchronous = FULL`, an fsync of the WAL; PostgreSQL as its server syncs):
+    /// on SQLite one statement per 50 rows, on PostgreSQL one statement binding one
+    /// array per column (`UNNEST`), since binding thousands of separate values over
+    /// the wire costs more than the insert.
+    pub async fn insert(&self, chain: &str, placed: Arc<Placed>) -> Result<(), WriteError> {
         if placed.rows.is_empty() {
             return Ok(());
         }
@@ -253,28 +248,15 @@ impl Inserter {
             Inserter::Sqlite(writer) => {
                 let chain = chain.to_string();
                 writer
-                    .write(durability, move |conn| insert_sqlite(conn, &chain, &placed))
+                    .write(Durability::PowerCut, move |conn| {
+                        insert_sqlite(conn, &chain, &placed)
+                    })
                     .await?;
             }
             Inserter::Postgres(pool) => insert_postgres(pool, chain, &placed).await?,
         }
         Ok(())
     }
-}
-
-/// Inserts a placed batch through `writer` on the calling thread (see
-/// [`SqliteWriter::write_here`]).
-pub fn insert_sqlite_here(
-    writer: &SqliteWriter,
-    chain: &str,
-    placed: &Placed,
-) -> Result<(), WriteError> {
-    if placed.rows.is_empty() {
-        return Ok(());
-    }
-    writer.write_here(Durability::PowerCut, |conn| {
-        insert_sqlite(conn, chain, placed)
-    })
 }
 
 fn insert_sqlite(
@@ -288,7 +270,7 @@ fn insert_sqlite(
     {
         static FULL: LazyLock<String> = LazyLock::new(|| insert_sql(SQLITE_ROWS_PER_STATEMENT));
         let mut values: Vec<&dyn rusqlite::ToSql> =
-            Vec::with_capacity(SQLITE_ROWS_PER_STATEMENT * 14);
+            Vec::with_capacity(SQLITE_ROWS_PER_STATEMENT * VALUES_PER_ROW);
         for chunk in placed.rows.chunks(SQLITE_ROWS_PER_STATEMENT) {
             values.clear();
             for row in chunk {
@@ -308,6 +290,7 @@ fn insert_sqlite(
                     &placed.recorded_us,
                     &row.prev_hash,
                     &row.hash,
+                    &e.source,
                 ]);
             }
             // The last, shorter chunk has its own statement (also kept prepared: a
@@ -333,12 +316,12 @@ async fn insert_postgres(
         |f: for<'a> fn(&'a PlacedRow) -> Option<&'a str>| rows.iter().map(f).collect::<Vec<_>>();
     sqlx::query(
         "INSERT INTO audit_log (chain, chain_seq, event_id, event_type, actor, actor_token, actor_ip, \
-         resource_type, resource_id, details, time_us, recorded_us, prev_hash, hash) \
+         resource_type, resource_id, details, time_us, recorded_us, prev_hash, hash, source) \
          SELECT $1, u.chain_seq, u.event_id, u.event_type, u.actor, u.actor_token, u.actor_ip, u.resource_type, \
-         u.resource_id, u.details, u.time_us, u.recorded_us, u.prev_hash, u.hash FROM UNNEST($2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
-         $8::text[], $9::text[], $10::text[], $11::int8[], $12::int8[], $13::text[], $14::text[]) \
+         u.resource_id, u.details, u.time_us, u.recorded_us, u.prev_hash, u.hash, u.source FROM UNNEST($2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
+         $8::text[], $9::text[], $10::text[], $11::int8[], $12::int8[], $13::text[], $14::text[], $15::text[]) \
          WITH ORDINALITY AS u(chain_seq, event_id, event_type, actor, actor_token, actor_ip, resource_type, \
-         resource_id, details, time_us, recorded_us, prev_hash, hash, n) ORDER BY u.n",
+         resource_id, details, time_us, recorded_us, prev_hash, hash, source, n) ORDER BY u.n",
     )
     .bind(chain)
     .bind(rows.iter().map(|r| r.chain_seq).collect::<Vec<_>>())
@@ -354,42 +337,40 @@ async fn insert_postgres(
     .bind(vec![placed.recorded_us; rows.len()])
     .bind(column(|r| Some(r.prev_hash.as_str())))
     .bind(column(|r| Some(r.hash.as_str())))
+    .bind(column(|r| r.entry.source.as_deref()))
     .execute(pool)
     .await?;
     Ok(())
 }
 
-/// Writes `entries` after `head` in one transaction, leaving out event ids already
-/// recorded (by any writer) or repeated within the batch. Returns what was written;
-/// nothing is written if it fails.
+/// Writes a placed batch in one transaction, leaving out event ids already
+/// recorded (by any writer). Returns what was written; nothing is written if it
+/// fails.
 ///
-/// Resends are rare (ingest drops most within its window), so the batch is first
-/// inserted as it is (unless `known_duplicate` says that was tried); only if the
-/// database reports a duplicate event id is the batch filtered against the table and
-/// written again.
+/// Resends are rare, so the batch is first inserted as it is; only if the database
+/// reports a duplicate event id is the batch filtered against the table and placed
+/// again.
 pub async fn append(
     store: &Store,
     inserter: &Inserter,
     chain: &str,
-    head: Head,
-    entries: Vec<Entry>,
-    recorded_us: i64,
-    known_duplicate: bool,
+    placed: Arc<Placed>,
 ) -> Result<Arc<Placed>, WriteError> {
-    if !known_duplicate {
-        let placed = Arc::new(place(chain, head, entries, recorded_us, &HashSet::new()));
-        match inserter
-            .insert(chain, placed.clone(), Durability::PowerCut)
+    match inserter.insert(chain, placed.clone()).await {
+        Err(e) if e.is_duplicate() => {
+            let entries = placed.entries();
+            append_new(
+                store,
+                inserter,
+                chain,
+                placed.after,
+                entries,
+                placed.recorded_us,
+            )
             .await
-        {
-            Err(e) if e.is_duplicate() => {
-                let entries = placed.entries();
-                return append_new(store, inserter, chain, head, entries, recorded_us).await;
-            }
-            other => return other.map(|()| placed),
         }
+        other => other.map(|()| placed),
     }
-    append_new(store, inserter, chain, head, entries, recorded_us).await
 }
 
 /// [`append`] after a duplicate: leaves out the ids the table already holds.
@@ -417,9 +398,7 @@ async fn append_new(
         recorded.extend(found.into_iter().map(|(id,)| id));
     }
     let placed = Arc::new(place(chain, head, entries, recorded_us, &recorded));
-    inserter
-        .insert(chain, placed.clone(), Durability::PowerCut)
-        .await?;
+    inserter.insert(chain, placed.clone()).await?;
     Ok(placed)
 }
 
@@ -542,8 +521,8 @@ pub async fn row_at(
         .find(|r| r.chain_seq == chain_seq))
 }
 
-/// Deletes up to `batch` of the oldest rows of `chain` written before `cutoff_us`,
-/// moving the chain's anchor to the last one deleted, in one transaction. Returns
+/// Deletes up to `batch` of the oldest rows of `chain` written before `cutoff_us`
+/// and at most at `upto`, moving the chain's anchor to the last one deleted, in one transaction. Returns
 /// how many rows went.
 pub async fn purge_some(
     store: &Store,
@@ -551,6 +530,7 @@ pub async fn purge_some(
     cutoff_us: i64,
     batch: i64,
     now_us: i64,
+    upto: i64,
 ) -> Result<u64, sqlx::Error> {
     dispatch!(store, |pool| {
         let mut tx = pool.begin().await?;
@@ -558,11 +538,12 @@ pub async fn purge_some(
         let last: Option<(i64, String)> = sqlx::query_as(
             "SELECT chain_seq, hash FROM audit_log WHERE chain = $1 AND recorded_us < $2 \
              AND chain_seq <= (SELECT MIN(chain_seq) FROM audit_log WHERE chain = $1) + $3 - 1 \
-             ORDER BY chain_seq DESC LIMIT 1",
+             AND chain_seq <= $4 ORDER BY chain_seq DESC LIMIT 1",
         )
         .bind(chain)
         .bind(cutoff_us)
         .bind(batch)
+        .bind(upto)
         .fetch_optional(&mut *tx)
         .await?;
         let Some((upto, hash)) = last else {
@@ -618,4 +599,67 @@ pub async fn count(store: &Store) -> Result<i64, sqlx::Error> {
             .await?
     });
     Ok(n)
+}
+
+/// Where `consumer` stands in each of `chains` (`None` where it has no row yet).
+pub async fn positions(
+    store: &Store,
+    consumer: &str,
+    chains: &[String],
+) -> Result<Vec<Option<i64>>, sqlx::Error> {
+    let rows: Vec<(String, i64)> = dispatch!(store, |pool| {
+        sqlx::query_as("SELECT chain, position FROM log_positions WHERE consumer = $1")
+            .bind(consumer)
+            .fetch_all(pool)
+            .await?
+    });
+    Ok(chains
+        .iter()
+        .map(|chain| rows.iter().find(|(c, _)| c == chain).map(|(_, p)| *p))
+        .collect())
+}
+
+/// Stores where `consumer` stands in each chain. A position never moves back.
+pub async fn save_positions(
+    store: &Store,
+    consumer: &str,
+    positions: &[(String, i64)],
+    now_us: i64,
+) -> Result<(), sqlx::Error> {
+    dispatch!(store, |pool| {
+        let mut tx = pool.begin().await?;
+        for (chain, position) in positions {
+            sqlx::query(
+                "INSERT INTO log_positions (consumer, chain, position, updated_us) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (consumer, chain) DO UPDATE SET position = excluded.position, updated_us = excluded.updated_us \
+                 WHERE log_positions.position < excluded.position",
+            )
+            .bind(consumer)
+            .bind(chain)
+            .bind(position)
+            .bind(now_us)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    })
+}
+
+/// Up to `limit` event rows (not actions or decisions) of `chain` after
+/// `after_chain_seq`, in chain order, and the last `chain_seq` looked at.
+pub async fn event_rows(
+    store: &Store,
+    chain: &str,
+    after_chain_seq: i64,
+    limit: i64,
+) -> Result<(Vec<Record>, Option<i64>), sqlx::Error> {
+    let page = chain_page(store, chain, after_chain_seq, limit).await?;
+    let last = page.last().map(|r| r.chain_seq);
+    Ok((
+        page.into_iter()
+            .filter(|r| r.entry.source.is_some())
+            .collect(),
+        last,
+    ))
 }

@@ -1,42 +1,52 @@
-//! The tamper-evident audit log.
+//! The event log, which is the tamper-evident audit log.
 //!
-//! Every accepted event (through the bus subscriber [`Audit::subscriber`]) and every
-//! management action ([`Audit::record_action`]) becomes one row, written in batches
-//! by a single writer task per daemon. The writer never drops a row: on a database
-//! error it retries with backoff while its bounded backlog fills, and a full backlog
-//! holds the bus, which pushes back on publishers. Rows form a hash chain per writer
-//! ([`record`]), signed checkpoints pin the chain heads ([`checkpoint`]), retention
-//! purges the oldest rows without breaking verification ([`verify`]).
+//! Every accepted event ([`Audit::append`]), every management action
+//! ([`Audit::record_action`]) and every plugin decision becomes one row, appended by
+//! a writer per chain ([`writer`]) and committed durably before anyone is answered.
+//! Rows form a hash chain per writer ([`record`]), signed checkpoints pin the chain
+//! heads ([`checkpoint`]), retention purges the oldest rows without breaking
+//! verification ([`verify`]) and never a row the dispatcher has not passed.
+//!
+//! Committed events are handed to the dispatcher with a ticket
+//! ([`crate::eventlog`]); where dispatch stands in each chain is stored every
+//! [`POSITION_EVERY`], and on start what was committed but not yet dispatched is
+//! read back and dispatched ([`Audit::replay`]).
 
-mod background;
-mod busy;
 pub mod checkpoint;
 mod db;
 pub mod record;
 pub mod verify;
+mod writer;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ed25519_dalek::SigningKey;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use db::{Filter, count, query, recent_event_ids};
-pub use record::{Entry, Record};
+pub use record::{DECIDED, Entry, Record};
 pub use verify::{Break, Report, verify};
 
-use crate::bus::{Handling, Subscriber, recv_batch};
+use crate::bus::Verdict;
 use crate::event::{Event, new_event_id};
+use crate::eventlog::{Accepted, Admission, Appended, Dispatch, Ticket, Tracker};
 use crate::metrics::Metrics;
-use crate::store::{Durability, Store};
+use crate::store::Store;
+use writer::{Append, Item, Reply, Writer};
 
-/// Why the audit log could not start.
+/// The consumer name of the dispatcher's positions.
+pub const DISPATCH: &str = "dispatch";
+
+/// How often the dispatcher's positions are stored.
+pub const POSITION_EVERY: Duration = Duration::from_millis(200);
+
+/// Why the log could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
     #[error("audit chain id file {path}")]
@@ -46,19 +56,24 @@ pub enum AuditError {
     },
     #[error(transparent)]
     Checkpoint(#[from] checkpoint::CheckpointError),
-    #[error("reading the audit chain head")]
+    #[error("reading the log's chain heads and positions")]
     Db(#[from] sqlx::Error),
-    #[error("opening the audit writer's database connection")]
+    #[error("opening the log writer's database connection")]
     Writer(#[from] db::WriteError),
-    #[error("starting the audit writer's placing thread")]
-    Thread(#[source] std::io::Error),
 }
 
-/// Audit settings (from `audit.*`).
+/// The log has stopped and takes no more rows.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the event log has stopped")]
+pub struct Stopped;
+
+/// Log settings (from `audit.*` and `events.*`).
 #[derive(Debug, Clone)]
 pub struct AuditOptions {
+    /// Whether the log is kept as the audit log (`audit.enabled`); when not, a row
+    /// goes once the dispatcher has passed it and the dedup window is over.
+    pub keep: bool,
     pub batch_size: usize,
-    pub flush_interval: Duration,
     pub max_backlog: usize,
     pub checkpoint_interval: Duration,
     pub checkpoint_file: PathBuf,
@@ -68,17 +83,20 @@ pub struct AuditOptions {
     pub refusals_per_minute: u32,
     /// Writers (chains); `None`: 1 on SQLite, 2 on PostgreSQL.
     pub writers: Option<usize>,
-    /// Steps below the daemon's CPU priority for placing and hashing (`audit.nice`);
-    /// 0 also turns off holding batches while the daemon is busy.
-    pub nice: u8,
+    /// How long an event id stays unique (`events.dedup_window`).
+    pub dedup_window: Duration,
+    /// Committed events not yet dispatched, at most (`events.max_lag`).
+    pub max_lag: u64,
+    /// Their bytes, at most (`events.max_lag_bytes`).
+    pub max_lag_bytes: u64,
 }
 
 impl AuditOptions {
-    /// The options `audit.*` (and `data_dir`) give.
+    /// The options `audit.*`, `events.*` (and `data_dir`) give.
     pub fn from_config(config: &crate::config::Config) -> AuditOptions {
         AuditOptions {
+            keep: config.audit.enabled,
             batch_size: config.audit.batch_size,
-            flush_interval: config.audit.flush_interval,
             max_backlog: config.audit.max_backlog,
             checkpoint_interval: config.audit.checkpoint_interval,
             checkpoint_file: config.checkpoint_file(),
@@ -87,34 +105,14 @@ impl AuditOptions {
             purge_interval: config.audit.purge_interval,
             refusals_per_minute: config.audit.refusals_per_minute,
             writers: config.audit.writers,
-            nice: config.audit.nice,
+            dedup_window: config.events.dedup_window,
+            max_lag: config.events.max_lag as u64,
+            max_lag_bytes: config.events.max_lag_bytes,
         }
     }
 }
 
-/// What waits in a writer's backlog. Kept to two words: the backlog holds up to
-/// `audit.max_backlog` of them and every accepted event writes one, so the rarer,
-/// larger kinds are boxed (an unboxed `Entry` made each slot 240 bytes).
-enum Item {
-    Event(Arc<Event>),
-    /// An accepted event plugins dropped or replaced: recorded with what they did.
-    Decided(Box<(Arc<Event>, crate::bus::Verdict)>),
-    Action(Box<Entry>),
-}
-
-impl Item {
-    /// The row's contents: reads the resource out of the payload, so it is CPU work
-    /// for the placing thread, not the bus.
-    fn into_entry(self) -> Entry {
-        match self {
-            Item::Event(event) => Entry::of_event(&event),
-            Item::Decided(decided) => Entry::of_decided_event(&decided.0, &decided.1),
-            Item::Action(entry) => *entry,
-        }
-    }
-}
-
-/// A running audit log. Dropping it does not flush; call [`Audit::shutdown`].
+/// A running log. Dropping it does not flush; call [`Audit::shutdown`].
 pub struct Audit {
     lanes: Arc<Lanes>,
     capacity: usize,
@@ -123,74 +121,87 @@ pub struct Audit {
     last_write_ms: Arc<AtomicI64>,
     stop: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// The position keeper, stopped after the writers.
+    positions: Mutex<Option<(CancellationToken, JoinHandle<()>)>>,
     limiter: RefusalLimiter,
     metrics: Arc<Metrics>,
     chain: String,
+    chains: Vec<String>,
+    tracker: Arc<Tracker>,
+    store: Store,
 }
 
 impl Audit {
-    /// Starts the writers (and retention) for this daemon's chain. With several
+    /// Starts the writers (and retention) for this daemon's chains. With several
     /// writers (`audit.writers`), the first keeps `chain` and writer `k` the chain
-    /// `<chain>.<k>`; each has its own database connection and backlog, and events
-    /// are handed to them in turn.
+    /// `<chain>.<k>`; each has its own database connection and queue, and appends
+    /// go to them in turn. Committed events go to `dispatch` when the one who
+    /// appended them has gone (none: they are left for the next start).
     pub async fn start(
         store: Store,
         options: AuditOptions,
         metrics: Arc<Metrics>,
         chain: String,
+        dispatch: Option<Arc<dyn Dispatch>>,
     ) -> Result<Arc<Audit>, AuditError> {
         let key = checkpoint::load_or_create_key(&options.checkpoint_key)?;
         let writers = options.writers.unwrap_or(match store {
             Store::Sqlite(_) => 1,
             Store::Postgres(_) => 2,
         });
+        let chains: Vec<String> = (0..writers)
+            .map(|k| {
+                if k == 0 {
+                    chain.clone()
+                } else {
+                    format!("{chain}.{k}")
+                }
+            })
+            .collect();
+        let mut heads = Vec::with_capacity(writers);
+        for name in &chains {
+            heads.push(db::chain_head(&store, name).await?);
+        }
+        // A chain the dispatcher has no position in starts where it is now: rows
+        // from before the log was dispatched from were handled as they came.
+        let stored = db::positions(&store, DISPATCH, &chains).await?;
+        let now_us = chrono::Utc::now().timestamp_micros();
+        let fresh: Vec<(String, i64)> = chains
+            .iter()
+            .zip(&stored)
+            .zip(&heads)
+            .filter(|((_, stored), _)| stored.is_none())
+            .map(|((name, _), head)| (name.clone(), head.0))
+            .collect();
+        db::save_positions(&store, DISPATCH, &fresh, now_us).await?;
+        let tracker = Tracker::new(
+            chains
+                .iter()
+                .zip(&stored)
+                .zip(&heads)
+                .map(|((name, stored), head)| (name.clone(), stored.unwrap_or(head.0), head.0))
+                .collect(),
+            options.max_lag,
+            options.max_lag_bytes,
+        );
         let per_writer = options.max_backlog.div_ceil(writers);
         let stop = CancellationToken::new();
         let last_write_ms = Arc::new(AtomicI64::new(0));
         let mut senders = Vec::with_capacity(writers);
         let mut healthy = Vec::with_capacity(writers);
         let mut tasks = Vec::with_capacity(writers + 1);
-        let own_cpu = busy::OwnCpu::default();
-        for k in 0..writers {
-            let chain = if k == 0 {
-                chain.clone()
-            } else {
-                format!("{chain}.{k}")
-            };
-            let head = db::chain_head(&store, &chain).await?;
+        for (index, (name, head)) in chains.iter().zip(heads).enumerate() {
             let (tx, rx) = mpsc::channel(per_writer);
             let ok = Arc::new(AtomicBool::new(true));
             let writer = Writer {
                 store: store.clone(),
                 inserter: db::Inserter::open(&store)?,
-                placing: background::LowPriority::start(
-                    "evhost-audit",
-                    options.nice,
-                    own_cpu.clone(),
-                )
-                .map_err(AuditError::Thread)?,
-                inserting: match store {
-                    Store::Sqlite(_) => Some(
-                        background::LowPriority::start(
-                            "evhost-audit-ins",
-                            options.nice,
-                            own_cpu.clone(),
-                        )
-                        .map_err(AuditError::Thread)?,
-                    ),
-                    Store::Postgres(_) => None,
-                },
-                hold: if options.nice > 0 {
-                    busy::Hold::new(own_cpu.clone())
-                } else {
-                    None
-                },
-                low_water: per_writer / 2,
-                chain,
+                index,
+                chain: name.clone(),
                 head,
-                syncing: None,
                 rx,
-                backlog_shown: 0,
+                tracker: tracker.clone(),
+                dispatch: dispatch.clone(),
                 options: options.clone(),
                 metrics: metrics.clone(),
                 healthy: ok.clone(),
@@ -198,22 +209,29 @@ impl Audit {
                 key: key.clone(),
                 checkpointed: head.0,
                 last_checkpoint: None,
+                backlog_shown: 0,
             };
-            tracing::info!(chain = %writer.chain, head = head.0, "audit writer ready");
+            tracing::info!(chain = %name, head = head.0, "log writer ready");
             tasks.push(tokio::spawn(writer.run(stop.clone())));
             senders.push(tx);
             healthy.push(ok);
         }
         let capacity = per_writer * writers;
         metrics.audit.backlog_capacity.set(capacity as i64);
-        if options.retention_days > 0 {
+        if options.retention_days > 0 || !options.keep {
             tasks.push(tokio::spawn(retention(
-                store,
+                store.clone(),
                 options.clone(),
                 metrics.clone(),
                 stop.clone(),
             )));
         }
+        let keeper_stop = CancellationToken::new();
+        let keeper = tokio::spawn(keep_positions(
+            store.clone(),
+            tracker.clone(),
+            keeper_stop.clone(),
+        ));
         Ok(Arc::new(Audit {
             lanes: Arc::new(Lanes {
                 senders,
@@ -224,25 +242,94 @@ impl Audit {
             last_write_ms,
             stop,
             tasks: Mutex::new(tasks),
+            positions: Mutex::new(Some((keeper_stop, keeper))),
             limiter: RefusalLimiter::new(options.refusals_per_minute),
             metrics,
             chain,
+            chains,
+            tracker,
+            store,
         }))
     }
 
-    /// The bus subscriber that records every event.
-    pub fn subscriber(self: &Arc<Self>) -> Arc<dyn Subscriber> {
-        Arc::new(AuditSubscriber {
-            lanes: self.lanes.clone(),
-        })
-    }
-
-    /// This daemon's chain.
+    /// This daemon's first chain.
     pub fn chain(&self) -> &str {
         &self.chain
     }
 
-    /// Records a management action; waits for room in the backlog.
+    /// Where dispatch stands, and the lag it may fall behind by.
+    pub fn tracker(&self) -> &Arc<Tracker> {
+        &self.tracker
+    }
+
+    /// Appends `events` and waits until they are committed and handed to the
+    /// dispatcher. Per event, in order: whether the log already had its id, and
+    /// (with `wait`) how to wait until it is processed. `admission` reserved the
+    /// lag for them.
+    pub async fn publish(
+        &self,
+        events: Vec<Arc<Event>>,
+        admission: Admission,
+        wait: bool,
+    ) -> Result<Vec<Accepted>, Stopped> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, answer) = oneshot::channel();
+        let reply = Reply::Dispatch { wait, reply };
+        self.send_append(events, admission, None, reply).await?;
+        answer.await.map_err(|_| Stopped)
+    }
+
+    /// Appends `events` and waits until they are committed; the caller dispatches
+    /// them. Per event, in order: its ticket, or that the log already has an event
+    /// with its id. `hold` is kept until the commit.
+    pub async fn append(
+        &self,
+        events: Vec<Arc<Event>>,
+        admission: Admission,
+        hold: Option<Ticket>,
+    ) -> Result<Vec<Appended>, Stopped> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, answer) = oneshot::channel();
+        self.send_append(events, admission, hold, Reply::Return(reply))
+            .await?;
+        answer.await.map_err(|_| Stopped)
+    }
+
+    async fn send_append(
+        &self,
+        events: Vec<Arc<Event>>,
+        admission: Admission,
+        hold: Option<Ticket>,
+        reply: Reply,
+    ) -> Result<(), Stopped> {
+        let item = Item::Events(Box::new(Append {
+            events,
+            admission,
+            hold,
+            reply,
+        }));
+        self.lanes.next().send(item).await.map_err(|_| Stopped)
+    }
+
+    /// Records what plugins did to `event`, as a row of its own; `hold` is kept until
+    /// it is committed.
+    pub fn record_decision(&self, event: &Arc<Event>, verdict: &Verdict, hold: Option<Ticket>) {
+        let item = Item::Decided(Box::new((event.clone(), verdict.clone(), hold)));
+        if let Err(mpsc::error::TrySendError::Full(item)) = self.lanes.next().try_send(item) {
+            let tx = self.lanes.next().clone();
+            tokio::spawn(async move {
+                if tx.send(item).await.is_err() {
+                    tracing::error!("the log has stopped; a plugin decision was not recorded");
+                }
+            });
+        }
+    }
+
+    /// Records a management action; waits for room in the queue.
     pub async fn record_action(&self, entry: Entry) {
         if self
             .lanes
@@ -251,7 +338,7 @@ impl Audit {
             .await
             .is_err()
         {
-            tracing::error!("audit writer has stopped; a management action was not recorded");
+            tracing::error!("the log has stopped; a management action was not recorded");
         }
     }
 
@@ -280,6 +367,7 @@ impl Audit {
             resource_id: Some(path.chars().take(256).collect()),
             details: serde_json::json!({ "method": method, "path": path, "status": status, "code": code }).to_string(),
             time_us: now.timestamp_micros(),
+            source: None,
         };
         if self
             .lanes
@@ -291,7 +379,21 @@ impl Audit {
         }
     }
 
-    /// Rows waiting to be written.
+    /// Reads back the events of this daemon's chains that were committed but not
+    /// dispatched before the last stop, and hands them to `dispatch` in log order,
+    /// within the lag. Returns at once; the reading runs as a task of its own.
+    pub fn replay(&self, dispatch: Arc<dyn Dispatch>) {
+        let task = tokio::spawn(replay(
+            self.store.clone(),
+            self.tracker.clone(),
+            self.chains.clone(),
+            dispatch,
+            self.stop.clone(),
+        ));
+        self.tasks.lock().expect("not poisoned").push(task);
+    }
+
+    /// Items waiting for a writer.
     pub fn backlog(&self) -> usize {
         let free: usize = self.lanes.senders.iter().map(|tx| tx.capacity()).sum();
         self.capacity - free
@@ -311,14 +413,21 @@ impl Audit {
         self.last_write_ms.load(Ordering::Relaxed)
     }
 
-    /// Writes everything queued, signs a last checkpoint and stops. Call after the
-    /// bus has drained.
+    /// Writes everything queued, signs a last checkpoint, stores where dispatch
+    /// stands and stops. Call after the dispatcher has drained.
     pub async fn shutdown(&self) {
         self.stop.cancel();
         let tasks = std::mem::take(&mut *self.tasks.lock().expect("not poisoned"));
         for task in tasks {
             if let Err(e) = task.await {
-                tracing::error!(error = %e, "audit task ended abnormally");
+                tracing::error!(error = %e, "log task ended abnormally");
+            }
+        }
+        let keeper = self.positions.lock().expect("not poisoned").take();
+        if let Some((stop, task)) = keeper {
+            stop.cancel();
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "log position keeper ended abnormally");
             }
         }
     }
@@ -337,406 +446,111 @@ impl Lanes {
     }
 }
 
-struct AuditSubscriber {
-    lanes: Arc<Lanes>,
-}
-
-impl Subscriber for AuditSubscriber {
-    fn id(&self) -> &str {
-        "audit"
-    }
-
-    fn handle<'a>(&'a self, event: &'a Arc<Event>) -> Handling<'a> {
-        Handling::hand_off(
-            self.lanes.next(),
-            Item::Event(event.clone()),
-            "the audit writer",
-        )
-    }
-
-    fn records_accepted(&self) -> bool {
-        true
-    }
-
-    fn handle_decided<'a>(
-        &'a self,
-        event: &'a Arc<Event>,
-        verdict: &'a crate::bus::Verdict,
-    ) -> Handling<'a> {
-        let item = Item::Decided(Box::new((event.clone(), verdict.clone())));
-        Handling::hand_off(self.lanes.next(), item, "the audit writer")
-    }
-
-    fn time_limit(&self, _default: Duration) -> Option<Duration> {
-        None
-    }
-}
-
-struct Writer {
-    store: Store,
-    inserter: db::Inserter,
-    /// Where placing, and on SQLite inserting, run while the backlog is below
-    /// `low_water`.
-    placing: background::LowPriority,
-    inserting: Option<background::LowPriority>,
-    /// Holds a batch back while the rest of the daemon is busy and the backlog is
-    /// below `low_water` (see `busy`).
-    hold: Option<busy::Hold>,
-    low_water: usize,
-    chain: String,
-    /// The last row committed: where the next batch goes.
-    head: (i64, [u8; 32]),
-    /// On SQLite, a batch committed at full priority whose fsync is still running
-    /// (see `Writer::settle`).
-    syncing: Option<Syncing>,
-    rx: mpsc::Receiver<Item>,
-    /// This writer's share of the backlog gauge (the writers add up).
-    backlog_shown: i64,
-    options: AuditOptions,
-    metrics: Arc<Metrics>,
-    healthy: Arc<AtomicBool>,
-    last_write_ms: Arc<AtomicI64>,
-    key: SigningKey,
-    checkpointed: i64,
-    /// None until the first checkpoint, which follows the first write, so the file
-    /// exists soon after start.
-    last_checkpoint: Option<Instant>,
-}
-
-/// Turns backlog items into rows placed after `after`: reading each payload's
-/// resource and hashing, the CPU part of a write.
-fn place_items(chain: &str, after: db::Head, items: Vec<Item>, recorded_us: i64) -> db::Placed {
-    let entries = items.into_iter().map(Item::into_entry).collect();
-    db::place(chain, after, entries, recorded_us, &HashSet::new())
-}
-
-/// A batch being inserted by its own task while the writer places the next one.
-struct InFlight {
-    placed: Arc<db::Placed>,
-    /// Placed and inserted at the lower priority.
-    background: bool,
-    /// Committed without an fsync (SQLite at full priority): `settle` starts one.
-    unsynced: bool,
-    task: JoinHandle<(Result<(), db::WriteError>, Duration)>,
-}
-
-/// A committed batch whose fsync runs while the next batch is inserted; its rows
-/// count as written (and a checkpoint may sign them) once the fsync returns.
-struct Syncing {
-    placed: Arc<db::Placed>,
-    /// From the insert's start to its commit.
-    took: Duration,
-    /// The fsync, and how long it took.
-    task: JoinHandle<(std::io::Result<()>, Duration)>,
-}
-
-impl Writer {
-    async fn run(mut self, stop: CancellationToken) {
-        let mut items = Vec::with_capacity(self.options.batch_size);
-        let mut in_flight: Option<InFlight> = None;
-        loop {
-            self.show_backlog(self.rx.len());
-            // With nothing queued there is nothing to overlap the insert with: finish
-            // it, so its rows count and the checkpoint follows, before waiting.
-            if self.rx.is_empty()
-                && let Some(batch) = in_flight.take()
-            {
-                self.settle(batch).await;
-                self.finish_sync().await;
-                self.checkpoint_if_due();
-            }
-            // Below half its backlog the writer is absorbing a burst, or keeping up:
-            // its work can wait for spare CPU. Above, or when stopping, it works at
-            // the daemon's priority.
-            let background = !stop.is_cancelled() && self.rx.len() < self.low_water;
-            let limit = if background && self.inserting.is_some() {
-                self.options.batch_size.min(background::BATCH_ON_SQLITE)
-            } else {
-                self.options.batch_size
-            };
-            if !recv_batch(&mut self.rx, &mut items, limit, &stop).await {
-                break;
-            }
-            if !stop.is_cancelled() {
-                // Let a batch fill for a moment under moderate load.
-                let deadline = tokio::time::Instant::now() + self.options.flush_interval;
-                while items.len() < limit {
-                    let room = limit - items.len();
-                    tokio::select! {
-                        n = self.rx.recv_many(&mut items, room) => { if n == 0 { break; } }
-                        () = tokio::time::sleep_until(deadline) => break,
-                        () = stop.cancelled() => break,
-                    }
-                }
-            }
-            // Place the batch after the one in flight, assuming it goes in as placed;
-            // if it does not (a duplicate was left out, or it failed and was retried),
-            // place it again after the head that was written.
-            let after = in_flight
-                .as_ref()
-                .map_or(self.head, |batch| batch.placed.head);
-            let recorded_us = chrono::Utc::now().timestamp_micros();
-            let batch = std::mem::replace(&mut items, Vec::with_capacity(self.options.batch_size));
-            let mut placed = if background {
-                let chain = self.chain.clone();
-                self.placing
-                    .run(move || place_items(&chain, after, batch, recorded_us))
-                    .await
-                    .expect("the audit placing thread answers every batch")
-            } else {
-                // Not on the runtime's worker: placing 1,000 rows takes milliseconds,
-                // and a worker held that long held up the bus. (With PostgreSQL's
-                // holds, a burst that filled half the backlog ended with the writer
-                // placing inline, and that alone cost the bus 41–43 % in the bench.)
-                let chain = self.chain.clone();
-                tokio::task::spawn_blocking(move || place_items(&chain, after, batch, recorded_us))
-                    .await
-                    .expect("placing a batch does not panic")
-            };
-            if let Some(batch) = in_flight.take() {
-                self.settle(batch).await;
-            }
-            if placed.after != self.head {
-                placed = db::place(
-                    &self.chain,
-                    self.head,
-                    placed.entries(),
-                    recorded_us,
-                    &HashSet::new(),
-                );
-            }
-            if background && let Some(hold) = &mut self.hold {
-                let low_water = self.low_water;
-                let release = || stop.is_cancelled() || self.rx.len() >= low_water;
-                let held = hold.while_busy(release).await;
-                if held != busy::Held::Not {
-                    self.metrics.audit.batches_held.inc();
-                }
-                if held == busy::Held::ToTheLimit {
-                    self.metrics.audit.holds_to_the_limit.inc();
-                }
-            }
-            in_flight = Some(self.start_insert(placed, background));
-            self.checkpoint_if_due();
-        }
-        if let Some(batch) = in_flight.take() {
-            self.settle(batch).await;
-        }
-        self.finish_sync().await;
-        self.checkpoint();
-        self.show_backlog(0);
-        tracing::info!(chain = %self.chain, head = self.head.0, "audit writer stopped; every row written");
-    }
-
-    fn show_backlog(&mut self, rows: usize) {
-        let rows = rows as i64;
-        self.metrics.audit.backlog.inc_by(rows - self.backlog_shown);
-        self.backlog_shown = rows;
-    }
-
-    /// Starts inserting a placed batch: at the lower priority on SQLite when
-    /// `background`, else on a task of the runtime (which, on SQLite, hands it to a
-    /// blocking thread).
-    fn start_insert(&self, placed: db::Placed, background: bool) -> InFlight {
-        let placed = Arc::new(placed);
-        let (chain, batch) = (self.chain.clone(), placed.clone());
-        // At full priority SQLite commits without the fsync, which `settle` then
-        // runs beside the next batch.
-        let durability = match self.inserter {
-            db::Inserter::Sqlite(_) => Durability::Crash,
-            db::Inserter::Postgres(_) => Durability::PowerCut,
+/// Stores the dispatcher's positions every [`POSITION_EVERY`] while they move, and
+/// once more when stopped.
+async fn keep_positions(store: Store, tracker: Arc<Tracker>, stop: CancellationToken) {
+    let mut saved: HashMap<String, i64> = HashMap::new();
+    let mut tick = tokio::time::interval(POSITION_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let stopping = tokio::select! {
+            _ = tick.tick() => false,
+            () = stop.cancelled() => true,
         };
-        let (task, low_priority) = match (&self.inserting, self.inserter.sqlite()) {
-            (Some(thread), Some(writer)) if background => {
-                let writer = writer.clone();
-                let answer = thread.run(move || {
-                    let started = Instant::now();
-                    let result = db::insert_sqlite_here(&writer, &chain, &batch);
-                    (result, started.elapsed())
-                });
-                let task = tokio::spawn(async move {
-                    answer.await.unwrap_or_else(|_| {
-                        let gone =
-                            db::WriteError::Task("the audit inserting thread stopped".into());
-                        (Err(gone), Duration::ZERO)
-                    })
-                });
-                (task, true)
-            }
-            _ => {
-                let inserter = self.inserter.clone();
-                let task = tokio::spawn(async move {
-                    let started = Instant::now();
-                    let result = inserter.insert(&chain, batch, durability).await;
-                    (result, started.elapsed())
-                });
-                (task, false)
-            }
-        };
-        InFlight {
-            placed,
-            background: low_priority,
-            unsynced: !low_priority && durability == Durability::Crash,
-            task,
-        }
-    }
-
-    /// Waits for the batch in flight; if its insert failed, writes it again until it
-    /// is in.
-    ///
-    /// A batch committed without an fsync gets one here, which runs while the next
-    /// batch is inserted (one fsync at a time: the one before is finished first).
-    async fn settle(&mut self, batch: InFlight) {
-        self.finish_sync().await;
-        let first = match batch.task.await {
-            Ok((Ok(()), took)) if batch.unsynced => {
-                self.head = batch.placed.head;
-                self.syncing = Some(Syncing {
-                    placed: batch.placed,
-                    took,
-                    task: self.start_sync(),
-                });
-                return;
-            }
-            Ok((Ok(()), took)) => {
-                self.written(batch.placed.head, batch.placed.len(), took);
-                if batch.background {
-                    let rows = batch.placed.len() as u64;
-                    self.metrics.audit.rows_written_low_priority.inc_by(rows);
-                }
-                return;
-            }
-            Ok((Err(error), _)) => error,
-            Err(panic) => db::WriteError::Task(panic.to_string()),
-        };
-        let duplicate = first.is_duplicate();
-        if !duplicate {
-            self.failed(&first, batch.placed.len());
-        }
-        self.write(batch.placed.entries(), duplicate).await;
-    }
-
-    /// Waits for the fsync of the batch committed last, if one runs, and then counts
-    /// its rows as written. A failed fsync is tried again until one succeeds: the
-    /// rows are in the database, and only the fsync can make them durable.
-    async fn finish_sync(&mut self) {
-        let Some(mut syncing) = self.syncing.take() else {
-            return;
-        };
-        let mut backoff = Duration::from_millis(100);
-        let synced = loop {
-            let error = match (&mut syncing.task).await {
-                Ok((Ok(()), took)) => break took,
-                Ok((Err(error), _)) => {
-                    db::WriteError::Task(format!("fsync of the audit WAL: {error}"))
-                }
-                Err(panic) => db::WriteError::Task(panic.to_string()),
-            };
-            self.failed(&error, syncing.placed.len());
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-            syncing.task = self.start_sync();
-        };
-        self.written(
-            syncing.placed.head,
-            syncing.placed.len(),
-            syncing.took + synced,
-        );
-    }
-
-    /// An fsync of the SQLite writer's WAL on a task of its own.
-    fn start_sync(&self) -> JoinHandle<(std::io::Result<()>, Duration)> {
-        let writer = self
-            .inserter
-            .sqlite()
-            .expect("only SQLite commits without an fsync")
-            .clone();
-        tokio::spawn(async move {
-            let started = Instant::now();
-            (writer.sync_wal().await, started.elapsed())
-        })
-    }
-
-    fn written(&mut self, head: db::Head, rows: usize, took: Duration) {
-        self.head = head;
-        self.metrics.audit.rows_written.inc_by(rows as u64);
-        self.metrics.audit.write_seconds.observe(took.as_secs_f64());
-        self.last_write_ms
-            .store(took.as_millis() as i64, Ordering::Relaxed);
-        if !self.healthy.swap(true, Ordering::Relaxed) {
-            tracing::info!("audit writes succeed again");
-        }
-    }
-
-    fn failed(&mut self, error: &db::WriteError, rows: usize) {
-        self.metrics.audit.write_errors.inc();
-        if self.healthy.swap(false, Ordering::Relaxed) {
-            tracing::error!(%error, rows, "audit write failed; retrying with backoff, nothing is dropped");
-        }
-    }
-
-    /// Writes one batch after the current head, retrying until it is in.
-    async fn write(&mut self, entries: Vec<Entry>, mut known_duplicate: bool) {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let started = Instant::now();
-            let recorded_us = chrono::Utc::now().timestamp_micros();
-            let result = db::append(
-                &self.store,
-                &self.inserter,
-                &self.chain,
-                self.head,
-                entries.clone(),
-                recorded_us,
-                known_duplicate,
-            )
-            .await;
-            match result {
-                Ok(placed) => {
-                    self.written(placed.head, placed.len(), started.elapsed());
-                    return;
-                }
+        let moved: Vec<(String, i64)> = tracker
+            .positions()
+            .into_iter()
+            .filter(|(chain, position)| saved.get(chain) != Some(position))
+            .collect();
+        if !moved.is_empty() {
+            let now_us = chrono::Utc::now().timestamp_micros();
+            match db::save_positions(&store, DISPATCH, &moved, now_us).await {
+                Ok(()) => saved.extend(moved),
                 Err(error) => {
-                    self.failed(&error, entries.len());
-                    known_duplicate = false;
+                    tracing::warn!(%error, "cannot store where dispatch stands; will try again")
+                }
+            }
+        }
+        if stopping {
+            let (events, _) = tracker.lag();
+            for (chain, head, position) in tracker.heads() {
+                if position < head {
+                    tracing::info!(%chain, position, head, "events committed but not yet dispatched stay in the log; the next start dispatches them");
+                }
+            }
+            if events > 0 {
+                tracing::info!(events, "events not yet dispatched at the stop");
+            }
+            return;
+        }
+    }
+}
+
+/// Rows read back per page when replaying.
+const REPLAY_PAGE: i64 = 1000;
+
+async fn replay(
+    store: Store,
+    tracker: Arc<Tracker>,
+    chains: Vec<String>,
+    dispatch: Arc<dyn Dispatch>,
+    stop: CancellationToken,
+) {
+    let heads = tracker.heads();
+    for (index, chain) in chains.iter().enumerate() {
+        let (_, head, from) = heads[index].clone();
+        if from >= head {
+            tracker.replay_done(index);
+            continue;
+        }
+        let started = Instant::now();
+        let mut after = from;
+        let mut replayed = 0u64;
+        let mut backoff = Duration::from_millis(100);
+        while after < head && !stop.is_cancelled() {
+            let (rows, last) = match db::event_rows(&store, chain, after, REPLAY_PAGE).await {
+                Ok(page) => page,
+                Err(error) => {
+                    tracing::warn!(%error, %chain, "cannot read the log back for dispatch; will try again");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
                 }
+            };
+            let Some(last) = last else { break };
+            let mut committed = Vec::with_capacity(rows.len());
+            for row in rows.into_iter().filter(|r| r.chain_seq <= head) {
+                let seq = row.chain_seq;
+                let Some(event) = crate::eventlog::event_of(&row) else {
+                    tracing::error!(%chain, seq, event_id = %row.entry.event_id, "a log row cannot be read back as an event; it is not dispatched");
+                    continue;
+                };
+                let event = Arc::new(event);
+                let bytes = crate::eventlog::event_bytes(&event);
+                let mut admission = tracker.admit_wait(1, bytes).await;
+                let ticket = tracker.ticket(index, seq, &mut admission, bytes, true);
+                committed.push(crate::bus::Committed {
+                    event,
+                    ticket,
+                    done: None,
+                });
             }
+            replayed += committed.len() as u64;
+            dispatch.dispatch(committed);
+            after = last;
+            tracker.replayed_to(index, after.min(head));
         }
-    }
-
-    fn checkpoint_if_due(&mut self) {
-        if self
-            .last_checkpoint
-            .is_none_or(|at| at.elapsed() >= self.options.checkpoint_interval)
-        {
-            self.checkpoint();
-        }
-    }
-
-    /// Signs the chain head into the checkpoint file, if it moved.
-    /// Only rows that survive a power cut are signed: not a batch whose fsync runs.
-    fn checkpoint(&mut self) {
-        self.last_checkpoint = Some(Instant::now());
-        let head = self
-            .syncing
-            .as_ref()
-            .map_or(self.head, |syncing| syncing.placed.after);
-        if head.0 == self.checkpointed {
+        if stop.is_cancelled() {
             return;
         }
-        let cp = checkpoint::Checkpoint::sign(&self.key, &self.chain, head.0, &hex::encode(head.1));
-        match checkpoint::append(&self.options.checkpoint_file, &cp) {
-            Ok(()) => self.checkpointed = head.0,
-            Err(error) => {
-                tracing::error!(error = %crate::error_chain(&error), "cannot write the audit checkpoint")
-            }
-        }
+        tracker.replay_done(index);
+        tracing::info!(%chain, events = replayed, from, to = head, took = ?started.elapsed(), "dispatched what was committed before the last stop");
     }
 }
 
-/// Purges rows older than the retention period, in bounded batches, on a schedule.
+/// Purges, on a schedule and in bounded batches, rows past the retention period
+/// (with the audit on) or rows every consumer has passed, once older than the
+/// dedup window (with it off).
 async fn retention(
     store: Store,
     options: AuditOptions,
@@ -749,32 +563,46 @@ async fn retention(
             _ = tick.tick() => {}
             () = stop.cancelled() => return,
         }
-        match purge(&store, options.retention_days, &stop).await {
+        let keep = if options.keep {
+            Duration::from_secs(u64::from(options.retention_days) * 86_400)
+        } else {
+            options.dedup_window
+        };
+        match purge_older_than(&store, keep, &stop).await {
             Ok(0) => {}
             Ok(n) => {
                 metrics.audit.rows_purged.inc_by(n);
-                tracing::info!(
-                    rows = n,
-                    days = options.retention_days,
-                    "purged audit rows past retention"
-                );
+                tracing::info!(rows = n, kept = ?keep, "purged log rows past retention");
             }
-            Err(error) => tracing::error!(%error, "audit retention failed; will try again"),
+            Err(error) => tracing::error!(%error, "log retention failed; will try again"),
         }
     }
 }
 
-/// Removes every row written more than `days` ago; returns how many.
+/// Removes every row written more than `days` ago that every consumer has passed;
+/// returns how many.
 pub async fn purge(store: &Store, days: u32, stop: &CancellationToken) -> Result<u64, sqlx::Error> {
+    purge_older_than(store, Duration::from_secs(u64::from(days) * 86_400), stop).await
+}
+
+async fn purge_older_than(
+    store: &Store,
+    keep: Duration,
+    stop: &CancellationToken,
+) -> Result<u64, sqlx::Error> {
     let now_us = chrono::Utc::now().timestamp_micros();
-    let cutoff = now_us - i64::from(days) * 86_400 * 1_000_000;
+    let cutoff = now_us.saturating_sub(keep.as_micros().min(i64::MAX as u128) as i64);
+    let chains = db::chains(store).await?;
+    let positions = db::positions(store, DISPATCH, &chains).await?;
     let mut total = 0;
-    for chain in db::chains(store).await? {
+    for (chain, position) in chains.iter().zip(positions) {
+        // A chain with no position was written before the log was dispatched from.
+        let upto = position.unwrap_or(i64::MAX);
         loop {
             if stop.is_cancelled() {
                 return Ok(total);
             }
-            let n = db::purge_some(store, &chain, cutoff, 10_000, now_us).await?;
+            let n = db::purge_some(store, chain, cutoff, 10_000, now_us, upto).await?;
             total += n;
             if n == 0 {
                 break;
@@ -830,9 +658,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_backlog_slot_is_two_words() {
+    fn a_queue_slot_is_two_words() {
         assert_eq!(
-            std::mem::size_of::<Item>(),
+            std::mem::size_of::<writer::Item>(),
             2 * std::mem::size_of::<usize>()
         );
     }

@@ -4,8 +4,6 @@
 //! `seq` (which the database assigns) and the previous row's hash in the same chain.
 //! Changing, removing or reordering any row therefore breaks the chain at that row.
 
-use std::sync::Arc;
-
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -30,11 +28,15 @@ pub struct Entry {
     pub details: String,
     /// Event time, microseconds since the Unix epoch.
     pub time_us: i64,
+    /// The event's source, for a row that is an accepted event (the rows the log
+    /// dispatches); `None` for a management action or a decision.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 impl Entry {
     /// The audit entry of an accepted event.
-    pub fn of_event(event: &Arc<Event>) -> Entry {
+    pub fn of_event(event: &Event) -> Entry {
         let resource = evhost_catalog::resource_of(&event.kind, event.data.get());
         let token = event.actor.token.as_deref().map(str::to_string);
         // Without a token the daemon itself is the actor, or, for a request to an
@@ -62,25 +64,39 @@ impl Entry {
             resource_id: resource.map(|r| r.id),
             details: event.data.get().to_string(),
             time_us: event.time.timestamp_micros(),
+            source: Some(event.source.to_string()),
         }
     }
 
-    /// The row of an accepted event that plugins dropped or replaced: `details` holds
-    /// the payload as accepted under `data`, who dropped it under `dropped`
-    /// (`{"plugin", "reason"}`) and who replaced it under `replaced_by`.
-    pub fn of_decided_event(event: &Arc<Event>, verdict: &crate::bus::Verdict) -> Entry {
-        let mut entry = Entry::of_event(event);
-        let mut details = serde_json::json!({ "data": event.data });
+    /// The row that records what plugins did to an accepted event: a row of its
+    /// own (type `plugin.decided`, resource `event` and the event's id), so the
+    /// event's own row stays as it was accepted. `details` holds who dropped it under
+    /// `dropped` (`{"plugin", "reason"}`) and who replaced it under `replaced_by`.
+    pub fn of_decision(event: &Event, verdict: &crate::bus::Verdict) -> Entry {
+        let mut details = serde_json::json!({ "event_type": event.kind });
         if let Some(dropped) = &verdict.dropped {
             details["dropped"] = serde_json::json!(dropped);
         }
         if !verdict.replaced_by.is_empty() {
             details["replaced_by"] = serde_json::json!(verdict.replaced_by);
         }
-        entry.details = details.to_string();
-        entry
+        Entry {
+            event_id: crate::event::new_event_id().to_string(),
+            event_type: DECIDED.into(),
+            actor: Some("evhost".into()),
+            actor_token: None,
+            actor_ip: None,
+            resource_type: Some("event".into()),
+            resource_id: Some(event.id.to_string()),
+            details: details.to_string(),
+            time_us: chrono::Utc::now().timestamp_micros(),
+            source: None,
+        }
     }
 }
+
+/// The type of the rows that record plugin decisions.
+pub const DECIDED: &str = "plugin.decided";
 
 /// A row as stored: an entry placed in a chain.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -167,6 +183,12 @@ pub fn row_hash(
     h.update(e.time_us.to_be_bytes());
     h.update(recorded_us.to_be_bytes());
     field(&mut h, Some(prev_hash_hex));
+    // Rows from before the log carried sources hash as they did; a row's source,
+    // once set, is covered like every other column.
+    if let Some(source) = e.source.as_deref() {
+        h.update(b"source");
+        field(&mut h, Some(source));
+    }
     h.finalize().into()
 }
 
@@ -191,6 +213,7 @@ mod tests {
             resource_id: Some("m1".into()),
             details: "{}".into(),
             time_us: 1,
+            source: Some("/test".into()),
         }
     }
 
@@ -205,6 +228,9 @@ mod tests {
         assert_ne!(changed.compute_hash(), base.compute_hash());
         let mut changed = base.clone();
         changed.chain_seq = 2;
+        assert_ne!(changed.compute_hash(), base.compute_hash());
+        let mut changed = base.clone();
+        changed.entry.source = None;
         assert_ne!(changed.compute_hash(), base.compute_hash());
         let mut changed = base.clone();
         changed.recorded_us = 6;

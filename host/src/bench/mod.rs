@@ -6,14 +6,16 @@
 //! - HTTP ingest on loopback: single-event POSTs/s and batched events/s, client and
 //!   daemon in this process, sharing the machine's cores;
 //! - idle RSS of a freshly started `evhost serve`;
-//! - the audit log ([`audit`]): batched writes against one transaction per row, on
+//! - the event log ([`log`]): events/s committed with group commit and in batches
+//!   against one commit per event, and a restart's replay of undispatched events, on
 //!   SQLite and (with a URL) PostgreSQL;
 //! - webhooks ([`webhooks`]): deliveries/s (1 and 50 endpoints) and publish → receive
 //!   latency at 5,000 events/s, against a bare loopback POST loop;
 //! - plugins ([`plugins`]): bus throughput with one inline plugin against the bus
 //!   without plugins, and how long a dropped-in file takes to serve.
 
-mod audit;
+mod http;
+mod log;
 mod plugins;
 mod webhooks;
 
@@ -22,11 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use bytes::Bytes;
 use clap::Args;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
@@ -50,7 +48,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 3)]
     http_seconds: u64,
     /// Concurrent HTTP connections for single-event POSTs.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 64)]
     concurrency: usize,
     /// Events per batch request.
     #[arg(long, default_value_t = 500)]
@@ -61,16 +59,16 @@ pub struct BenchArgs {
     /// Measure only these parts (default: all).
     #[arg(long, value_delimiter = ',', value_enum)]
     only: Vec<Part>,
-    /// Rows written in each audit measurement.
+    /// Events appended in each batched log measurement.
     #[arg(long, default_value_t = 200_000)]
-    audit_rows: u64,
+    log_events: u64,
     /// Events pushed through the bus in each plugin measurement.
     #[arg(long, default_value_t = 500_000)]
     plugin_events: u64,
     /// Where the built plugins are (cargo build --profile plugin --target wasm32-wasip2).
     #[arg(long, default_value = "target/wasm32-wasip2/plugin")]
     plugins_dir: std::path::PathBuf,
-    /// PostgreSQL to measure the audit log on as well (a scratch schema is made and dropped).
+    /// PostgreSQL to measure the log and webhooks on as well (a scratch schema is made and dropped).
     #[arg(long, env = "EVHOST_BENCH_POSTGRES_URL")]
     postgres_url: Option<String>,
 }
@@ -79,7 +77,7 @@ pub struct BenchArgs {
 pub enum Part {
     Bus,
     Http,
-    Audit,
+    Log,
     Webhooks,
     Plugins,
     Rss,
@@ -132,37 +130,42 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     }
     if args.wants(Part::Http) {
-        for audit in [false, true] {
-            let (single, batched) = rt.block_on(http_rates(&args, audit))?;
-            let label = if audit {
-                "audit on, SQLite"
+        let mut backends = vec![None];
+        if args.postgres_url.is_some() {
+            backends.push(args.postgres_url.as_deref());
+        }
+        for backend in backends {
+            let label = if backend.is_some() {
+                "PostgreSQL"
             } else {
-                "audit off"
+                "SQLite"
             };
+            let rates = rt.block_on(http::rates(&args, backend))?;
             row(
                 &format!(
-                    "HTTP POST /v1/events, {} connections ({label})",
+                    "HTTP POST /v1/events, {} in flight, durable 202 ({label})",
                     args.concurrency
                 ),
-                format!("{} requests/s", thousands(single)),
+                format!("{} requests/s", thousands(rates.single)),
                 "".into(),
             );
             row(
                 &format!(
-                    "HTTP POST /v1/events/batch, {} events/batch ({label})",
+                    "HTTP POST /v1/events/batch, {} events/batch, durable 202 ({label})",
                     args.batch_size
                 ),
-                format!("{} events/s", thousands(batched)),
+                format!("{} events/s", thousands(rates.batched)),
+                "".into(),
+            );
+            row(
+                &format!("HTTP POST /v1/events at a steady 5,000/s: time to the 202 ({label})"),
+                rates.paced,
                 "".into(),
             );
         }
     }
-    if args.wants(Part::Audit) {
-        rt.block_on(audit::report(
-            args.audit_rows,
-            args.workers,
-            args.postgres_url.as_deref(),
-        ))?;
+    if args.wants(Part::Log) {
+        rt.block_on(log::report(args.log_events, args.postgres_url.as_deref()))?;
     }
     if args.wants(Part::Webhooks) {
         rt.block_on(webhooks::report(
@@ -188,9 +191,12 @@ fn row(what: &str, result: String, ratio: String) {
     println!("| {what} | {result} | {ratio} |");
 }
 
-/// CPU time this process has used so far.
+/// CPU time (user and system) this process has used so far, from the process CPU
+/// clock; zero where it cannot be read.
 fn cpu_time() -> Duration {
-    crate::cpu::process_time().unwrap_or_default()
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_PROCESS_CPUTIME_ID)
+        .map(Duration::from)
+        .unwrap_or_default()
 }
 
 /// How busy this process kept the machine between two readings: "CPU 1.8 of 2
@@ -213,14 +219,6 @@ impl CpuMeter {
         let busy = (cpu_time() - self.cpu).as_secs_f64() / self.wall.elapsed().as_secs_f64();
         format!("CPU {busy:.2} of {cores} cores")
     }
-}
-
-/// How often this process's threads have waited so far (voluntary context switches,
-/// from `getrusage`): a thread waits when it runs out of work and is woken again
-/// when work comes, which costs the waker a system call. 0 where it cannot be read.
-fn waits() -> u64 {
-    nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
-        .map_or(0, |usage| usage.voluntary_context_switches().max(0) as u64)
 }
 
 fn thousands(rate: f64) -> String {
@@ -403,7 +401,7 @@ impl InProcess {
         let scratch = Scratch::new(postgres)?;
         let mut env = scratch.env();
         env.push(("EVHOST_SERVER__LISTEN".into(), "127.0.0.1:0".into()));
-        env.push(("EVHOST_EVENTS__QUEUE_SIZE".into(), "100000".into()));
+        env.push(("EVHOST_EVENTS__MAX_LAG".into(), "100000".into()));
         env.push((
             "EVHOST_SERVER__MAX_BODY_BYTES".into(),
             (16 << 20).to_string(),
@@ -434,89 +432,6 @@ impl InProcess {
         self.scratch.remove().await;
         Ok(())
     }
-}
-
-async fn http_rates(args: &BenchArgs, audit: bool) -> anyhow::Result<(f64, f64)> {
-    let daemon = InProcess::start(
-        &[
-            ("EVHOST_AUDIT__ENABLED", audit.to_string()),
-            (
-                "EVHOST_SERVER__MAX_BATCH_EVENTS",
-                args.batch_size.max(1).to_string(),
-            ),
-        ],
-        None,
-    )
-    .await?;
-    let addr = daemon.addr;
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(args.concurrency.max(8))
-        .build_http();
-
-    let single_body = Bytes::from(format!(r#"{{"type":"message.received","data":{PAYLOAD}}}"#));
-    let single = load(
-        &client,
-        &format!("http://{addr}/v1/events"),
-        single_body,
-        args.concurrency,
-        args.http_seconds,
-    )
-    .await?;
-
-    let batch: Vec<String> = (0..args.batch_size)
-        .map(|_| format!(r#"{{"type":"message.received","data":{PAYLOAD}}}"#))
-        .collect();
-    let batch_body = Bytes::from(format!("[{}]", batch.join(",")));
-    let batches = load(
-        &client,
-        &format!("http://{addr}/v1/events/batch"),
-        batch_body,
-        4,
-        args.http_seconds,
-    )
-    .await?;
-
-    daemon.stop().await?;
-    Ok((single, batches * args.batch_size as f64))
-}
-
-/// `concurrency` loops POSTing `body` for `seconds`; returns successful requests/s.
-/// A 503 (queue full) counts as not done and is retried, so the figure is what
-/// evhost actually accepted.
-async fn load(
-    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
-    url: &str,
-    body: Bytes,
-    concurrency: usize,
-    seconds: u64,
-) -> anyhow::Result<f64> {
-    let ok = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..concurrency {
-        let (client, url, body, ok) = (client.clone(), url.to_string(), body.clone(), ok.clone());
-        tasks.push(tokio::spawn(async move {
-            while Instant::now() < deadline {
-                let request = hyper::Request::post(&url)
-                    .header("content-type", "application/json")
-                    .body(Full::new(body.clone()))?;
-                let response = client.request(request).await?;
-                let status = response.status();
-                response.into_body().collect().await?;
-                if status.is_success() {
-                    ok.fetch_add(1, Ordering::Relaxed);
-                } else if status != hyper::StatusCode::SERVICE_UNAVAILABLE {
-                    anyhow::bail!("the daemon answered {status}");
-                }
-            }
-            Ok::<(), anyhow::Error>(())
-        }));
-    }
-    for task in tasks {
-        task.await??;
-    }
-    Ok(ok.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
 }
 
 /// Starts `evhost serve` as a child, waits until it answers, lets it settle, and

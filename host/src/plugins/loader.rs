@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::pipeline::PluginPipeline;
 use super::runtime::{Instance, Limits, LogSink, PluginContext, Runtime};
-use super::{DeliverySink, Loaded, Manifest, Mode, PluginSet, PluginStatus, Registry, tap};
+use super::{Loaded, Manifest, Mode, PluginSet, PluginStatus, Registry, tap};
 use crate::config::PluginsConfig;
 use crate::event::{Catalog, TypePattern};
 use crate::metrics::Metrics;
@@ -96,7 +96,6 @@ impl Plugins {
             slots: Default::default(),
             load_errors: Default::default(),
             generation: Default::default(),
-            delivery: Default::default(),
             catalog,
             metrics,
             options,
@@ -176,13 +175,9 @@ impl Plugins {
                 resource_id: Some(name.to_string()),
                 details: details.to_string(),
                 time_us: Utc::now().timestamp_micros(),
+                source: None,
             })
             .await;
-    }
-
-    /// Where `deliver` actions go.
-    pub fn set_delivery(&self, sink: Arc<dyn DeliverySink>) {
-        let _ = self.registry.delivery.set(sink);
     }
 
     pub fn list(&self) -> Vec<PluginStatus> {

@@ -23,30 +23,18 @@ mod tap;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::bus::BoxFuture;
 use crate::config::PluginsConfig;
-use crate::event::{Catalog, Event, TypePattern};
+use crate::event::{Catalog, TypePattern};
 use crate::metrics::{Metrics, PLUGIN_ERROR_KINDS, PluginSeries};
 pub use breaker::Breaker;
 pub use manifest::{Manifest, Mode, OnError};
 pub use runtime::{CallError, LoadError, Runtime};
-
-/// Where `deliver` actions go: the webhook dispatcher, by endpoint name.
-pub trait DeliverySink: Send + Sync + 'static {
-    /// Queues `event` for the enabled endpoint named `target` only. Waits when the
-    /// outbox writer is full (as the bus does for durable sinks).
-    fn deliver_to<'a>(
-        &'a self,
-        target: &'a str,
-        event: Arc<Event>,
-    ) -> BoxFuture<'a, Result<(), String>>;
-}
 
 /// One loaded version of a plugin.
 pub struct Loaded {
@@ -171,7 +159,6 @@ pub struct Registry {
     /// The last load failure per name, cleared by a successful load.
     load_errors: Mutex<BTreeMap<String, (DateTime<Utc>, String)>>,
     generation: AtomicU64,
-    delivery: OnceLock<Arc<dyn DeliverySink>>,
     catalog: Arc<Catalog>,
     metrics: Arc<Metrics>,
     options: PluginsConfig,

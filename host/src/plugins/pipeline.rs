@@ -82,7 +82,7 @@ impl PipelineWorker for Worker {
         self.prepared.extend(prepared);
     }
 
-    fn run<'a>(&'a mut self, event: &'a Arc<Event>) -> Pipelined<'a> {
+    fn run(&mut self, event: &Arc<Event>) -> Pipelined {
         let set = self.registry.set.load_full();
         let prepared = match self.prepared.front() {
             Some((e, _)) if Arc::ptr_eq(e, event) => self.prepared.pop_front().map(|(_, r)| r),
@@ -107,28 +107,12 @@ impl PipelineWorker for Worker {
             }
             outcome.event = Some(current.clone());
         }
-        if deliveries.is_empty() {
-            return Pipelined::Done(outcome);
-        }
-        let Some(sink) = self.registry.delivery.get().cloned() else {
-            tracing::warn!(
-                "a plugin asked to deliver to a webhook endpoint, but webhooks are disabled"
-            );
-            return Pipelined::Done(outcome);
-        };
-        Pipelined::Later(Box::pin(async move {
-            for (target, new) in deliveries {
-                // The handled event as it leaves the pipeline, or the plugin's own.
-                let event = match new {
-                    Some(e) => Arc::new(e),
-                    None => current.clone(),
-                };
-                if let Err(error) = sink.deliver_to(&target, event).await {
-                    tracing::warn!(%target, %error, "plugin delivery not queued");
-                }
-            }
-            outcome
-        }))
+        // The handled event as it leaves the pipeline, or the plugin's own.
+        outcome.delivered = deliveries
+            .into_iter()
+            .map(|(target, new)| (target, new.map_or_else(|| current.clone(), Arc::new)))
+            .collect();
+        Pipelined::Done(outcome)
     }
 }
 

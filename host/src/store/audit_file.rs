@@ -14,14 +14,12 @@
 //!   instead of 0.9–1.4 ms.
 //!
 //! The file has its own migrations (`migrations/sqlite-audit`) and its own
-//! `_sqlx_migrations` table. A database from before the split holds the log in the
-//! main file; [`migrate`] moves it.
+//! `_sqlx_migrations` table.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Connection, SqlitePool};
 
 use super::StoreError;
 
@@ -65,9 +63,8 @@ pub async fn attach(conn: &mut sqlx::SqliteConnection, path: &Path) -> Result<()
     Ok(())
 }
 
-/// Applies the audit file's migrations, then moves a log that a database from before
-/// the split holds in its main file (`pool`: the main pool, with the file attached).
-pub async fn migrate(pool: &SqlitePool, path: &Path) -> Result<(), StoreError> {
+/// Applies the audit file's migrations.
+pub async fn migrate(path: &Path) -> Result<(), StoreError> {
     let options = SqliteConnectOptions::new()
         .filename(path)
         .journal_mode(SqliteJournalMode::Wal)
@@ -79,63 +76,7 @@ pub async fn migrate(pool: &SqlitePool, path: &Path) -> Result<(), StoreError> {
         .await?;
     let migrated = MIGRATIONS.run(&own).await;
     own.close().await;
-    migrated?;
-    move_from_main(pool, path).await
-}
-
-/// Copies the main file's `audit_log` and `audit_anchor` into the audit file, checks
-/// that every row arrived, then drops them from the main file. Each step writes to
-/// one file only, so each commits whole, and a step cut short is done again at the
-/// next start; the main file's tables go only once the copy is committed.
-async fn move_from_main(pool: &SqlitePool, path: &Path) -> Result<(), StoreError> {
-    let mut conn = pool.acquire().await?;
-    let in_main: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM main.sqlite_master WHERE type = 'table' AND name = 'audit_log'",
-    )
-    .fetch_one(&mut *conn)
-    .await?;
-    if in_main == 0 {
-        return Ok(());
-    }
-    const COLUMNS: &str = "seq, chain, chain_seq, event_id, event_type, actor, actor_token, \
-        actor_ip, resource_type, resource_id, details, time_us, recorded_us, prev_hash, hash";
-    let mut tx = conn.begin().await?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "INSERT OR IGNORE INTO audit.audit_log ({COLUMNS}) SELECT {COLUMNS} FROM main.audit_log;
-         INSERT OR IGNORE INTO audit.audit_anchor (chain, chain_seq, hash, purged_us)
-             SELECT chain, chain_seq, hash, purged_us FROM main.audit_anchor;
-         -- Row numbers go on from where they were, even past rows deleted at the top.
-         DELETE FROM audit.sqlite_sequence WHERE name = 'audit_log';
-         INSERT INTO audit.sqlite_sequence (name, seq) SELECT 'audit_log', MAX(
-             COALESCE((SELECT MAX(seq) FROM main.sqlite_sequence WHERE name = 'audit_log'), 0),
-             COALESCE((SELECT MAX(seq) FROM audit.audit_log), 0));"
-    )))
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    let (rows, missing): (i64, i64) = sqlx::query_as(
-        "SELECT COUNT(*), COUNT(*) - COUNT(a.seq) FROM main.audit_log m
-         LEFT JOIN audit.audit_log a ON a.seq = m.seq AND a.hash = m.hash",
-    )
-    .fetch_one(&mut *conn)
-    .await?;
-    if missing > 0 {
-        return Err(StoreError::AuditMove {
-            path: path.to_path_buf(),
-            missing,
-        });
-    }
-    let mut tx = conn.begin().await?;
-    sqlx::raw_sql(
-        "DROP TABLE main.audit_log;
-         DROP TABLE main.audit_anchor;
-         DELETE FROM main.sqlite_sequence WHERE name = 'audit_log';",
-    )
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    tracing::info!(rows, file = %path.display(), "moved the audit log into its own file");
-    Ok(())
+    Ok(migrated?)
 }
 
 #[cfg(test)]

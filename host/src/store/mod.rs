@@ -51,13 +51,6 @@ pub enum StoreError {
         path: std::path::PathBuf,
         source: rusqlite::Error,
     },
-    #[error(
-        "moving the audit log into {path}: {missing} rows did not arrive; the main file keeps them"
-    )]
-    AuditMove {
-        path: std::path::PathBuf,
-        missing: i64,
-    },
 }
 
 /// A connection pool to one of the supported databases.
@@ -136,7 +129,7 @@ impl Store {
         match self {
             Store::Sqlite(pool) => {
                 SQLITE_MIGRATIONS.run(pool).await?;
-                audit_file::migrate(pool, &sqlite_audit_file(pool)).await?;
+                audit_file::migrate(&sqlite_audit_file(pool)).await?;
             }
             Store::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await?,
         }
@@ -192,8 +185,6 @@ pub struct SqliteWriter {
     /// The file's write turn; holding it also keeps the file's checkpoint thread
     /// running.
     file: Arc<SqliteFile>,
-    /// The file's write-ahead log (see [`SqliteWriter::sync_wal`]).
-    wal: Arc<std::path::Path>,
 }
 
 struct WriterConnection {
@@ -226,33 +217,13 @@ impl SqliteWriter {
         if file.checkpointing {
             conn.pragma_update(None, "wal_autocheckpoint", INLINE_CHECKPOINT_PAGES)?;
         }
-        let mut wal = path.as_os_str().to_owned();
-        wal.push("-wal");
         Ok(SqliteWriter {
             conn: Arc::new(Mutex::new(WriterConnection {
                 conn,
                 durability: Durability::PowerCut,
             })),
             file,
-            wal: std::path::PathBuf::from(wal).into(),
         })
-    }
-
-    /// Makes the commits made so far with [`Durability::Crash`] survive a power cut:
-    /// an fsync of the write-ahead log, on a blocking thread and without the write
-    /// turn, so the next transaction can run meanwhile. What the fsync covers is
-    /// what a `synchronous = FULL` commit would have synced: a WAL in which later
-    /// frames may follow. A missing WAL means the last connection copied it into
-    /// the database file, with an fsync, and deleted it.
-    pub async fn sync_wal(&self) -> std::io::Result<()> {
-        let wal = self.wal.clone();
-        tokio::task::spawn_blocking(move || match std::fs::File::open(&wal) {
-            Ok(file) => file.sync_data(),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(error) => Err(error),
-        })
-        .await
-        .map_err(std::io::Error::other)?
     }
 
     /// Runs `write` (one transaction) on a blocking thread, in turn with the
@@ -268,18 +239,6 @@ impl SqliteWriter {
             .await
             .map_err(|e| WriteError::Task(e.to_string()))?;
         Ok(done?)
-    }
-
-    /// [`SqliteWriter::write`] on the calling thread, for a thread of the caller's
-    /// own (one with a lower CPU priority, say). It blocks, so it must not be called
-    /// on an async runtime's thread (it panics there).
-    pub fn write_here<T>(
-        &self,
-        durability: Durability,
-        write: impl FnOnce(&mut rusqlite::Connection) -> rusqlite::Result<T>,
-    ) -> Result<T, WriteError> {
-        let _turn = self.file.turn.blocking_lock();
-        Ok(run_write(&self.conn, durability, write)?)
     }
 }
 
@@ -473,27 +432,6 @@ mod tests {
             Ok((row.get(1)?, row.get(2)?))
         })
         .unwrap()
-    }
-
-    /// The fsync that follows commits made without one reaches the WAL that SQLite
-    /// writes (a missing file would pass silently, as after a last close).
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn sync_wal_syncs_the_file_sqlite_writes() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.db");
-        let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
-        let writer = SqliteWriter::open_file(&path).unwrap();
-        writer
-            .write(Durability::Crash, |conn| {
-                conn.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1)")
-            })
-            .await
-            .unwrap();
-        assert_eq!(&*writer.wal, dir.path().join("s.db-wal"));
-        let wal_size = std::fs::metadata(&writer.wal).unwrap().len();
-        assert!(wal_size > 0, "the commit is in the WAL");
-        writer.sync_wal().await.unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

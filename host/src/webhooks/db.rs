@@ -278,6 +278,7 @@ pub async fn enqueue(
                 .push_bind(now_us)
                 .push_bind(now_us);
         });
+        q.push(" ON CONFLICT (id) DO NOTHING");
         q.build().execute(&mut *tx).await?;
     }
     tx.commit().await?;
@@ -311,7 +312,8 @@ async fn enqueue_in_one_statement(
            next_attempt_us, owner, created_us, updated_us) \
          SELECT id, endpoint, message, kind, 'pending', 0, due, owner, $11, $11 \
            FROM UNNEST($5::text[], $6::text[], $7::text[], $8::text[], $9::int8[], $10::text[]) \
-             AS d(id, endpoint, message, kind, due, owner)",
+             AS d(id, endpoint, message, kind, due, owner) \
+         ON CONFLICT (id) DO NOTHING",
     )
     .bind(messages.iter().map(|m| m.id.as_str()).collect::<Vec<_>>())
     .bind(messages.iter().map(|m| m.event_type.as_str()).collect::<Vec<_>>())

@@ -46,8 +46,9 @@ pub use db::{AttemptRow, DeliveryRow};
 pub use egress::Egress;
 pub use endpoint::{Endpoint, EndpointPatch, FieldError, Format, NewEndpoint};
 
-use crate::bus::{Bus, Subscriber};
+use crate::bus::Subscriber;
 use crate::event::{Actor, Catalog, Event};
+use crate::eventlog::Log;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use lane::Lane;
@@ -181,7 +182,8 @@ pub(crate) struct Shared {
     writes: db::Writes,
     options: WebhookOptions,
     metrics: Arc<Metrics>,
-    bus: Bus,
+    /// Where the webhook system's own events (`webhook.*`) are published.
+    log: Log,
     client: reqwest::Client,
     routes: ArcSwap<Routes>,
     lanes: Mutex<HashMap<String, Arc<Lane>>>,
@@ -208,7 +210,7 @@ impl Webhooks {
         store: Store,
         options: WebhookOptions,
         metrics: Arc<Metrics>,
-        bus: Bus,
+        log: Log,
         catalog: Arc<Catalog>,
     ) -> Result<Arc<Webhooks>, WebhookError> {
         let released =
@@ -243,7 +245,7 @@ impl Webhooks {
             writes,
             options,
             metrics,
-            bus,
+            log,
             client,
             routes: ArcSwap::from_pointee(Vec::new()),
             lanes: Mutex::new(HashMap::new()),
@@ -272,7 +274,7 @@ impl Webhooks {
 
     /// The bus subscriber that turns matching events into deliveries.
     /// Where plugins' `deliver` actions go.
-    pub fn delivery_sink(&self) -> Arc<dyn crate::plugins::DeliverySink> {
+    pub fn delivery_sink(&self) -> Arc<dyn crate::bus::DeliverySink> {
         Arc::new(outbox::Targeted {
             shared: self.shared.clone(),
             tx: self.outbox.clone(),
@@ -614,27 +616,17 @@ impl Shared {
     async fn announce(&self, kind: &str, e: &Endpoint, reason: Option<&str>, actor: &Actor) {
         tracing::info!(webhook = %e.id, name = %e.name, url = %e.url, enabled = e.enabled, "{kind}");
         let change = e.change(reason);
-        for _ in 0..50 {
-            let mut event = match Event::from_daemon(kind, &change) {
-                Ok(event) => event,
-                Err(error) => {
-                    tracing::error!(%error, "cannot encode a webhook event");
-                    return;
-                }
-            };
-            event.actor = actor.clone();
-            match self.bus.publish(event) {
-                Ok(()) => return,
-                Err(crate::bus::PublishError::QueueFull { .. }) => {
-                    tokio::time::sleep(Duration::from_millis(100)).await
-                }
-                Err(error) => {
-                    tracing::error!(%error, event_type = kind, webhook = %e.id, "could not publish a webhook event");
-                    return;
-                }
+        let mut event = match Event::from_daemon(kind, &change) {
+            Ok(event) => event,
+            Err(error) => {
+                tracing::error!(%error, "cannot encode a webhook event");
+                return;
             }
+        };
+        event.actor = actor.clone();
+        if let Err(error) = self.log.publish_own(event).await {
+            tracing::error!(%error, event_type = kind, webhook = %e.id, "could not publish a webhook event");
         }
-        tracing::error!(event_type = kind, webhook = %e.id, "the bus stayed full; a webhook event was not published");
     }
 
     /// Disables an endpoint on evhost's own account (`gone`, `failing`).

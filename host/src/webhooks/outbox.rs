@@ -1,5 +1,12 @@
 //! From the bus to the outbox: the subscriber that matches events against the
 //! endpoints, and the writer that stores deliveries before anything is sent.
+//!
+//! Each delivery's id, which is also its `webhook-id`, is derived from the event's
+//! id and the endpoint's (see [`delivery_id`]), and rows are inserted only if they
+//! are not there yet: an event dispatched again after a crash reaches each endpoint
+//! under the same `webhook-id`, and its delivery rows are written once. An item
+//! holds its event's ticket until its rows are committed, so the log's position
+//! does not pass an event whose deliveries are not stored.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,11 +23,46 @@ use super::endpoint::Format;
 use super::lane::{Job, Lane};
 use crate::bus::{Handling, Subscriber, recv_batch};
 use crate::event::Event;
+use crate::eventlog::Ticket;
 
 /// An event and the lanes of the endpoints it goes to.
 pub struct Item {
     event: Arc<Event>,
     lanes: Vec<Arc<Lane>>,
+    /// Why it goes there: by subscription, or because a plugin asked.
+    route: Route,
+    /// Let go once the rows are committed.
+    ticket: Option<Ticket>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Subscription,
+    Plugin,
+}
+
+/// The id of the delivery of event `event_id` to endpoint `endpoint_id`: the same
+/// for every dispatch of the event, so receivers can deduplicate on `webhook-id`.
+/// A UUID in version 7's layout, so ids sort by the event's time: the first 48
+/// bits are its Unix milliseconds, the rest come from SHA-256 of the two ids.
+fn delivery_id(event: &Event, endpoint_id: &str, route: Route) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"evhost-delivery-v1");
+    h.update((event.id.len() as u32).to_be_bytes());
+    h.update(event.id.as_bytes());
+    h.update((endpoint_id.len() as u32).to_be_bytes());
+    h.update(endpoint_id.as_bytes());
+    if route == Route::Plugin {
+        h.update(b"deliver");
+    }
+    let digest = h.finalize();
+    let mut random = [0u8; 10];
+    random.copy_from_slice(&digest[..10]);
+    let millis = event.time.timestamp_millis().max(0) as u64;
+    uuid::Builder::from_unix_timestamp_millis(millis, &random)
+        .into_uuid()
+        .to_string()
 }
 
 /// The bus subscriber: matching is in memory; a match costs one channel send.
@@ -35,6 +77,14 @@ impl Subscriber for Dispatcher {
     }
 
     fn handle<'a>(&'a self, event: &'a Arc<Event>) -> Handling<'a> {
+        self.handle_ticketed(event, None)
+    }
+
+    fn handle_ticketed<'a>(
+        &'a self,
+        event: &'a Arc<Event>,
+        ticket: Option<&'a Ticket>,
+    ) -> Handling<'a> {
         let routes = self.shared.routes.load();
         if routes.is_empty() {
             return Handling::ok();
@@ -61,6 +111,8 @@ impl Subscriber for Dispatcher {
         let item = Item {
             event: event.clone(),
             lanes,
+            route: Route::Subscription,
+            ticket: ticket.cloned(),
         };
         Handling::hand_off(&self.tx, item, "the webhook outbox writer")
     }
@@ -77,11 +129,12 @@ pub struct Targeted {
     pub(super) tx: mpsc::Sender<Item>,
 }
 
-impl crate::plugins::DeliverySink for Targeted {
+impl crate::bus::DeliverySink for Targeted {
     fn deliver_to<'a>(
         &'a self,
         target: &'a str,
         event: Arc<Event>,
+        ticket: Option<Ticket>,
     ) -> crate::bus::BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
             let lane = self
@@ -98,6 +151,8 @@ impl crate::plugins::DeliverySink for Targeted {
             let item = Item {
                 event,
                 lanes: vec![lane],
+                route: Route::Plugin,
+                ticket,
             };
             self.tx
                 .send(item)
@@ -238,9 +293,13 @@ async fn write(shared: &Shared, items: Vec<Item>) {
             cloudevent: wants_ce
                 .then(|| body_cloudevent(&e.id, &e.kind, &e.source, e.time, e.data.get())),
         });
+        // An event read back from the log after a restart may have its rows already
+        // (and have been sent): its rows go due in the table, where a claim takes
+        // only those still pending, not straight to a lane.
+        let replayed = item.ticket.as_ref().is_some_and(Ticket::replayed);
         for (lane, format) in item.lanes.iter().zip(formats) {
-            let delivery_id = uuid::Uuid::now_v7().to_string();
-            let reserved = lane.try_reserve();
+            let delivery_id = delivery_id(e, lane.id(), item.route);
+            let reserved = if replayed { None } else { lane.try_reserve() };
             deliveries.push(NewDelivery {
                 id: delivery_id.clone(),
                 endpoint_id: lane.id().to_string(),
@@ -279,8 +338,10 @@ async fn write(shared: &Shared, items: Vec<Item>) {
             }
         }
     }
-    // Committed: the bodies move into shared buffers, one per event and format (the
+    // Committed: the events' tickets go (their deliveries are stored), and the
+    // bodies move into shared buffers, one per event and format (the
     // write's task has let go of its reference by now; copied only if it had not).
+    let items: Vec<(Arc<Event>, Route)> = items.into_iter().map(|i| (i.event, i.route)).collect();
     let messages = Arc::try_unwrap(messages).unwrap_or_else(|shared| (*shared).clone());
     let bodies: Vec<(Bytes, Option<Bytes>)> = messages
         .into_iter()
@@ -298,7 +359,7 @@ async fn write(shared: &Shared, items: Vec<Item>) {
         };
         permit.send(Job {
             delivery_id: f.delivery_id,
-            event_type: items[f.event].event.kind.clone(),
+            event_type: items[f.event].0.kind.clone(),
             attempts: 0,
             body,
         });
@@ -318,5 +379,42 @@ mod tests {
         );
         assert!(split_by_rows(Vec::<usize>::new(), 100, |n| *n).is_empty());
         assert_eq!(split_by_rows(vec![1; 5], 2, |n| *n).len(), 3);
+    }
+}
+
+#[cfg(test)]
+mod id_tests {
+    use super::*;
+    use crate::event::Actor;
+
+    fn event(id: &str, ms: i64) -> Event {
+        Event {
+            id: id.into(),
+            kind: "a.b".into(),
+            time: chrono::DateTime::from_timestamp_millis(ms).unwrap(),
+            source: "/t".into(),
+            actor: Actor::default(),
+            data: Arc::from(RawValue::from_string("{}".into()).unwrap()),
+            hops: 0,
+        }
+    }
+
+    #[test]
+    fn a_delivery_id_depends_on_the_event_and_the_endpoint_only() {
+        let e = event("e1", 1_700_000_000_000);
+        let id = delivery_id(&e, "wh_1", Route::Subscription);
+        assert_eq!(id, delivery_id(&e, "wh_1", Route::Subscription));
+        assert_ne!(id, delivery_id(&e, "wh_2", Route::Subscription));
+        assert_ne!(
+            id,
+            delivery_id(&event("e2", 1_700_000_000_000), "wh_1", Route::Subscription)
+        );
+        assert_ne!(id, delivery_id(&e, "wh_1", Route::Plugin));
+        let uuid = uuid::Uuid::parse_str(&id).unwrap();
+        assert_eq!(uuid.get_version_num(), 7);
+        assert!(
+            id < delivery_id(&event("e0", 1_700_000_000_001), "wh_1", Route::Subscription),
+            "ids sort by the event's time"
+        );
     }
 }

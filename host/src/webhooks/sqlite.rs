@@ -31,7 +31,7 @@ pub fn enqueue(
         let mut insert = tx.prepare_cached(
             "INSERT INTO webhook_deliveries (id, endpoint_id, message_id, event_type, status, \
              attempts, next_attempt_us, owner, created_us, updated_us) \
-             VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, ?7, ?8, ?8)",
+             VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, ?7, ?8, ?8) ON CONFLICT (id) DO NOTHING",
         )?;
         for d in deliveries {
             insert.execute(params![

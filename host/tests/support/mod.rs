@@ -2,8 +2,6 @@
 // Each test file uses its own part of this module.
 #![allow(dead_code)]
 
-use std::time::Duration;
-
 use evhost::audit::AuditOptions;
 use evhost::config::Config;
 use evhost::store::Store;
@@ -72,13 +70,11 @@ impl TestDb {
         }
     }
 
-    /// The audit log's settings for tests: small batches, a backlog of 1,000 rows
-    /// (half of it, 500, ends a PostgreSQL hold), and one writer, so one chain per
-    /// `Audit` (a test of several writers sets its own).
+    /// The log's settings for tests: small batches, a queue of 1,000 appends, and
+    /// one writer, so one chain per `Audit` (a test of several writers sets its own).
     pub fn audit_options(&self) -> AuditOptions {
         AuditOptions {
             batch_size: 100,
-            flush_interval: Duration::from_millis(5),
             max_backlog: 1000,
             retention_days: 0,
             writers: Some(1),

@@ -1,0 +1,303 @@
+//! One chain's writer: takes what is waiting, places and hashes it, inserts and
+//! commits it durably, then answers the waiters and hands the events on.
+//!
+//! Appends from concurrent requests that arrive while a batch is being written wait
+//! together for the next one (group commit): a burst of single events costs one
+//! commit per group. A batch that fails is written again until it is in; nothing
+//! waiting is dropped, and the waiters wait.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::SigningKey;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::db;
+use super::record::Entry;
+use super::{AuditOptions, checkpoint};
+use crate::bus::Committed;
+use crate::bus::{Verdict, recv_batch};
+use crate::event::Event;
+use crate::eventlog::{Accepted, Admission, Appended, Dispatch, Ticket, Tracker, event_bytes};
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// What waits in a writer's queue. Two words a slot: the rarer, larger kinds are
+/// boxed.
+pub(super) enum Item {
+    /// Events to append; the answer says, per event, whether it is new.
+    Events(Box<Append>),
+    /// What plugins did to an event: a row of its own that refers to it.
+    Decided(Box<(Arc<Event>, Verdict, Option<Ticket>)>),
+    /// A management action.
+    Action(Box<Entry>),
+}
+
+pub(super) struct Append {
+    pub events: Vec<Arc<Event>>,
+    /// The lag reserved for the events; tickets take their share.
+    pub admission: Admission,
+    /// Kept until the events are committed: the ticket of the event they came from
+    /// (emitted events).
+    pub hold: Option<Ticket>,
+    pub reply: Reply,
+}
+
+/// Who hands committed events to the dispatcher.
+pub(super) enum Reply {
+    /// The writer, before it answers: a publisher that goes away once its events
+    /// are committed cannot keep them from being dispatched.
+    Dispatch {
+        wait: bool,
+        reply: oneshot::Sender<Vec<Accepted>>,
+    },
+    /// The caller, with the tickets (a bus worker dispatching what a plugin
+    /// emitted); if it has gone, the writer.
+    Return(oneshot::Sender<Vec<Appended>>),
+}
+
+impl Item {
+    fn rows(&self) -> usize {
+        match self {
+            Item::Events(append) => append.events.len(),
+            Item::Decided(_) | Item::Action(_) => 1,
+        }
+    }
+}
+
+pub(super) struct Writer {
+    pub store: Store,
+    pub inserter: db::Inserter,
+    /// This writer's index among the daemon's chains (its place in the tracker).
+    pub index: usize,
+    pub chain: String,
+    /// The last row committed: where the next batch goes.
+    pub head: db::Head,
+    pub rx: mpsc::Receiver<Item>,
+    pub tracker: Arc<Tracker>,
+    /// Where committed events go when the one who appended them has gone.
+    pub dispatch: Option<Arc<dyn Dispatch>>,
+    pub options: AuditOptions,
+    pub metrics: Arc<Metrics>,
+    pub healthy: Arc<AtomicBool>,
+    pub last_write_ms: Arc<AtomicI64>,
+    pub key: SigningKey,
+    pub checkpointed: i64,
+    /// None until the first checkpoint, which follows the first write, so the file
+    /// exists soon after start.
+    pub last_checkpoint: Option<Instant>,
+    /// This writer's share of the backlog gauge (the writers add up).
+    pub backlog_shown: i64,
+}
+
+impl Writer {
+    pub async fn run(mut self, stop: CancellationToken) {
+        let mut items = Vec::with_capacity(64);
+        loop {
+            self.show_backlog(self.rx.len());
+            if !recv_batch(&mut self.rx, &mut items, self.options.batch_size, &stop).await {
+                break;
+            }
+            // Items are taken whole; a batch may pass `batch_size` rows by one item.
+            while items.iter().map(Item::rows).sum::<usize>() < self.options.batch_size {
+                match self.rx.try_recv() {
+                    Ok(item) => items.push(item),
+                    Err(_) => break,
+                }
+            }
+            self.write(std::mem::take(&mut items)).await;
+            self.checkpoint_if_due();
+        }
+        self.checkpoint();
+        self.show_backlog(0);
+        tracing::info!(chain = %self.chain, head = self.head.0, "log writer stopped; every row written");
+    }
+
+    fn show_backlog(&mut self, items: usize) {
+        let items = items as i64;
+        self.metrics
+            .audit
+            .backlog
+            .inc_by(items - self.backlog_shown);
+        self.backlog_shown = items;
+    }
+
+    /// Writes one batch (retrying until it is in), then answers and hands on.
+    async fn write(&mut self, items: Vec<Item>) {
+        let started = Instant::now();
+        let (chain, after) = (self.chain.clone(), self.head);
+        let recorded_us = chrono::Utc::now().timestamp_micros();
+        // Reading each payload's resource and hashing is CPU work: off the runtime's
+        // workers, where milliseconds would hold up the dispatcher.
+        let (items, placed) = tokio::task::spawn_blocking(move || {
+            let entries = entries_of(&items);
+            let placed = db::place(&chain, after, entries, recorded_us, &HashSet::new());
+            (items, Arc::new(placed))
+        })
+        .await
+        .expect("placing a batch does not panic");
+        let rows = placed.len();
+        let mut backoff = Duration::from_millis(100);
+        let mut attempt = placed;
+        let placed = loop {
+            match db::append(&self.store, &self.inserter, &self.chain, attempt.clone()).await {
+                Ok(placed) => break placed,
+                Err(error) => {
+                    self.metrics.audit.write_errors.inc();
+                    if self.healthy.swap(false, Ordering::Relaxed) {
+                        tracing::error!(%error, rows, "log write failed; retrying with backoff, nothing is dropped");
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    // Placed again, with a new time: the failed insert wrote nothing.
+                    let recorded_us = chrono::Utc::now().timestamp_micros();
+                    attempt = Arc::new(db::place(
+                        &self.chain,
+                        self.head,
+                        attempt.entries(),
+                        recorded_us,
+                        &HashSet::new(),
+                    ));
+                }
+            }
+        };
+        let took = started.elapsed();
+        self.head = placed.head;
+        self.metrics.audit.rows_written.inc_by(placed.len() as u64);
+        self.metrics.audit.write_seconds.observe(took.as_secs_f64());
+        self.last_write_ms
+            .store(took.as_millis() as i64, Ordering::Relaxed);
+        if !self.healthy.swap(true, Ordering::Relaxed) {
+            tracing::info!("log writes succeed again");
+        }
+        self.answer(items, &placed);
+    }
+
+    /// Gives every appended event its ticket (before the chain's committed head
+    /// moves, so its position cannot pass them), hands the events on in log order,
+    /// and answers each waiter. Of two appends of one id in a batch, the first gets
+    /// the row.
+    fn answer(&mut self, items: Vec<Item>, placed: &db::Placed) {
+        let mut seqs: HashMap<&str, i64> = placed.seqs().collect();
+        let mut committed = Vec::new();
+        for item in items {
+            // Decisions and actions let go of what they held: they are committed.
+            let Item::Events(append) = item else {
+                continue;
+            };
+            let Append {
+                events,
+                mut admission,
+                hold,
+                reply,
+            } = *append;
+            drop(hold);
+            let tickets: Vec<Option<Ticket>> = events
+                .iter()
+                .map(|event| {
+                    let seq = seqs.remove(&*event.id)?;
+                    let bytes = event_bytes(event);
+                    Some(
+                        self.tracker
+                            .ticket(self.index, seq, &mut admission, bytes, false),
+                    )
+                })
+                .collect();
+            match reply {
+                Reply::Dispatch { wait, reply } => {
+                    let mut accepted = Vec::with_capacity(events.len());
+                    for (event, ticket) in events.into_iter().zip(tickets) {
+                        let Some(ticket) = ticket else {
+                            accepted.push(Accepted::duplicate());
+                            continue;
+                        };
+                        let (done, answer) = Accepted::fresh(&ticket, wait);
+                        accepted.push(answer);
+                        committed.push(Committed {
+                            event,
+                            ticket,
+                            done,
+                        });
+                    }
+                    let _ = reply.send(accepted);
+                }
+                Reply::Return(reply) => {
+                    let appended = tickets
+                        .into_iter()
+                        .map(|t| t.map_or(Appended::Duplicate, Appended::Fresh))
+                        .collect();
+                    if let Err(appended) = reply.send(appended) {
+                        committed.extend(events.into_iter().zip(appended).filter_map(
+                            |(event, a)| match a {
+                                Appended::Fresh(ticket) => Some(Committed {
+                                    event,
+                                    ticket,
+                                    done: None,
+                                }),
+                                Appended::Duplicate => None,
+                            },
+                        ));
+                    }
+                }
+            }
+        }
+        self.tracker.committed(self.index, self.head.0);
+        if committed.is_empty() {
+            return;
+        }
+        match &self.dispatch {
+            Some(dispatch) => dispatch.dispatch(committed),
+            None => {
+                // No dispatcher (a log opened by a test or a tool): these stay in the
+                // log for a daemon to dispatch.
+                for c in &committed {
+                    c.ticket.abandon();
+                }
+            }
+        }
+    }
+
+    pub fn checkpoint_if_due(&mut self) {
+        if self
+            .last_checkpoint
+            .is_none_or(|at| at.elapsed() >= self.options.checkpoint_interval)
+        {
+            self.checkpoint();
+        }
+    }
+
+    /// Signs the chain head into the checkpoint file, if it moved. Every row up to
+    /// the head is committed with an fsync.
+    pub fn checkpoint(&mut self) {
+        self.last_checkpoint = Some(Instant::now());
+        let head = self.head;
+        if head.0 == self.checkpointed {
+            return;
+        }
+        let cp = checkpoint::Checkpoint::sign(&self.key, &self.chain, head.0, &hex::encode(head.1));
+        match checkpoint::append(&self.options.checkpoint_file, &cp) {
+            Ok(()) => self.checkpointed = head.0,
+            Err(error) => {
+                tracing::error!(error = %crate::error_chain(&error), "cannot write the audit checkpoint")
+            }
+        }
+    }
+}
+
+/// The rows of a batch, in order.
+fn entries_of(items: &[Item]) -> Vec<Entry> {
+    let mut entries = Vec::with_capacity(items.iter().map(Item::rows).sum());
+    for item in items {
+        match item {
+            Item::Events(append) => {
+                entries.extend(append.events.iter().map(|e| Entry::of_event(e)))
+            }
+            Item::Decided(decided) => entries.push(Entry::of_decision(&decided.0, &decided.1)),
+            Item::Action(entry) => entries.push((**entry).clone()),
+        }
+    }
+    entries
+}
