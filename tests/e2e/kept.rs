@@ -248,3 +248,204 @@ async fn a_resent_id_is_kept_once_across_two_daemons() {
     assert_eq!(rx.count(), 1, "one delivery");
     assert_eq!(a.audit_rows("types=twice.*", 100, None).await.len(), 1);
 }
+
+/// A plugin that emits (spam-router: a spam message becomes `spam.detected`),
+/// killed mid-stream three times: after each restart the log dispatches again what
+/// it had not passed, the plugin emits again, and the log refuses the second copy
+/// (an emitted event's id comes from its parent's): one `spam.detected` per spam
+/// message, in the log and at the receiver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emitted_event_is_kept_once_across_kill_9() {
+    for backend in Backend::all() {
+        let name = backend.name();
+        let rx = Receiver::start().await;
+        let mut d = Daemon::start_with(
+            Options::default()
+                .webhooks_local()
+                .backend(&backend)
+                .env("EVHOST_PLUGINS__SETTLE", "20ms")
+                .env("EVHOST_PLUGINS__TIMEOUT", "2s"),
+        )
+        .await;
+        d.add_webhook(&json!({"name": "spam", "url": rx.url("/"), "events": ["spam.detected"]}))
+            .await;
+        d.install_plugin("spam-router", &evhost_e2e::plugin_wasm("spam_router"))
+            .await;
+        let mut sent: HashSet<String> = HashSet::new();
+        for _ in 0..3 {
+            let pid = d.pid();
+            let kill_after = random_ms(100, 500);
+            let client = reqwest::Client::new();
+            let streams: Vec<_> = (0..16)
+                .map(|_| {
+                    let (client, url) = (client.clone(), d.url("/v1/events"));
+                    tokio::spawn(async move {
+                        let mut ok = Vec::new();
+                        for _ in 0..200 {
+                            let data = evhost_e2e::received("example.com", true);
+                            let body = json!({"type": "message.received", "data": data});
+                            match client.post(&url).json(&body).send().await {
+                                Ok(r) if r.status() == 202 => {
+                                    ok.push(data["message_id"].as_str().unwrap().to_string())
+                                }
+                                _ => break,
+                            }
+                        }
+                        ok
+                    })
+                })
+                .collect();
+            tokio::time::sleep(kill_after).await;
+            evhost_e2e::signal(pid, nix::sys::signal::Signal::SIGKILL);
+            for s in streams {
+                sent.extend(s.await.unwrap());
+            }
+            d.kill();
+            d.restart().await;
+        }
+        assert!(!sent.is_empty());
+        // Every acknowledged spam message's spam.detected arrives.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let detected = loop {
+            let mut by_message: HashMap<String, HashSet<String>> = HashMap::new();
+            let mut webhook_ids: HashMap<String, HashSet<String>> = HashMap::new();
+            for r in rx.requests() {
+                let body = r.json();
+                let id = body["id"].as_str().unwrap().to_string();
+                let message = body["data"]["message_id"].as_str().unwrap().to_string();
+                by_message.entry(message).or_default().insert(id.clone());
+                webhook_ids.entry(id).or_default().insert(r.webhook_id());
+            }
+            if sent.iter().all(|m| by_message.contains_key(m)) {
+                for (id, hooks) in &webhook_ids {
+                    assert_eq!(hooks.len(), 1, "{name}: {id} under {hooks:?}");
+                }
+                break by_message;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}: {} of {} spam messages reported; log:\n{}",
+                sent.iter().filter(|m| by_message.contains_key(*m)).count(),
+                sent.len(),
+                d.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        for (message, ids) in &detected {
+            assert_eq!(ids.len(), 1, "{name}: {message} was reported as {ids:?}");
+        }
+        let rows = d.audit_rows("types=spam.detected", 1000, None).await;
+        let mut per_message: HashMap<String, usize> = HashMap::new();
+        for row in &rows {
+            let message = row["details"]["message_id"].as_str().unwrap().to_string();
+            *per_message.entry(message).or_default() += 1;
+        }
+        for message in &sent {
+            assert_eq!(
+                per_message.get(message),
+                Some(&1),
+                "{name}: {message} has {:?} spam.detected rows",
+                per_message.get(message)
+            );
+        }
+        eprintln!(
+            "{name}: {} spam messages acknowledged over 3 kill -9s, each reported once",
+            sent.len()
+        );
+    }
+}
+
+/// A slow plugin (50 ms per event) does not slow the answers
+/// while dispatch is less than `events.max_lag` behind; past it publishers get 503
+/// with Retry-After and nothing is written; memory stays within the lag's bounds;
+/// everything acknowledged is still delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_does_not_slow_the_answers_until_the_lag_is_full() {
+    const MAX_LAG: u64 = 400;
+    let rx = Receiver::start().await;
+    let d = Daemon::start_with(
+        Options::default()
+            .webhooks_local()
+            .env("EVHOST_PLUGINS__SETTLE", "20ms")
+            .env("EVHOST_PLUGINS__TIMEOUT", "2s")
+            .env("EVHOST_EVENTS__MAX_LAG", MAX_LAG)
+            .env("EVHOST_EVENTS__WORKERS", 4),
+    )
+    .await;
+    d.add_webhook(&json!({"name": "all", "url": rx.url("/"), "events": ["slow.*"]}))
+        .await;
+    d.write_sidecar(
+        "slow",
+        Some("[config]\nbehave = \"sleep\"\nms = \"50\"\nsubscribe = \"slow.*\"\n"),
+    );
+    d.install_plugin("slow", &evhost_e2e::plugin_wasm("hostile"))
+        .await;
+    let batch = |n: usize| -> serde_json::Value {
+        json!(
+            (0..n)
+                .map(|i| json!({"type": "slow.test", "data": {"i": i}}))
+                .collect::<Vec<_>>()
+        )
+    };
+    // 300 events: dispatching them takes at least 300 × 50 ms / 4 workers = 3.75 s.
+    let started = Instant::now();
+    let mut accepted = 0;
+    for _ in 0..30 {
+        let (status, body) = d.post_json("/v1/events/batch", &batch(10)).await;
+        assert_eq!(status, 202, "{body}");
+        accepted += 10;
+    }
+    let answered = started.elapsed();
+    assert!(
+        answered < Duration::from_millis(2500),
+        "300 events behind a 50 ms plugin were answered in {answered:?}: the answers waited for dispatch"
+    );
+    // Past the lag: 503 with Retry-After, and nothing written.
+    let mut refused = None;
+    for _ in 0..20 {
+        let response = d
+            .request(reqwest::Method::POST, "/v1/events/batch")
+            .json(&batch(50))
+            .send()
+            .await
+            .unwrap();
+        match response.status().as_u16() {
+            202 => accepted += 50,
+            503 => {
+                refused = Some(response);
+                break;
+            }
+            other => panic!("answered {other}"),
+        }
+    }
+    let refused = refused.expect("the lag filled and publishers were refused");
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let (_, body) = evhost_e2e::status_json(refused).await;
+    assert_eq!(body["error"]["code"], "queue_full", "{body}");
+    let (_, ready) = d.get_json("/readyz").await;
+    let lag = &ready["lag"];
+    assert!(
+        lag["events"].as_u64().unwrap() <= MAX_LAG
+            && lag["bytes"].as_u64().unwrap() <= lag["max_bytes"].as_u64().unwrap(),
+        "{ready}"
+    );
+    let rss_kib: u64 = std::fs::read_to_string(format!("/proc/{}/status", d.pid()))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    assert!(rss_kib < 512 * 1024, "RSS {rss_kib} KiB");
+    eprintln!(
+        "answered 300 in {answered:?}; refused past {} behind; RSS {} MiB",
+        lag["events"],
+        rss_kib / 1024
+    );
+    // Everything acknowledged is delivered, and only that.
+    rx.wait_for(accepted, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rx.count(), accepted);
+    let (_, plugin) = d.get_json("/v1/plugins/slow").await;
+    assert_eq!(plugin["calls"].as_u64(), Some(accepted as u64), "{plugin}");
+    assert_eq!(plugin["failures_in_a_row"], 0, "{plugin}");
+}

@@ -502,6 +502,9 @@ fn serve(config_file: Option<PathBuf>) -> ExitCode {
             running.addr
         );
     }));
+    // Work cut off at the shutdown timeout (a write waiting on a database that does
+    // not answer) must not hold the exit: it is in the log, or was never answered.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e @ ServeError::Refused(_)) => {

@@ -11,7 +11,7 @@ use super::runtime::{Action, CallError, Instance, NewEvent};
 use super::{Loaded, OnError, PluginSet, Registry};
 use crate::bus::{Dropped, Outcome, Pipeline, PipelineWorker, Pipelined};
 use crate::config::PluginsConfig;
-use crate::event::{Catalog, Event, new_event_id};
+use crate::event::{Catalog, Event};
 use crate::metrics::{Metrics, PluginSeries};
 
 /// The inline-plugin stage of the bus.
@@ -336,9 +336,11 @@ pub(super) fn decide(
                         new.kind, event.hops, options.max_hops
                     )));
                 }
+                let index = decision.emitted.len();
+                let id = derived_id(event, rules.plugin, "emit", index);
                 decision
                     .emitted
-                    .push(derived(rules.plugin, event, new.kind, data));
+                    .push(derived(id, rules.plugin, event, new.kind, data));
             }
             Action::Deliver(delivery) => {
                 count(3);
@@ -350,7 +352,9 @@ pub(super) fn decide(
                 let new = match delivery.event {
                     Some(new) => {
                         let data = checked(rules.catalog, &new, "deliver")?;
-                        Some(derived(rules.plugin, event, new.kind, data))
+                        let index = decision.delivered.len();
+                        let id = derived_id(event, rules.plugin, "deliver", index);
+                        Some(derived(id, rules.plugin, event, new.kind, data))
                     }
                     None => None,
                 };
@@ -361,11 +365,42 @@ pub(super) fn decide(
     Ok(decision)
 }
 
-/// A new event made by a plugin: its own id and time, the plugin as source, the
-/// handled event's actor, one hop further.
-fn derived(plugin: &str, parent: &Event, kind: String, data: Arc<RawValue>) -> Event {
+/// The id of the `index`th event a plugin makes (`what`: emits or deliveries) from
+/// `parent`: the same whenever the plugin handles the parent again (after a crash
+/// the log dispatches it again), so the log refuses the second copy of an emitted
+/// event and a delivered one reaches its endpoint under the same `webhook-id`.
+/// A UUID in version 7's layout (the parent's time in its first 48 bits, the rest
+/// from SHA-256 of the parent's id, the plugin, `what` and `index`).
+pub fn derived_id(parent: &Event, plugin: &str, what: &str, index: usize) -> crate::event::EventId {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"evhost-derived-v1");
+    for part in [parent.id.as_bytes(), plugin.as_bytes(), what.as_bytes()] {
+        h.update((part.len() as u32).to_be_bytes());
+        h.update(part);
+    }
+    h.update((index as u64).to_be_bytes());
+    let digest = h.finalize();
+    let mut random = [0u8; 10];
+    random.copy_from_slice(&digest[..10]);
+    let millis = parent.time.timestamp_millis().max(0) as u64;
+    uuid::Builder::from_unix_timestamp_millis(millis, &random)
+        .into_uuid()
+        .to_string()
+        .into()
+}
+
+/// A new event made by a plugin: its derived id, its own time, the plugin as
+/// source, the handled event's actor, one hop further.
+fn derived(
+    id: crate::event::EventId,
+    plugin: &str,
+    parent: &Event,
+    kind: String,
+    data: Arc<RawValue>,
+) -> Event {
     Event {
-        id: new_event_id(),
+        id,
         kind: kind.into(),
         time: chrono::Utc::now(),
         source: format!("/plugins/{plugin}").into(),

@@ -3,6 +3,8 @@
 //!
 //! - `pass` (default): nothing; `stamp`: replaces the payload with
 //!   `{"stamp": <config stamp>, "was": <payload>}`
+//! - `sleep`: waits config `ms` milliseconds (default 50), without using the CPU,
+//!   then passes (a slow consumer)
 //! - `loop`: never returns; `memory-bomb`: allocates until refused; `trap`: panics;
 //!   `error`: returns an error; `huge-output`: a 16 MiB replacement; `many-actions`:
 //!   10,000 emits
@@ -57,6 +59,15 @@ impl Plugin for Hostile {
             |value: evhost_plugin::serde_json::Value| Action::replace(&event.kind, &value);
         Ok(match behave.as_str() {
             "pass" => pass(),
+            "sleep" => {
+                let ms = self
+                    .config
+                    .get("ms")
+                    .and_then(|ms| ms.parse().ok())
+                    .unwrap_or(50);
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                pass()
+            }
             "stamp" => {
                 let stamp = self.config.get("stamp").unwrap_or("");
                 vec![replace(json!({"stamp": stamp, "was": event.json()?}))]
