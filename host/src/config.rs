@@ -61,7 +61,8 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Most events in one batch request.
     pub max_batch_events: usize,
-    /// How long shutdown waits for in-flight HTTP requests.
+    /// How long a stop may take: in-flight requests finish and committed events are
+    /// dispatched within it; what is left stays in the log for the next start.
     #[serde(with = "duration")]
     pub shutdown_timeout: Duration,
 }
@@ -321,7 +322,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body_bytes: 1024 * 1024,
             max_batch_events: 1000,
-            shutdown_timeout: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -49,6 +49,8 @@ pub enum IngestError {
     Lagging(#[from] LagFull),
     #[error("evhost is shutting down and takes no new events")]
     Stopping,
+    #[error("the event log cannot write to its database; nothing was written; retry shortly")]
+    LogUnavailable,
     /// `?wait=true`: the event is committed, but the daemon stopped before it was
     /// processed (the next start processes it).
     #[error(
@@ -62,6 +64,7 @@ impl From<LogError> for IngestError {
         match error {
             LogError::Lag(full) => IngestError::Lagging(full),
             LogError::Stopped => IngestError::Stopping,
+            LogError::Unavailable => IngestError::LogUnavailable,
         }
     }
 }

@@ -70,6 +70,8 @@ pub enum RejectReason {
     Unauthorized,
     Forbidden,
     UnsupportedMediaType,
+    /// The event log could not write.
+    Unavailable,
 }
 
 impl RejectReason {
@@ -82,6 +84,7 @@ impl RejectReason {
             RejectReason::Unauthorized => "unauthorized",
             RejectReason::Forbidden => "forbidden",
             RejectReason::UnsupportedMediaType => "unsupported_media_type",
+            RejectReason::Unavailable => "log_unavailable",
         }
     }
 }

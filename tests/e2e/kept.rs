@@ -449,3 +449,87 @@ async fn a_slow_consumer_does_not_slow_the_answers_until_the_lag_is_full() {
     assert_eq!(plugin["calls"].as_u64(), Some(accepted as u64), "{plugin}");
     assert_eq!(plugin["failures_in_a_row"], 0, "{plugin}");
 }
+
+/// The database failing (PostgreSQL, the log's table renamed away by the test): the
+/// publisher already waiting is answered once its row commits, new publishers get
+/// 503 `log_unavailable` meanwhile, `/readyz` says so, and all resumes by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_database_answers_503_and_recovers_by_itself() {
+    use sqlx::Connection;
+    let Some(backend) = Backend::all()
+        .into_iter()
+        .find(|b| matches!(b, Backend::Postgres { .. }))
+    else {
+        return; // Backend::all() said SKIPPING
+    };
+    let Backend::Postgres { url, schema } = &backend else {
+        unreachable!()
+    };
+    let d = Daemon::start_with(Options::default().backend(&backend)).await;
+    let mut admin = sqlx::PgConnection::connect(url).await.unwrap();
+    let exec = |sql: String| sqlx::raw_sql(sqlx::AssertSqlSafe(sql));
+    exec(format!(
+        "ALTER TABLE \"{schema}\".audit_log RENAME TO audit_log_away"
+    ))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let first = {
+        let (client, url) = (reqwest::Client::new(), d.url("/v1/events"));
+        tokio::spawn(async move {
+            let event = json!({"type": "db.down", "id": "waited", "data": {}});
+            client.post(url).json(&event).send().await.unwrap().status()
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, ready) = d.get_json("/readyz").await;
+        if status == 503 {
+            assert_eq!(ready["status"], "audit_unavailable", "{ready}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "readyz stayed {status}: {ready}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let response = d
+        .request(reqwest::Method::POST, "/v1/events")
+        .json(&json!({"type": "db.down", "id": "refused", "data": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "5");
+    let (_, body) = evhost_e2e::status_json(response).await;
+    assert_eq!(body["error"]["code"], "log_unavailable", "{body}");
+    assert!(
+        !first.is_finished(),
+        "the waiting publisher is not answered yet"
+    );
+
+    exec(format!(
+        "ALTER TABLE \"{schema}\".audit_log_away RENAME TO audit_log"
+    ))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(first.await.unwrap(), 202);
+    let (status, body) = d
+        .post_json(
+            "/v1/events",
+            &json!({"type": "db.down", "id": "after", "data": {}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let (status, _) = d.get_json("/readyz").await;
+    assert_eq!(status, 200);
+    let ids: HashSet<String> = d
+        .audit_rows("types=db.down", 100, None)
+        .await
+        .iter()
+        .map(|r| r["event_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        ids,
+        HashSet::from(["waited".to_string(), "after".to_string()])
+    );
+}

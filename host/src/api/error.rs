@@ -69,7 +69,7 @@ impl ApiError {
     /// the bus has not counted it already.
     pub fn reject_reason(&self) -> Option<RejectReason> {
         match self.code {
-            "queue_full" | "not_processed" => None,
+            "queue_full" | "not_processed" | "log_unavailable" => None,
             "stopping" => Some(RejectReason::Stopping),
             "unauthorized" => Some(RejectReason::Unauthorized),
             "forbidden" | "not_trusted" => Some(RejectReason::Forbidden),
@@ -98,6 +98,10 @@ impl From<IngestError> for ApiError {
                 format!("{e}; the Retry-After header says when"),
                 1,
             ),
+            // Counted by the log already.
+            IngestError::LogUnavailable => {
+                ApiError::unavailable("log_unavailable", e.to_string(), 5)
+            }
             IngestError::NotProcessed(_) => {
                 ApiError::unavailable("not_processed", e.to_string(), 5)
             }

@@ -49,6 +49,8 @@ pub fn event_bytes(event: &Event) -> u64 {
 pub enum LogError {
     #[error(transparent)]
     Lag(#[from] LagFull),
+    #[error("the event log cannot write to its database; nothing was written; retry shortly")]
+    Unavailable,
     #[error("evhost is shutting down and takes no new events")]
     Stopped,
 }
@@ -148,6 +150,16 @@ impl Log {
     /// written, when dispatch is already `events.max_lag` behind. With `wait`,
     /// each new event's answer can be waited on until it is processed.
     pub async fn publish(&self, events: Vec<Event>, wait: bool) -> Result<Vec<Accepted>, LogError> {
+        // While writes fail, a new publisher is told at once rather than left to
+        // wait behind the retries (those already waiting are answered once the
+        // database takes their rows).
+        if !self.audit.is_healthy() {
+            self.bus.metrics().rejected(
+                crate::metrics::RejectReason::Unavailable,
+                events.len() as u64,
+            );
+            return Err(LogError::Unavailable);
+        }
         let bytes = events.iter().map(event_bytes).sum();
         let admission = match self.tracker().admit(events.len() as u64, bytes) {
             Ok(admission) => admission,
