@@ -14,6 +14,7 @@
 
 pub mod checkpoint;
 mod db;
+mod positions;
 pub mod record;
 pub mod verify;
 mod writer;
@@ -164,7 +165,7 @@ impl Audit {
         }
         // A chain the dispatcher has no position in starts where it is now: rows
         // from before the log was dispatched from were handled as they came.
-        let stored = db::positions(&store, DISPATCH, &chains).await?;
+        let stored = positions::positions(&store, DISPATCH, &chains).await?;
         let now_us = chrono::Utc::now().timestamp_micros();
         let fresh: Vec<(String, i64)> = chains
             .iter()
@@ -173,7 +174,8 @@ impl Audit {
             .filter(|((_, stored), _)| stored.is_none())
             .map(|((name, _), head)| (name.clone(), head.0))
             .collect();
-        db::save_positions(&store, DISPATCH, &fresh, now_us).await?;
+        let keeper_inserter = db::Inserter::open(&store)?;
+        positions::save_positions(&keeper_inserter, DISPATCH, &fresh, now_us).await?;
         let tracker = Tracker::new(
             chains
                 .iter()
@@ -227,8 +229,8 @@ impl Audit {
             )));
         }
         let keeper_stop = CancellationToken::new();
-        let keeper = tokio::spawn(keep_positions(
-            store.clone(),
+        let keeper = tokio::spawn(positions::keep(
+            keeper_inserter,
             tracker.clone(),
             keeper_stop.clone(),
         ));
@@ -383,7 +385,7 @@ impl Audit {
     /// dispatched before the last stop, and hands them to `dispatch` in log order,
     /// within the lag. Returns at once; the reading runs as a task of its own.
     pub fn replay(&self, dispatch: Arc<dyn Dispatch>) {
-        let task = tokio::spawn(replay(
+        let task = tokio::spawn(positions::replay(
             self.store.clone(),
             self.tracker.clone(),
             self.chains.clone(),
@@ -446,108 +448,6 @@ impl Lanes {
     }
 }
 
-/// Stores the dispatcher's positions every [`POSITION_EVERY`] while they move, and
-/// once more when stopped.
-async fn keep_positions(store: Store, tracker: Arc<Tracker>, stop: CancellationToken) {
-    let mut saved: HashMap<String, i64> = HashMap::new();
-    let mut tick = tokio::time::interval(POSITION_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let stopping = tokio::select! {
-            _ = tick.tick() => false,
-            () = stop.cancelled() => true,
-        };
-        let moved: Vec<(String, i64)> = tracker
-            .positions()
-            .into_iter()
-            .filter(|(chain, position)| saved.get(chain) != Some(position))
-            .collect();
-        if !moved.is_empty() {
-            let now_us = chrono::Utc::now().timestamp_micros();
-            match db::save_positions(&store, DISPATCH, &moved, now_us).await {
-                Ok(()) => saved.extend(moved),
-                Err(error) => {
-                    tracing::warn!(%error, "cannot store where dispatch stands; will try again")
-                }
-            }
-        }
-        if stopping {
-            let (events, _) = tracker.lag();
-            for (chain, head, position) in tracker.heads() {
-                if position < head {
-                    tracing::info!(%chain, position, head, "events committed but not yet dispatched stay in the log; the next start dispatches them");
-                }
-            }
-            if events > 0 {
-                tracing::info!(events, "events not yet dispatched at the stop");
-            }
-            return;
-        }
-    }
-}
-
-/// Rows read back per page when replaying.
-const REPLAY_PAGE: i64 = 1000;
-
-async fn replay(
-    store: Store,
-    tracker: Arc<Tracker>,
-    chains: Vec<String>,
-    dispatch: Arc<dyn Dispatch>,
-    stop: CancellationToken,
-) {
-    let heads = tracker.heads();
-    for (index, chain) in chains.iter().enumerate() {
-        let (_, head, from) = heads[index].clone();
-        if from >= head {
-            tracker.replay_done(index);
-            continue;
-        }
-        let started = Instant::now();
-        let mut after = from;
-        let mut replayed = 0u64;
-        let mut backoff = Duration::from_millis(100);
-        while after < head && !stop.is_cancelled() {
-            let (rows, last) = match db::event_rows(&store, chain, after, REPLAY_PAGE).await {
-                Ok(page) => page,
-                Err(error) => {
-                    tracing::warn!(%error, %chain, "cannot read the log back for dispatch; will try again");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    continue;
-                }
-            };
-            let Some(last) = last else { break };
-            let mut committed = Vec::with_capacity(rows.len());
-            for row in rows.into_iter().filter(|r| r.chain_seq <= head) {
-                let seq = row.chain_seq;
-                let Some(event) = crate::eventlog::event_of(&row) else {
-                    tracing::error!(%chain, seq, event_id = %row.entry.event_id, "a log row cannot be read back as an event; it is not dispatched");
-                    continue;
-                };
-                let event = Arc::new(event);
-                let bytes = crate::eventlog::event_bytes(&event);
-                let mut admission = tracker.admit_wait(1, bytes).await;
-                let ticket = tracker.ticket(index, seq, &mut admission, bytes, true);
-                committed.push(crate::bus::Committed {
-                    event,
-                    ticket,
-                    done: None,
-                });
-            }
-            replayed += committed.len() as u64;
-            dispatch.dispatch(committed);
-            after = last;
-            tracker.replayed_to(index, after.min(head));
-        }
-        if stop.is_cancelled() {
-            return;
-        }
-        tracker.replay_done(index);
-        tracing::info!(%chain, events = replayed, from, to = head, took = ?started.elapsed(), "dispatched what was committed before the last stop");
-    }
-}
-
 /// Purges, on a schedule and in bounded batches, rows past the retention period
 /// (with the audit on) or rows every consumer has passed, once older than the
 /// dedup window (with it off).
@@ -593,7 +493,7 @@ async fn purge_older_than(
     let now_us = chrono::Utc::now().timestamp_micros();
     let cutoff = now_us.saturating_sub(keep.as_micros().min(i64::MAX as u128) as i64);
     let chains = db::chains(store).await?;
-    let positions = db::positions(store, DISPATCH, &chains).await?;
+    let positions = positions::positions(store, DISPATCH, &chains).await?;
     let mut total = 0;
     for (chain, position) in chains.iter().zip(positions) {
         // A chain with no position was written before the log was dispatched from.

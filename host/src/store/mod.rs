@@ -3,6 +3,16 @@
 //! `migrations/postgres`, embedded in the binary) and its own SQL; modules that store
 //! data match on [`Store`] rather than go through sqlx's `Any` driver, which lacks
 //! the types we need and would hide the dialect differences anyway.
+//!
+//! On SQLite the writes on the hot path — the log's appends and positions, the
+//! outbox's deliveries, claims and attempt results — go through rusqlite, one
+//! [`SqliteWriter`] connection per writer taking turns at each file's write lock;
+//! reads and the rare writes (endpoint changes, retention) go through sqlx's pool.
+//! Why rusqlite there: statements stay prepared across batches, values are bound by
+//! reference with no copy and no hand-over to sqlx's worker thread, and a writer can
+//! choose per transaction whether its commit waits for the disk. Each statement's
+//! SQL is written once, shared by the SQLite and PostgreSQL paths where the dialects
+//! agree (`$1` is a parameter in both).
 
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -47,6 +47,10 @@ pub struct Lane {
     wake: Notify,
     /// The earliest time a delivery of this endpoint is known to be due (µs).
     next_due: AtomicI64,
+    /// Fresh deliveries overflowed the memory queue into the table: until the lane
+    /// has claimed the table empty, fresh ones follow them there (see
+    /// [`Lane::try_reserve`]).
+    overflowed: AtomicBool,
     stop: CancellationToken,
     task: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
@@ -60,6 +64,7 @@ impl Lane {
             queue: tx,
             wake: Notify::new(),
             next_due: AtomicI64::new(0),
+            overflowed: AtomicBool::new(false),
             stop: shared.stop.child_token(),
             task: std::sync::Mutex::new(None),
         });
@@ -101,9 +106,21 @@ impl Lane {
     /// A place in this lane's memory queue, if it has room, and how many deliveries
     /// are before it (queued, or reserved and on their way): the writer then inserts
     /// the delivery leased to this daemon for that long and hands it over after the
-    /// commit.
+    /// commit. None leaves the delivery due in the table, for a claim.
+    ///
+    /// Once the queue has been full, deliveries keep going to the table until the
+    /// lane has claimed it empty: the lane serves its memory queue before it claims,
+    /// so under a steady flow a fresh delivery let into the queue would keep
+    /// overtaking the overflow, which then went out seconds late, all at once.
     pub fn try_reserve(&self) -> Option<(mpsc::OwnedPermit<Job>, usize)> {
-        reserve(&self.queue)
+        if self.overflowed.load(Ordering::Acquire) {
+            return None;
+        }
+        let reserved = reserve(&self.queue);
+        if reserved.is_none() {
+            self.overflowed.store(true, Ordering::Release);
+        }
+        reserved
     }
 
     /// Stops taking work and waits for attempts in flight (bounded by the timeout).
@@ -267,6 +284,12 @@ fn took_claim(
     let error = match done {
         Ok(Ok(jobs)) => {
             let full = jobs.len() == claim_batch;
+            // The table is claimed empty unless a delivery was left due since this
+            // claim started (`due_at` after its commit): fresh deliveries may use the
+            // memory queue again.
+            if !full && lane.next_due.load(Ordering::Relaxed) > Utc::now().timestamp_micros() {
+                lane.overflowed.store(false, Ordering::Release);
+            }
             claimed.extend(jobs);
             return full;
         }

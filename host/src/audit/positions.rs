@@ -1,0 +1,203 @@
+//! Where the dispatcher stands in each of this daemon's chains, stored so that a
+//! restart dispatches what was committed and not yet dispatched: the SQL, the task
+//! that stores the positions as they move, and the replay at start.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use super::db::{Inserter, WriteError, chain_page};
+use super::{DISPATCH, POSITION_EVERY, Record};
+use crate::eventlog::{Dispatch, Tracker};
+use crate::store::{Durability, Store, dispatch};
+
+/// Where `consumer` stands in each of `chains` (`None` where it has no row yet).
+pub async fn positions(
+    store: &Store,
+    consumer: &str,
+    chains: &[String],
+) -> Result<Vec<Option<i64>>, sqlx::Error> {
+    let rows: Vec<(String, i64)> = dispatch!(store, |pool| {
+        sqlx::query_as("SELECT chain, position FROM log_positions WHERE consumer = $1")
+            .bind(consumer)
+            .fetch_all(pool)
+            .await?
+    });
+    Ok(chains
+        .iter()
+        .map(|chain| rows.iter().find(|(c, _)| c == chain).map(|(_, p)| *p))
+        .collect())
+}
+
+/// Stores where `consumer` stands in each chain. A position never moves back.
+/// Through the log's writer connection on SQLite (a write every 200 ms to the log's
+/// file takes its turn with the appends); committed without waiting for the disk,
+/// since a position lost to a power cut only makes the next start dispatch again.
+pub async fn save_positions(
+    inserter: &Inserter,
+    consumer: &str,
+    positions: &[(String, i64)],
+    now_us: i64,
+) -> Result<(), WriteError> {
+    const UPSERT: &str = "INSERT INTO log_positions (consumer, chain, position, updated_us) \
+         VALUES ($1, $2, $3, $4) ON CONFLICT (consumer, chain) DO UPDATE \
+         SET position = excluded.position, updated_us = excluded.updated_us \
+         WHERE log_positions.position < excluded.position";
+    if positions.is_empty() {
+        return Ok(());
+    }
+    match inserter {
+        Inserter::Sqlite(writer) => {
+            let (consumer, positions) = (consumer.to_string(), positions.to_vec());
+            writer
+                .write(Durability::Crash, move |conn| {
+                    let tx =
+                        conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                    {
+                        let mut upsert = tx.prepare_cached(UPSERT)?;
+                        for (chain, position) in &positions {
+                            upsert.execute(rusqlite::params![consumer, chain, position, now_us])?;
+                        }
+                    }
+                    tx.commit()
+                })
+                .await
+        }
+        Inserter::Postgres(pool) => {
+            let mut tx = pool.begin().await?;
+            for (chain, position) in positions {
+                sqlx::query(UPSERT)
+                    .bind(consumer)
+                    .bind(chain)
+                    .bind(position)
+                    .bind(now_us)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        }
+    }
+}
+
+/// Up to `limit` event rows (not actions or decisions) of `chain` after
+/// `after_chain_seq`, in chain order, and the last `chain_seq` looked at.
+pub async fn event_rows(
+    store: &Store,
+    chain: &str,
+    after_chain_seq: i64,
+    limit: i64,
+) -> Result<(Vec<Record>, Option<i64>), sqlx::Error> {
+    let page = chain_page(store, chain, after_chain_seq, limit).await?;
+    let last = page.last().map(|r| r.chain_seq);
+    Ok((
+        page.into_iter()
+            .filter(|r| r.entry.source.is_some())
+            .collect(),
+        last,
+    ))
+}
+
+/// Stores the dispatcher's positions every [`POSITION_EVERY`] while they move, and
+/// once more when stopped.
+pub(super) async fn keep(inserter: Inserter, tracker: Arc<Tracker>, stop: CancellationToken) {
+    let mut saved: HashMap<String, i64> = HashMap::new();
+    let mut tick = tokio::time::interval(POSITION_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let stopping = tokio::select! {
+            _ = tick.tick() => false,
+            () = stop.cancelled() => true,
+        };
+        let moved: Vec<(String, i64)> = tracker
+            .positions()
+            .into_iter()
+            .filter(|(chain, position)| saved.get(chain) != Some(position))
+            .collect();
+        if !moved.is_empty() {
+            let now_us = chrono::Utc::now().timestamp_micros();
+            match save_positions(&inserter, DISPATCH, &moved, now_us).await {
+                Ok(()) => saved.extend(moved),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot store where dispatch stands; will try again")
+                }
+            }
+        }
+        if stopping {
+            let (events, _) = tracker.lag();
+            for (chain, head, position) in tracker.heads() {
+                if position < head {
+                    tracing::info!(%chain, position, head, "events committed but not yet dispatched stay in the log; the next start dispatches them");
+                }
+            }
+            if events > 0 {
+                tracing::info!(events, "events not yet dispatched at the stop");
+            }
+            return;
+        }
+    }
+}
+
+/// Rows read back per page when replaying.
+const REPLAY_PAGE: i64 = 1000;
+
+pub(super) async fn replay(
+    store: Store,
+    tracker: Arc<Tracker>,
+    chains: Vec<String>,
+    dispatch: Arc<dyn Dispatch>,
+    stop: CancellationToken,
+) {
+    let heads = tracker.heads();
+    for (index, chain) in chains.iter().enumerate() {
+        let (_, head, from) = heads[index].clone();
+        if from >= head {
+            tracker.replay_done(index);
+            continue;
+        }
+        let started = Instant::now();
+        let mut after = from;
+        let mut replayed = 0u64;
+        let mut backoff = Duration::from_millis(100);
+        while after < head && !stop.is_cancelled() {
+            let (rows, last) = match event_rows(&store, chain, after, REPLAY_PAGE).await {
+                Ok(page) => page,
+                Err(error) => {
+                    tracing::warn!(%error, %chain, "cannot read the log back for dispatch; will try again");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            let Some(last) = last else { break };
+            let mut committed = Vec::with_capacity(rows.len());
+            for row in rows.into_iter().filter(|r| r.chain_seq <= head) {
+                let seq = row.chain_seq;
+                let Some(event) = crate::eventlog::event_of(&row) else {
+                    tracing::error!(%chain, seq, event_id = %row.entry.event_id, "a log row cannot be read back as an event; it is not dispatched");
+                    continue;
+                };
+                let event = Arc::new(event);
+                let bytes = crate::eventlog::event_bytes(&event);
+                let mut admission = tracker.admit_wait(1, bytes).await;
+                let ticket = tracker.ticket(index, seq, &mut admission, bytes, true);
+                committed.push(crate::bus::Committed {
+                    event,
+                    ticket,
+                    done: None,
+                });
+            }
+            replayed += committed.len() as u64;
+            dispatch.dispatch(committed);
+            after = last;
+            tracker.replayed_to(index, after.min(head));
+        }
+        if stop.is_cancelled() {
+            return;
+        }
+        tracker.replay_done(index);
+        tracing::info!(%chain, events = replayed, from, to = head, took = ?started.elapsed(), "dispatched what was committed before the last stop");
+    }
+}
