@@ -821,3 +821,49 @@ async fn a_delivery_queued_behind_others_is_leased_for_their_rounds_too() {
         rx.count()
     );
 }
+
+/// A lane whose memory queue (32 × concurrency) overflows keeps the order events came
+/// in: what overflowed into the table is not overtaken by fresher deliveries, which
+/// follow it there until the lane has claimed it empty. (One bus worker and one slot,
+/// so the order events reach the outbox is the order they are sent.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overflowing_lane_keeps_the_order_events_came_in() {
+    const N: usize = 300;
+    let rx = Receiver::start_with(Reply::status(200).delay(Duration::from_millis(3))).await;
+    let d = Daemon::start_with(
+        Options::default()
+            .webhooks_local()
+            .env("EVHOST_EVENTS__WORKERS", 1)
+            .env("EVHOST_WEBHOOKS__CONCURRENCY", 1),
+    )
+    .await;
+    d.add_webhook(&json!({"name": "one", "url": rx.url("/"), "events": ["order.*"]}))
+        .await;
+    let mut sent = Vec::with_capacity(N);
+    for first in (0..N).step_by(25) {
+        let batch: Vec<_> = (first..first + 25)
+            .map(|n| json!({"type": "order.test", "data": {"n": n}}))
+            .collect();
+        let (status, body) = d.post_json("/v1/events/batch", &json!(batch)).await;
+        assert_eq!(status, 202, "{body}");
+        let ids = body["ids"].as_array().unwrap();
+        sent.extend(ids.iter().map(|id| id.as_str().unwrap().to_string()));
+        // A steady flow while the lane is behind, not one burst.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let behind = N - rx.count();
+    assert!(
+        behind > 64,
+        "only {behind} deliveries were behind when the last event was answered: the lane never overflowed"
+    );
+    let got = rx.wait_for(N, Duration::from_secs(60)).await;
+    let order: Vec<String> = got
+        .iter()
+        .map(|r| r.json()["id"].as_str().unwrap().to_string())
+        .collect();
+    let first_out_of_order = order.iter().zip(&sent).position(|(a, b)| a != b);
+    assert_eq!(
+        first_out_of_order, None,
+        "deliveries arrived out of order ({behind} were behind at the end)"
+    );
+}
