@@ -59,6 +59,9 @@ pub(super) enum Reply {
     Return(oneshot::Sender<Vec<Appended>>),
 }
 
+/// Most rows a writer places on the runtime's worker (see [`Writer::write`]).
+const PLACE_INLINE: usize = 64;
+
 impl Item {
     fn rows(&self) -> usize {
         match self {
@@ -130,15 +133,23 @@ impl Writer {
         let started = Instant::now();
         let (chain, after) = (self.chain.clone(), self.head);
         let recorded_us = chrono::Utc::now().timestamp_micros();
-        // Reading each payload's resource and hashing is CPU work: off the runtime's
-        // workers, where milliseconds would hold up the dispatcher.
-        let (items, placed) = tokio::task::spawn_blocking(move || {
+        // Reading each payload's resource and hashing is CPU work: a large batch is
+        // placed off the runtime's workers, where milliseconds would hold up the
+        // dispatcher; a small one (microseconds) here, sparing a thread hand-off
+        // per commit when appends come a few at a time.
+        let inline = items.iter().map(Item::rows).sum::<usize>() <= PLACE_INLINE;
+        let place = move || {
             let entries = entries_of(&items);
             let placed = db::place(&chain, after, entries, recorded_us, &HashSet::new());
             (items, Arc::new(placed))
-        })
-        .await
-        .expect("placing a batch does not panic");
+        };
+        let (items, placed) = if inline {
+            place()
+        } else {
+            tokio::task::spawn_blocking(place)
+                .await
+                .expect("placing a batch does not panic")
+        };
         let rows = placed.len();
         let mut backoff = Duration::from_millis(100);
         let mut attempt = placed;

@@ -1,9 +1,8 @@
 //! Webhook delivery figures: deliveries/s to a fast local receiver (1 and 50
 //! endpoints, every request signed), and publish → receive latency at a fixed rate;
 //! against a bare loopback POST loop to the same receiver (the baseline). The
-//! daemon runs in this process with its defaults except: audit off (measured
-//! separately) but for one throughput and one latency row with it on, as deployed,
-//! 127.0.0.0/8 allowed, and the backend under test.
+//! daemon runs in this process with its defaults (every event committed to the log
+//! before its answer) except: 127.0.0.0/8 allowed, and the backend under test.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -98,11 +97,10 @@ async fn baseline(addr: SocketAddr, concurrency: usize, seconds: u64) -> anyhow:
     Ok(done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
 }
 
-/// A daemon for the webhook figures, with the audit log on or off.
-async fn start_daemon(postgres: Option<&str>, audit: bool) -> anyhow::Result<InProcess> {
+/// A daemon for the webhook figures.
+async fn start_daemon(postgres: Option<&str>) -> anyhow::Result<InProcess> {
     InProcess::start(
         &[
-            ("EVHOST_AUDIT__ENABLED", audit.to_string()),
             ("EVHOST_SERVER__MAX_BATCH_EVENTS", "1000".into()),
             ("EVHOST_WEBHOOKS__ALLOWED_NETWORKS", "[127.0.0.0/8]".into()),
             ("EVHOST_WEBHOOKS__MAX_BACKLOG", "200000".into()),
@@ -163,12 +161,11 @@ pub(super) fn batch_body(ids: impl Iterator<Item = String>) -> String {
 /// time until the receiver has every delivery.
 async fn throughput(
     postgres: Option<&str>,
-    audit: bool,
     endpoints: usize,
     events: usize,
 ) -> anyhow::Result<(f64, String)> {
     let receiver = Receiver::start(false).await?;
-    let daemon = start_daemon(postgres, audit).await?;
+    let daemon = start_daemon(postgres).await?;
     let client = reqwest::Client::new();
     add_endpoints(&client, daemon.addr, receiver.addr, endpoints).await?;
     let run = uuid::Uuid::now_v7().simple().to_string();
@@ -199,12 +196,11 @@ async fn throughput(
 /// endpoint; events go out in batches of 5 every millisecond.
 async fn latency(
     postgres: Option<&str>,
-    audit: bool,
     rate: u64,
     seconds: u64,
 ) -> anyhow::Result<(f64, f64, f64)> {
     let receiver = Receiver::start(true).await?;
-    let daemon = start_daemon(postgres, audit).await?;
+    let daemon = start_daemon(postgres).await?;
     let client = reqwest::Client::new();
     add_endpoints(&client, daemon.addr, receiver.addr, 1).await?;
     let run = uuid::Uuid::now_v7().simple().to_string();
@@ -295,34 +291,26 @@ pub async fn report(postgres_url: Option<&str>, seconds: u64) -> anyhow::Result<
         backends.push(("PostgreSQL", Some(url)));
     }
     for (name, pg) in backends {
-        for (endpoints, events, audit) in [
-            (1usize, 40_000usize, false),
-            (50, 1_000, false),
-            (1, 40_000, true),
-        ] {
-            let (rate, cpu) = throughput(pg, audit, endpoints, events).await?;
+        for (endpoints, events) in [(1usize, 40_000usize), (50, 1_000)] {
+            let (rate, cpu) = throughput(pg, endpoints, events).await?;
             row(
                 &format!(
-                    "webhook deliveries, signed, {endpoints} endpoint(s), {} deliveries{} ({name})",
+                    "webhook deliveries, signed, {endpoints} endpoint(s), {} deliveries ({name})",
                     endpoints * events,
-                    if audit { ", audit on" } else { "" }
                 ),
                 format!("{} deliveries/s ({cpu})", thousands(rate)),
                 format!("{:.2}", rate / bare),
             );
         }
-        for audit in [false, true] {
-            let (p50, p99, achieved) = latency(pg, audit, 5_000, seconds.max(3)).await?;
-            row(
-                &format!(
-                    "publish → receive at {} events/s paced, 1 endpoint{} ({name})",
-                    thousands(achieved),
-                    if audit { ", audit on" } else { "" }
-                ),
-                format!("p50 {p50:.1} ms, p99 {p99:.1} ms"),
-                "".into(),
-            );
-        }
+        let (p50, p99, achieved) = latency(pg, 5_000, seconds.max(3)).await?;
+        row(
+            &format!(
+                "publish → receive at {} events/s paced, 1 endpoint ({name})",
+                thousands(achieved),
+            ),
+            format!("p50 {p50:.1} ms, p99 {p99:.1} ms"),
+            "".into(),
+        );
     }
     Ok(())
 }
