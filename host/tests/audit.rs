@@ -577,3 +577,62 @@ async fn the_writer_retries_until_the_database_takes_the_rows() {
         db.cleanup().await;
     }
 }
+
+/// With the audit log off (`keep: false`) the log is still written, since it is what
+/// makes an answer durable, and a row goes once the dispatcher has passed it and the
+/// dedup window is over; what remains still verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_audit_off_dispatched_rows_go_after_the_dedup_window() {
+    for db in TestDb::all().await {
+        let backend = db.store.backend();
+        let bus = Bus::start(
+            BusOptions {
+                workers: 2,
+                queue_size: 1000,
+                handler_timeout: Duration::from_secs(5),
+            },
+            Metrics::new(10),
+        );
+        let options = AuditOptions {
+            keep: false,
+            dedup_window: Duration::from_millis(300),
+            purge_interval: Duration::from_millis(100),
+            ..db.audit_options()
+        };
+        let log = Audit::start(
+            db.store.clone(),
+            options,
+            Metrics::new(10),
+            "off".into(),
+            Some(Arc::new(bus.clone())),
+        )
+        .await
+        .unwrap();
+        let events: Vec<_> = (0..30)
+            .map(|i| event(&format!("off-{i}"), "message.received", None))
+            .collect();
+        assert_eq!(record(&log, &events).await, 30);
+        assert_eq!(
+            audit::count(&db.store).await.unwrap(),
+            30,
+            "{backend}: written first"
+        );
+        let started = std::time::Instant::now();
+        while audit::count(&db.store).await.unwrap() > 0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{backend}: {} rows left",
+                audit::count(&db.store).await.unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            started.elapsed() >= Duration::from_millis(250),
+            "{backend}: rows went before the dedup window was over"
+        );
+        bus.shutdown().await;
+        log.shutdown().await;
+        assert!(audit::verify(&db.store).await.unwrap().ok, "{backend}");
+        db.cleanup().await;
+    }
+}
