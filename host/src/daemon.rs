@@ -104,6 +104,9 @@ pub async fn serve(
     let tail = Tail::new();
     subscribe_builtins(&bus, &metrics, &tail);
 
+    // One daemon per data folder: its chain ids, leases and checkpoint key are this
+    // node's identity. Held until the daemon returns.
+    let _data_dir_lock = lock_data_dir(&config.data_dir)?;
     let store = Store::connect(&config).await?;
     store.migrate().await?;
     let audit = Audit::start(
@@ -307,6 +310,46 @@ async fn publish_own<T: serde::Serialize>(log: &Log, kind: &str, data: &T) {
     if let Err(error) = log.publish_own(event).await {
         tracing::error!(event_type = kind, %error, "could not publish the daemon's own event");
     }
+}
+
+/// Takes an exclusive lock on `<data_dir>/evhost.lock` (and writes this process's
+/// id into it), or refuses when another process holds it, naming that process.
+/// The lock goes with the process, however it ends.
+fn lock_data_dir(
+    data_dir: &std::path::Path,
+) -> Result<nix::fcntl::Flock<std::fs::File>, ServeError> {
+    use std::io::{Read, Seek, Write};
+    let path = data_dir.join("evhost.lock");
+    let io = |source| ServeError::DataDir {
+        path: path.clone(),
+        source,
+    };
+    std::fs::create_dir_all(data_dir).map_err(io)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io)?;
+    let mut lock = match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+    {
+        Ok(lock) => lock,
+        Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            return Err(ServeError::Refused(format!(
+                "{} is in use by another evhost (pid {}); each daemon needs a data_dir of its own (data_dir, EVHOST_DATA_DIR)",
+                data_dir.display(),
+                holder.trim()
+            )));
+        }
+        Err((_, errno)) => return Err(io(std::io::Error::from(errno))),
+    };
+    lock.set_len(0).map_err(io)?;
+    lock.rewind().map_err(io)?;
+    write!(lock, "{}", std::process::id()).map_err(io)?;
+    Ok(lock)
 }
 
 /// A name for this daemon that survives restarts: read from `path`, or made

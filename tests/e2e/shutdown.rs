@@ -125,3 +125,28 @@ async fn sigterm_with_the_database_hung_exits_in_time_and_keeps_what_it_acknowle
         );
     }
 }
+
+/// One daemon per data folder: a second `evhost serve` on the same `data_dir` refuses
+/// to start (exit code 2) and names the pid of the one that has it; once that one
+/// has stopped, the folder is free again.
+#[tokio::test]
+async fn a_second_daemon_on_the_same_data_dir_refuses_to_start() {
+    let mut d = Daemon::start().await;
+    let data_dir = d.dir.path().join("data");
+    let data_dir = data_dir.to_str().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let env = [
+        ("EVHOST_DATA_DIR", data_dir),
+        ("EVHOST_SERVER__LISTEN", listen.as_str()),
+    ];
+    let (code, _, err) = cli(&["serve"], &env);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&format!("pid {}", d.pid())) && err.contains("data_dir"),
+        "{err}"
+    );
+    assert!(d.terminate().await.success());
+    d.restart().await;
+    let (status, _) = d.get_json("/readyz").await;
+    assert_eq!(status, 200);
+}
