@@ -533,3 +533,92 @@ async fn a_failing_database_answers_503_and_recovers_by_itself() {
         HashSet::from(["waited".to_string(), "after".to_string()])
     );
 }
+
+/// Inputs a database refuses as they are affect nothing else, on both backends: a NUL
+/// and a 3 KB value in `message_id` (the log's indexed resource id), and a receiver
+/// that answers with NUL bytes (the stored excerpt of its answer). Each event is
+/// kept and delivered, later events too, and the log can be queried by those ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inputs_a_database_refuses_as_they_are_stop_nothing() {
+    use evhost_e2e::receiver::Reply;
+    for backend in Backend::all() {
+        let name = backend.name();
+        let nul_rx = Receiver::start_with(Reply::status(200).body("ok\0\0ok".into())).await;
+        let rx = Receiver::start().await;
+        let d = Daemon::start_with(Options::default().webhooks_local().backend(&backend)).await;
+        let (nul_id, _) = d
+            .add_webhook(&json!({"name": "nul", "url": nul_rx.url("/"), "events": ["message.*"]}))
+            .await;
+        d.add_webhook(&json!({"name": "ok", "url": rx.url("/"), "events": ["message.*"]}))
+            .await;
+        let long = format!("<{}@mx.example.com>", "x".repeat(3000));
+        let ids = [
+            "<nul\u{0}id@mx.example.com>",
+            long.as_str(),
+            "<plain@mx.example.com>",
+        ];
+        for id in ids {
+            let mut data = evhost_e2e::received("example.com", false);
+            data["message_id"] = json!(id);
+            let (status, body) = d
+                .post_json(
+                    "/v1/events?wait=true",
+                    &json!({"type": "message.received", "data": data}),
+                )
+                .await;
+            assert_eq!(status, 200, "{name}: {body}");
+        }
+        for r in [&rx, &nul_rx] {
+            let got = r.wait_for(3, Duration::from_secs(20)).await;
+            let delivered: HashSet<String> = got
+                .iter()
+                .map(|r| r.json()["data"]["message_id"].as_str().unwrap().to_string())
+                .collect();
+            assert_eq!(delivered.len(), 3, "{name}");
+        }
+        for id in ids {
+            let query = format!("resource_type=message&resource_id={}", urlencoding(id));
+            let rows = d.audit_rows(&query, 10, None).await;
+            assert_eq!(rows.len(), 1, "{name}: {id:.40}");
+            assert_eq!(
+                rows[0]["details"]["message_id"], id,
+                "{name}: the full value is kept"
+            );
+        }
+        let (status, report) = d.get_json("/v1/audit/verify").await;
+        assert_eq!(
+            (status, report["ok"].clone()),
+            (200, json!(true)),
+            "{name}: {report}"
+        );
+        // The recorder took the NUL receiver's answers: the deliveries say succeeded.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, deliveries) = d
+                .get_json(&format!("/v1/webhooks/{nul_id}/deliveries"))
+                .await;
+            let rows = deliveries["deliveries"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if rows.len() == 3 && rows.iter().all(|r| r["status"] == "succeeded") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{name}: {deliveries}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Percent-encodes a query value.
+fn urlencoding(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -145,7 +145,10 @@ impl AuditQuery {
                 .map_err(|e| bad(e.to_string()))?,
             actor: self.actor.clone(),
             resource_type: self.resource_type.clone(),
-            resource_id: self.resource_id.clone(),
+            resource_id: self
+                .resource_id
+                .as_deref()
+                .map(crate::audit::record::resource_key),
             since_us,
             until_us,
             before_seq: self.cursor.as_deref().map(decode_cursor).transpose()?,

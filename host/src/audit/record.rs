@@ -61,7 +61,7 @@ impl Entry {
             actor_token: token,
             actor_ip: event.actor.ip.map(|ip| ip.to_string()),
             resource_type: resource.as_ref().map(|r| r.kind.to_string()),
-            resource_id: resource.map(|r| r.id),
+            resource_id: resource.map(|r| resource_key(&r.id)),
             details: event.data.get().to_string(),
             time_us: event.time.timestamp_micros(),
             source: Some(event.source.to_string()),
@@ -93,6 +93,22 @@ impl Entry {
             source: None,
         }
     }
+}
+
+/// Longest resource id stored as it is (bytes).
+pub const MAX_RESOURCE_ID: usize = 256;
+
+/// How a resource id read from a payload is stored and looked up: as it is when it
+/// is at most [`MAX_RESOURCE_ID`] bytes with no NUL, else `sha256:<hex>` of it. The
+/// column is indexed (PostgreSQL refuses an index entry over about 2.7 KB, and any
+/// text with a NUL), and one such event must never stop the writer; the full value
+/// stays in the row's payload. A query names the value as published and is looked up
+/// the same way.
+pub fn resource_key(id: &str) -> String {
+    if id.len() <= MAX_RESOURCE_ID && !id.contains('\0') {
+        return id.to_string();
+    }
+    format!("sha256:{}", hex::encode(Sha256::digest(id.as_bytes())))
 }
 
 /// The type of the rows that record plugin decisions.
@@ -242,6 +258,17 @@ mod tests {
         b.entry.actor_ip = Some(String::new());
         assert_ne!(a.compute_hash(), b.compute_hash());
         assert_eq!(parse_hash(&base.hash), Some(base.compute_hash()));
+    }
+
+    #[test]
+    fn long_or_nul_resource_ids_are_stored_as_their_hash() {
+        assert_eq!(resource_key("<1@mx>"), "<1@mx>");
+        let long = "x".repeat(3000);
+        let key = resource_key(&long);
+        assert!(key.starts_with("sha256:") && key.len() == 7 + 64, "{key}");
+        assert_eq!(key, resource_key(&long), "the same value, the same key");
+        assert!(resource_key("a\0b").starts_with("sha256:"));
+        assert_eq!(resource_key(&"y".repeat(256)), "y".repeat(256));
     }
 
     #[test]

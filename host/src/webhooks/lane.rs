@@ -511,7 +511,9 @@ async fn send(
     }
     Ok(Answer {
         status,
-        excerpt: String::from_utf8_lossy(&excerpt).into_owned(),
+        // As text any database stores: PostgreSQL refuses a NUL in text, and one
+        // receiver's answer must not stop the recorder for every endpoint.
+        excerpt: String::from_utf8_lossy(&excerpt).replace('\0', "\u{FFFD}"),
         retry_after,
     })
 }
