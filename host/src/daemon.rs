@@ -107,13 +107,14 @@ pub async fn serve(
     // One daemon per data folder: its chain ids, leases and checkpoint key are this
     // node's identity. Held until the daemon returns.
     let _data_dir_lock = lock_data_dir(&config.data_dir)?;
-    let store = Store::connect(&config).await?;
+    let node = crate::audit::chain_id(&config.data_dir)?;
+    let store = Store::connect_as(&config, &format!("evhost {node}")).await?;
     store.migrate().await?;
     let audit = Audit::start(
         store.clone(),
         AuditOptions::from_config(&config),
         metrics.clone(),
-        crate::audit::chain_id(&config.data_dir)?,
+        node,
         Some(Arc::new(bus.clone())),
     )
     .await?;

@@ -636,3 +636,77 @@ async fn with_the_audit_off_dispatched_rows_go_after_the_dedup_window() {
         db.cleanup().await;
     }
 }
+
+/// A writer whose chain moved on in the database without it knowing — as when a
+/// connection is lost right after COMMIT and the batch it reported as failed is in —
+/// reads where the chain really ends and places its next batch after that, instead
+/// of colliding with those rows for ever.
+#[tokio::test]
+async fn a_writer_behind_its_own_chain_places_after_the_real_head() {
+    for db in TestDb::all().await {
+        let backend = db.store.backend();
+        let log = db.audit("moved").await;
+        let first: Vec<_> = (0..3)
+            .map(|i| event(&format!("moved-{i}"), "message.received", None))
+            .collect();
+        assert_eq!(record(&log, &first).await, 3);
+        // Row 4 of the chain, committed where this writer did not hear of it.
+        let last = audit::query(
+            &db.store,
+            &audit::Filter {
+                limit: 1,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .remove(0);
+        assert_eq!(last.chain_seq, 3);
+        let lost = audit::Entry {
+            source: Some("/test".into()),
+            ..audit::Entry::of_event(&event("lost-ack", "message.received", None))
+        };
+        let row = audit::Record::chain(
+            "moved",
+            4,
+            lost,
+            chrono::Utc::now().timestamp_micros(),
+            &audit::record::parse_hash(&last.hash).unwrap(),
+        );
+        let text = |v: &Option<String>| match v {
+            Some(v) => format!("'{}'", v.replace('\'', "''")),
+            None => "NULL".into(),
+        };
+        let e = &row.entry;
+        db.exec(&format!(
+            "INSERT INTO audit_log (chain, chain_seq, event_id, event_type, actor, actor_token, \
+             actor_ip, resource_type, resource_id, details, time_us, recorded_us, prev_hash, hash, \
+             source) VALUES ('moved', 4, '{}', '{}', {}, {}, {}, {}, {}, '{}', {}, {}, '{}', '{}', {})",
+            e.event_id,
+            e.event_type,
+            text(&e.actor),
+            text(&e.actor_token),
+            text(&e.actor_ip),
+            text(&e.resource_type),
+            text(&e.resource_id),
+            e.details.replace('\'', "''"),
+            e.time_us,
+            row.recorded_us,
+            row.prev_hash,
+            row.hash,
+            text(&e.source),
+        ))
+        .await;
+        let after: Vec<_> = (0..2)
+            .map(|i| event(&format!("after-{i}"), "message.received", None))
+            .collect();
+        let appended = tokio::time::timeout(Duration::from_secs(10), record(&log, &after))
+            .await
+            .unwrap_or_else(|_| panic!("{backend}: the writer never got past its stale head"));
+        assert_eq!(appended, 2, "{backend}");
+        log.shutdown().await;
+        let report = audit::verify(&db.store).await.unwrap();
+        assert!(report.ok && report.rows == 6, "{backend}: {report:?}");
+        db.cleanup().await;
+    }
+}

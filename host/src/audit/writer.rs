@@ -153,7 +153,7 @@ impl Writer {
         let rows = placed.len();
         let mut backoff = Duration::from_millis(100);
         let mut attempt = placed;
-        let placed = loop {
+        let placed = 'written: loop {
             match db::append(&self.store, &self.inserter, &self.chain, attempt.clone()).await {
                 Ok(placed) => break placed,
                 Err(error) => {
@@ -161,9 +161,25 @@ impl Writer {
                     if self.healthy.swap(false, Ordering::Relaxed) {
                         tracing::error!(%error, rows, "log write failed; retrying with backoff, nothing is dropped");
                     }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    // Placed again, with a new time: the failed insert wrote nothing.
+                    // A failed commit's outcome is not always known: a connection lost
+                    // right after COMMIT reports an error for a batch that is in. So
+                    // before trying again, read where the chain really ends (waiting
+                    // until that can be read): at this batch's head, it is in;
+                    // elsewhere, the batch is placed again after that.
+                    loop {
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        match db::chain_head(&self.store, &self.chain).await {
+                            Ok(head) if head == attempt.head => break 'written attempt,
+                            Ok(head) => {
+                                self.head = head;
+                                break;
+                            }
+                            Err(error) => {
+                                tracing::debug!(%error, "cannot read the chain's head yet")
+                            }
+                        }
+                    }
                     let recorded_us = chrono::Utc::now().timestamp_micros();
                     attempt = Arc::new(db::place(
                         &self.chain,

@@ -74,6 +74,13 @@ impl Store {
     /// Connects (creating the SQLite file or the PostgreSQL schema if needed). Does not
     /// migrate; see [`Store::migrate`].
     pub async fn connect(config: &Config) -> Result<Store, StoreError> {
+        Store::connect_as(config, "evhost").await
+    }
+
+    /// [`Store::connect`], naming the connections `name` on PostgreSQL
+    /// (`application_name`, which `pg_stat_activity` shows): a daemon names them
+    /// after its node, so an operator can tell the nodes' connections apart.
+    pub async fn connect_as(config: &Config, name: &str) -> Result<Store, StoreError> {
         let url = config.database_url();
         let shown = mask(&url);
         let connect_error = |source| StoreError::Connect {
@@ -108,7 +115,9 @@ impl Store {
                 .map_err(connect_error)?;
             return Ok(Store::Sqlite(pool));
         }
-        let mut options = PgConnectOptions::from_str(&url).map_err(connect_error)?;
+        let mut options = PgConnectOptions::from_str(&url)
+            .map_err(connect_error)?
+            .application_name(name);
         if let Some(schema) = &config.database.schema {
             // The name was checked against [a-z0-9_] when the config was loaded.
             let setup = PgPoolOptions::new()
