@@ -2,7 +2,7 @@
 //! loses none (on SQLite and PostgreSQL), and two daemons on one PostgreSQL share
 //! the outbox without sending anything twice. Also the `evhost webhooks` CLI.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use evhost_e2e::receiver::{Receiver, Reply};
@@ -12,16 +12,6 @@ const EVENTS: usize = 10_000;
 const CONCURRENCY: usize = 8;
 const BATCH: usize = 100;
 
-/// Event id → the webhook-ids it arrived with, in arrival order.
-fn arrivals(rx: &Receiver) -> HashMap<String, Vec<String>> {
-    let mut seen: HashMap<String, Vec<String>> = HashMap::new();
-    for r in rx.requests() {
-        let id = r.json()["id"].as_str().unwrap().to_string();
-        seen.entry(id).or_default().push(r.webhook_id());
-    }
-    seen
-}
-
 async fn wait_all(
     rx: &Receiver,
     want: &HashSet<String>,
@@ -30,7 +20,7 @@ async fn wait_all(
 ) {
     let deadline = Instant::now() + limit;
     loop {
-        let got: HashSet<String> = arrivals(rx).into_keys().collect();
+        let got: HashSet<String> = rx.arrivals().into_keys().collect();
         if want.is_subset(&got) {
             return;
         }
@@ -90,7 +80,7 @@ async fn every_pending_delivery_arrives_after_kill_9() {
         d.restart().await;
         wait_all(&rx, &accepted, Duration::from_secs(120), || d.log()).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let seen = arrivals(&rx);
+        let seen = rx.arrivals();
         assert_eq!(
             seen.len(),
             EVENTS,
@@ -121,10 +111,7 @@ async fn every_pending_delivery_arrives_after_kill_9() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_daemons_on_one_postgres_share_the_outbox() {
-    let Some(backend) = Backend::all()
-        .into_iter()
-        .find(|b| matches!(b, Backend::Postgres { .. }))
-    else {
+    let Some(backend) = Backend::postgres() else {
         return; // Backend::all() said SKIPPING
     };
     const N: usize = 2000;

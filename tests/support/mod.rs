@@ -288,6 +288,17 @@ impl Daemon {
         })
     }
 
+    /// How many audit rows each event id has, among the rows matching `query`.
+    pub async fn log_counts(&self, query: &str) -> std::collections::HashMap<String, usize> {
+        let mut counts = std::collections::HashMap::new();
+        for row in self.audit_rows(query, 1000, None).await {
+            *counts
+                .entry(row["event_id"].as_str().unwrap().to_string())
+                .or_default() += 1;
+        }
+        counts
+    }
+
     /// Every audit row matching `query` (a query string), following cursors.
     pub async fn audit_rows(&self, query: &str, limit: u32, token: Option<&str>) -> Vec<Value> {
         let mut rows = Vec::new();
@@ -514,6 +525,14 @@ impl Backend {
             ),
         }
         all
+    }
+
+    /// PostgreSQL alone, for a test that is about it: `None` (having said SKIPPING)
+    /// when `EVHOST_TEST_POSTGRES_URL` is not set.
+    pub fn postgres() -> Option<Backend> {
+        Backend::all()
+            .into_iter()
+            .find(|b| matches!(b, Backend::Postgres { .. }))
     }
 
     pub fn name(&self) -> &'static str {

@@ -204,6 +204,16 @@ impl Receiver {
         self.state.requests.lock().unwrap().len()
     }
 
+    /// Event id (the body's `id`) → the `webhook-id`s it arrived with, in order.
+    pub fn arrivals(&self) -> std::collections::HashMap<String, Vec<String>> {
+        let mut seen: std::collections::HashMap<String, Vec<String>> = Default::default();
+        for r in self.requests() {
+            let id = r.json()["id"].as_str().unwrap().to_string();
+            seen.entry(id).or_default().push(r.webhook_id());
+        }
+        seen
+    }
+
     /// Waits until at least `n` requests arrived; panics after `limit`.
     pub async fn wait_for(&self, n: usize, limit: Duration) -> Vec<Request> {
         let deadline = Instant::now() + limit;

@@ -18,6 +18,26 @@ pub fn new_event_id() -> EventId {
     uuid::Uuid::now_v7().to_string().into()
 }
 
+/// An id derived from `parts` (each length-prefixed, after the tag `domain`): the
+/// same parts always give the same id. A UUID in version 7's layout, the first 48
+/// bits being `millis` (Unix milliseconds) so that ids sort by time, the rest from
+/// SHA-256 of the parts.
+pub fn derived_uuid(domain: &[u8], parts: &[&[u8]], millis: i64) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(domain);
+    for part in parts {
+        h.update((part.len() as u32).to_be_bytes());
+        h.update(part);
+    }
+    let digest = h.finalize();
+    let mut random = [0u8; 10];
+    random.copy_from_slice(&digest[..10]);
+    uuid::Builder::from_unix_timestamp_millis(millis.max(0) as u64, &random)
+        .into_uuid()
+        .to_string()
+}
+
 /// Checks a publisher-given id: short, printable, safe in URLs, headers and logs.
 pub fn check_event_id(id: &str) -> Result<EventId, IdError> {
     let ok = !id.is_empty()

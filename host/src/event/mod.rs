@@ -8,5 +8,5 @@ mod pattern;
 pub mod wire;
 
 pub use catalog::{Catalog, EventTypeInfo, ValidationError};
-pub use envelope::{Actor, Event, EventId, IdError, check_event_id, new_event_id};
+pub use envelope::{Actor, Event, EventId, IdError, check_event_id, derived_uuid, new_event_id};
 pub use pattern::{PatternError, TypePattern, is_custom_type_name};

@@ -372,22 +372,14 @@ pub(super) fn decide(
 /// A UUID in version 7's layout (the parent's time in its first 48 bits, the rest
 /// from SHA-256 of the parent's id, the plugin, `what` and `index`).
 pub fn derived_id(parent: &Event, plugin: &str, what: &str, index: usize) -> crate::event::EventId {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    h.update(b"evhost-derived-v1");
-    for part in [parent.id.as_bytes(), plugin.as_bytes(), what.as_bytes()] {
-        h.update((part.len() as u32).to_be_bytes());
-        h.update(part);
-    }
-    h.update((index as u64).to_be_bytes());
-    let digest = h.finalize();
-    let mut random = [0u8; 10];
-    random.copy_from_slice(&digest[..10]);
-    let millis = parent.time.timestamp_millis().max(0) as u64;
-    uuid::Builder::from_unix_timestamp_millis(millis, &random)
-        .into_uuid()
-        .to_string()
-        .into()
+    let index = (index as u64).to_be_bytes();
+    let parts = [
+        parent.id.as_bytes(),
+        plugin.as_bytes(),
+        what.as_bytes(),
+        &index,
+    ];
+    crate::event::derived_uuid(b"evhost-derived-v1", &parts, parent.time.timestamp_millis()).into()
 }
 
 /// A new event made by a plugin: its derived id, its own time, the plugin as

@@ -46,23 +46,12 @@ enum Route {
 /// A UUID in version 7's layout, so ids sort by the event's time: the first 48
 /// bits are its Unix milliseconds, the rest come from SHA-256 of the two ids.
 fn delivery_id(event: &Event, endpoint_id: &str, route: Route) -> String {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    h.update(b"evhost-delivery-v1");
-    h.update((event.id.len() as u32).to_be_bytes());
-    h.update(event.id.as_bytes());
-    h.update((endpoint_id.len() as u32).to_be_bytes());
-    h.update(endpoint_id.as_bytes());
-    if route == Route::Plugin {
-        h.update(b"deliver");
-    }
-    let digest = h.finalize();
-    let mut random = [0u8; 10];
-    random.copy_from_slice(&digest[..10]);
-    let millis = event.time.timestamp_millis().max(0) as u64;
-    uuid::Builder::from_unix_timestamp_millis(millis, &random)
-        .into_uuid()
-        .to_string()
+    let via: &[u8] = match route {
+        Route::Subscription => b"",
+        Route::Plugin => b"deliver",
+    };
+    let parts = [event.id.as_bytes(), endpoint_id.as_bytes(), via];
+    crate::event::derived_uuid(b"evhost-delivery-v2", &parts, event.time.timestamp_millis())
 }
 
 /// The bus subscriber: matching is in memory; a match costs one channel send.
