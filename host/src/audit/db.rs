@@ -572,25 +572,6 @@ pub async fn purge_some(
     })
 }
 
-/// Event ids recorded since `since_us` (newest first, at most `limit`), to seed the
-/// ingest dedup window after a restart.
-pub async fn recent_event_ids(
-    store: &Store,
-    since_us: i64,
-    limit: i64,
-) -> Result<Vec<String>, sqlx::Error> {
-    let rows: Vec<(String,)> = dispatch!(store, |pool| {
-        sqlx::query_as(
-            "SELECT event_id FROM audit_log WHERE recorded_us >= $1 ORDER BY seq DESC LIMIT $2",
-        )
-        .bind(since_us)
-        .bind(limit)
-        .fetch_all(pool)
-        .await?
-    });
-    Ok(rows.into_iter().map(|(id,)| id).collect())
-}
-
 /// Number of rows in the log.
 pub async fn count(store: &Store) -> Result<i64, sqlx::Error> {
     let (n,): (i64,) = dispatch!(store, |pool| {

@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use db::{Filter, count, query, recent_event_ids};
+pub use db::{Filter, count, query};
 pub use record::{DECIDED, Entry, Record};
 pub use verify::{Break, Report, verify};
 

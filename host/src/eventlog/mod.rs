@@ -141,10 +141,6 @@ impl Log {
         self.audit.tracker()
     }
 
-    pub fn bus(&self) -> &Bus {
-        &self.bus
-    }
-
     /// Appends `events` (one commit for all of them, shared with concurrent
     /// appends); the new ones are dispatched. Refused at once, with nothing
     /// written, when dispatch is already `events.max_lag` behind. With `wait`,

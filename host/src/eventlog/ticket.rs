@@ -271,11 +271,6 @@ impl Ticket {
         self.0.replayed
     }
 
-    /// Where the event is: its writer's index and its `chain_seq`.
-    pub fn place(&self) -> (usize, i64) {
-        (self.0.chain, self.0.seq)
-    }
-
     /// The event's work could not be handed on: it is not done, and stays in the log
     /// for the next start to dispatch.
     pub fn abandon(&self) {
