@@ -1,0 +1,58 @@
+use super::*;
+
+#[test]
+fn plugin_counters_are_capped_per_plugin() {
+    let m = Metrics::new(10);
+    m.plugins.counter_add("p", "a", 2, 2);
+    m.plugins.counter_add("p", "a", 3, 2);
+    m.plugins.counter_add("p", "b", 1, 2);
+    m.plugins.counter_add("p", "c", 1, 2);
+    m.plugins.counter_add("q", "c", 7, 2);
+    let text = m.encode();
+    assert!(
+        text.contains("evhost_plugin_counter_total{plugin=\"p\",name=\"a\"} 5"),
+        "{text}"
+    );
+    assert!(text.contains("evhost_plugin_counter_total{plugin=\"p\",name=\"b\"} 1"));
+    assert!(
+        !text.contains("plugin=\"p\",name=\"c\""),
+        "a third name is refused"
+    );
+    assert!(text.contains("evhost_plugin_counter_total{plugin=\"q\",name=\"c\"} 7"));
+}
+
+#[test]
+fn domains_past_the_limit_count_as_other() {
+    let guard = DomainGuard::new(2);
+    assert_eq!(guard.label("a.org"), "a.org");
+    assert_eq!(guard.label("B.org"), "b.org");
+    assert_eq!(guard.label("c.org"), "other");
+    assert_eq!(guard.label("a.org"), "a.org");
+    assert_eq!(guard.label(""), "unknown");
+}
+
+#[test]
+fn two_registries_live_side_by_side() {
+    let a = Metrics::new(10);
+    let b = Metrics::new(10);
+    a.accepted("message");
+    assert!(
+        a.encode()
+            .contains("evhost_events_accepted_total{family=\"message\"} 1")
+    );
+    assert!(
+        b.encode()
+            .contains("evhost_events_accepted_total{family=\"message\"} 0")
+    );
+}
+
+#[test]
+fn custom_families_share_one_label() {
+    let m = Metrics::new(10);
+    m.accepted("billing");
+    m.accepted("anything");
+    assert!(
+        m.encode()
+            .contains("evhost_events_accepted_total{family=\"custom\"} 2")
+    );
+}
