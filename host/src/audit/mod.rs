@@ -14,6 +14,7 @@
 
 pub mod checkpoint;
 mod db;
+pub mod metrics;
 mod positions;
 pub mod record;
 pub mod verify;

@@ -411,89 +411,6 @@ impl PluginMetrics {
     }
 }
 
-/// What the audit writer counts.
-pub struct AuditMetrics {
-    pub rows_written: Counter,
-    pub rows_written_low_priority: Counter,
-    pub batches_held: Counter,
-    pub holds_to_the_limit: Counter,
-    pub write_errors: Counter,
-    pub write_seconds: Histogram,
-    pub backlog: Gauge,
-    pub backlog_capacity: Gauge,
-    pub refusals_suppressed: Counter,
-    pub rows_purged: Counter,
-}
-
-impl AuditMetrics {
-    fn register(registry: &mut Registry) -> AuditMetrics {
-        let m = AuditMetrics {
-            rows_written: Counter::default(),
-            rows_written_low_priority: Counter::default(),
-            batches_held: Counter::default(),
-            holds_to_the_limit: Counter::default(),
-            write_errors: Counter::default(),
-            // 100 µs … ~100 s
-            write_seconds: Histogram::new(exponential_buckets(0.000_1, 4.0, 11)),
-            backlog: Gauge::default(),
-            backlog_capacity: Gauge::default(),
-            refusals_suppressed: Counter::default(),
-            rows_purged: Counter::default(),
-        };
-        registry.register(
-            "evhost_audit_rows_written",
-            "Audit rows written",
-            m.rows_written.clone(),
-        );
-        registry.register(
-            "evhost_audit_rows_written_low_priority",
-            "Audit rows placed and inserted below the daemon's CPU priority (audit.nice), while the backlog was under half full",
-            m.rows_written_low_priority.clone(),
-        );
-        registry.register(
-            "evhost_audit_batches_held",
-            "Audit batches held back (at most 1 s each) while the rest of the daemon was busy and the backlog under half full (audit.nice)",
-            m.batches_held.clone(),
-        );
-        registry.register(
-            "evhost_audit_holds_to_the_limit",
-            "Audit batches held for the full 1 s: a sustained load, after which nothing is held for 10 s",
-            m.holds_to_the_limit.clone(),
-        );
-        registry.register(
-            "evhost_audit_write_errors",
-            "Failed audit batch writes (each is retried)",
-            m.write_errors.clone(),
-        );
-        registry.register(
-            "evhost_audit_write_duration_seconds",
-            "Time to write one audit batch",
-            m.write_seconds.clone(),
-        );
-        registry.register(
-            "evhost_audit_backlog",
-            "Audit rows waiting to be written",
-            m.backlog.clone(),
-        );
-        registry.register(
-            "evhost_audit_backlog_capacity",
-            "Audit rows that may wait before the bus pushes back (audit.max_backlog)",
-            m.backlog_capacity.clone(),
-        );
-        registry.register(
-            "evhost_audit_refusals_suppressed",
-            "Refused authentications not recorded because of the per-address rate limit",
-            m.refusals_suppressed.clone(),
-        );
-        registry.register(
-            "evhost_audit_rows_purged",
-            "Audit rows removed by retention",
-            m.rows_purged.clone(),
-        );
-        m
-    }
-}
-
 impl Metrics {
     pub fn new(max_domains: usize) -> Arc<Metrics> {
         let mut registry = Registry::default();
@@ -639,5 +556,6 @@ mod platform;
 #[cfg(test)]
 mod tests;
 
+pub use crate::audit::metrics::AuditMetrics;
 use platform::DomainGuard;
 pub use platform::EventMetrics;
