@@ -27,10 +27,12 @@ pub mod db;
 pub mod egress;
 pub mod endpoint;
 mod lane;
+mod options;
 mod outbox;
 mod recorder;
 pub mod sign;
 mod sqlite;
+mod upkeep;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -45,6 +47,7 @@ use tokio_util::sync::CancellationToken;
 pub use db::{AttemptRow, DeliveryRow};
 pub use egress::Egress;
 pub use endpoint::{Endpoint, EndpointPatch, FieldError, Format, NewEndpoint};
+pub use options::WebhookOptions;
 
 use crate::bus::Subscriber;
 use crate::event::{Actor, Catalog, Event};
@@ -76,100 +79,6 @@ impl From<sqlx::Error> for WebhookError {
     fn from(error: sqlx::Error) -> WebhookError {
         WebhookError::Db(error.into())
     }
-}
-
-/// Webhook settings (from `webhooks.*`).
-#[derive(Debug, Clone)]
-pub struct WebhookOptions {
-    pub timeout: Duration,
-    pub max_retries: u32,
-    pub retry_delays: Vec<Duration>,
-    pub concurrency: usize,
-    pub disable_after_failures: u32,
-    pub secret_overlap: Duration,
-    pub poll_interval: Duration,
-    pub batch_size: usize,
-    pub max_backlog: usize,
-    pub egress: Egress,
-    pub retention_days: u32,
-    pub purge_interval: Duration,
-    /// This daemon's name on the leases it holds.
-    pub owner: String,
-}
-
-impl WebhookOptions {
-    /// The options `webhooks.*` give; `owner` names this daemon's leases.
-    pub fn from_config(config: &crate::config::Config, owner: String) -> WebhookOptions {
-        let w = &config.webhooks;
-        WebhookOptions {
-            timeout: w.timeout,
-            max_retries: w.max_retries,
-            retry_delays: w.retry_delays.clone(),
-            concurrency: w.concurrency,
-            disable_after_failures: w.disable_after_failures,
-            secret_overlap: w.secret_overlap,
-            poll_interval: w.poll_interval,
-            batch_size: w.batch_size,
-            max_backlog: w.max_backlog,
-            egress: Egress::new(w.allowed_networks.clone()),
-            retention_days: w.retention_days,
-            purge_interval: w.purge_interval,
-            owner,
-        }
-    }
-
-    /// How many fresh deliveries a lane's memory queue holds: 32 rounds of its
-    /// slots. What does not fit stays due in the table and is claimed, and a claim
-    /// is a write per delivery; a burst to one endpoint went through claims for 92 %
-    /// of its deliveries with four rounds (BENCHMARKS.md, session 7).
-    fn memory_queue(&self) -> usize {
-        self.concurrency * 32
-    }
-
-    /// How long a lease must hold a delivery that has `ahead` deliveries before it
-    /// in its lane's memory queue (0 for a claimed one, which is served before that
-    /// queue). Before it go, in rounds of the lane's slots, each bounded by the
-    /// timeout: those; fewer than `concurrency + claim_batch()` claimed ones (a lane
-    /// claims ahead only while its memory queue is empty); and a round in flight.
-    /// Then its own attempt, and 30 s to record it. So a delivery deep in a long
-    /// queue holds a long lease: if this daemon dies for good, another takes it
-    /// over only then (a restarted daemon gives its leases back at once).
-    fn lease(&self, ahead: usize) -> Duration {
-        let rounds = |deliveries: usize| deliveries.div_ceil(self.concurrency);
-        let before = rounds(ahead) + rounds(self.concurrency + self.claim_batch()) + 1;
-        // A lane's queues are bounded (`memory_queue`), so this is a small number.
-        self.timeout * (before as u32 + 1) + Duration::from_secs(30)
-    }
-
-    /// How many due deliveries a lane claims from the table at once (two rounds of
-    /// its slots).
-    fn claim_batch(&self) -> usize {
-        self.concurrency * 2
-    }
-
-    /// When attempt `attempt` (1 for the first) failed, the delay before the next
-    /// one, or `None` when the retries are used up. Every configured delay is used
-    /// in order (the last repeats); jitter adds up to a tenth; a receiver's
-    /// `Retry-After` lengthens it (to a day at most).
-    pub fn retry_delay(&self, attempt: i64, retry_after: Option<Duration>) -> Option<Duration> {
-        if attempt > i64::from(self.max_retries) || self.retry_delays.is_empty() {
-            return None;
-        }
-        let index = (attempt as usize - 1).min(self.retry_delays.len() - 1);
-        let base = self.retry_delays[index];
-        let jitter = base.mul_f64(random_fraction() * 0.1);
-        let delay = base + jitter;
-        Some(match retry_after {
-            Some(wanted) if wanted > delay => wanted.min(Duration::from_secs(86_400)),
-            _ => delay,
-        })
-    }
-}
-
-fn random_fraction() -> f64 {
-    let mut bytes = [0u8; 8];
-    getrandom::fill(&mut bytes).expect("the operating system's random source works");
-    (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// What the dispatcher matches events against: the enabled endpoints' lanes.
@@ -258,10 +167,10 @@ impl Webhooks {
         let recorder_task = tokio::spawn(recorder::run(shared.clone(), recorder_rx));
         let mut tasks = vec![
             tokio::spawn(outbox::run_writer(shared.clone(), outbox_rx)),
-            tokio::spawn(upkeep(shared.clone())),
+            tokio::spawn(upkeep::upkeep(shared.clone())),
         ];
         if shared.options.retention_days > 0 {
-            tasks.push(tokio::spawn(retention(shared.clone())));
+            tasks.push(tokio::spawn(upkeep::retention(shared.clone())));
         }
         Ok(Arc::new(Webhooks {
             shared,
@@ -659,93 +568,5 @@ impl Shared {
                 tracing::error!(error = %crate::error_chain(&error), webhook = endpoint_id, "could not disable a webhook endpoint")
             }
         }
-    }
-}
-
-/// Removes finished deliveries older than `webhooks.retention_days`, in bounded
-/// batches, every `webhooks.purge_interval`.
-async fn retention(shared: Arc<Shared>) {
-    const BATCH: i64 = 5_000;
-    let mut tick = tokio::time::interval(shared.options.purge_interval);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            () = shared.stop.cancelled() => return,
-        }
-        let age = Duration::from_secs(u64::from(shared.options.retention_days) * 86_400);
-        let before_us = Utc::now().timestamp_micros() - age.as_micros() as i64;
-        while !shared.stop.is_cancelled() {
-            match db::purge(&shared.store, before_us, BATCH).await {
-                Ok(n) => {
-                    shared.metrics.webhooks.purged.inc_by(n);
-                    if n > 0 {
-                        tracing::info!(
-                            deliveries = n,
-                            "webhook retention removed finished deliveries"
-                        );
-                    }
-                    if n < BATCH as u64 {
-                        break;
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "webhook retention failed; trying again next time");
-                    break;
-                }
-            }
-        }
-    }
-}
-
-/// Reloads endpoints changed by other daemons and samples the outbox for the
-/// metrics, every poll interval.
-async fn upkeep(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(shared.options.poll_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_stats = std::time::Instant::now() - Duration::from_secs(60);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            () = shared.stop.cancelled() => return,
-        }
-        if let Err(error) = shared.reload().await {
-            tracing::warn!(%error, "could not reload webhook endpoints");
-        }
-        if last_stats.elapsed() >= Duration::from_secs(2) {
-            last_stats = std::time::Instant::now();
-            match db::outbox_stats(&shared.store).await {
-                Ok((pending, oldest)) => {
-                    let now = Utc::now().timestamp_micros();
-                    let m = &shared.metrics.webhooks;
-                    m.pending.set(pending);
-                    let waited = oldest.map_or(0, |due| (now - due).max(0));
-                    m.oldest_due_seconds.set(waited as f64 / 1e6);
-                }
-                Err(error) => tracing::warn!(%error, "could not sample the webhook outbox"),
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_lease_covers_every_round_before_the_delivery_and_its_own() {
-        let mut config = crate::config::Config::default();
-        config.webhooks.timeout = Duration::from_secs(30);
-        config.webhooks.concurrency = 32;
-        let options = WebhookOptions::from_config(&config, "me".into());
-        let secs = |ahead| options.lease(ahead).as_secs();
-        // Claimed (nothing of the memory queue before it): three rounds claimed, one
-        // in flight, its own; then 30 s to record.
-        assert_eq!(secs(0), 5 * 30 + 30);
-        assert_eq!(secs(1), 6 * 30 + 30);
-        assert_eq!(secs(32), 6 * 30 + 30);
-        assert_eq!(secs(33), 7 * 30 + 30);
-        // The last place of a full memory queue: 31 rounds before it there.
-        assert_eq!(options.memory_queue(), 1024);
-        assert_eq!(secs(1023), 37 * 30 + 30);
     }
 }
