@@ -5,6 +5,7 @@ mod audit;
 mod auth;
 mod cli;
 mod errors;
+mod faults;
 mod ingest;
 mod kept;
 mod metrics;
