@@ -118,7 +118,7 @@ pub async fn serve(
         Some(Arc::new(bus.clone())),
     )
     .await?;
-    let log = Log::new(audit.clone(), bus.clone());
+    let log = Log::new(audit.clone(), metrics.clone());
     if bus.set_log(Arc::new(log.clone())).is_err() {
         unreachable!("the bus gets its log once, here");
     }

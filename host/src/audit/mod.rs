@@ -322,8 +322,9 @@ impl Audit {
     /// it is committed.
     pub fn record_decision(&self, event: &Arc<Event>, verdict: &Verdict, hold: Option<Ticket>) {
         let item = Item::Decided(Box::new((event.clone(), verdict.clone(), hold)));
-        if let Err(mpsc::error::TrySendError::Full(item)) = self.lanes.next().try_send(item) {
-            let tx = self.lanes.next().clone();
+        let tx = self.lanes.next();
+        if let Err(mpsc::error::TrySendError::Full(item)) = tx.try_send(item) {
+            let tx = tx.clone();
             tokio::spawn(async move {
                 if tx.send(item).await.is_err() {
                     tracing::error!("the log has stopped; a plugin decision was not recorded");

@@ -101,10 +101,12 @@ impl Writer {
         let mut items = Vec::with_capacity(64);
         loop {
             self.show_backlog(self.rx.len());
-            if !recv_batch(&mut self.rx, &mut items, self.options.batch_size, &stop).await {
+            // One item (waiting for it), then what else waits, up to `batch_size` rows:
+            // an item is taken whole (a batch request is one), so a batch may pass
+            // `batch_size` by one item.
+            if !recv_batch(&mut self.rx, &mut items, 1, &stop).await {
                 break;
             }
-            // Items are taken whole; a batch may pass `batch_size` rows by one item.
             while items.iter().map(Item::rows).sum::<usize>() < self.options.batch_size {
                 match self.rx.try_recv() {
                     Ok(item) => items.push(item),

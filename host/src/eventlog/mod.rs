@@ -18,6 +18,7 @@ pub use ticket::{Admission, EVENT_OVERHEAD_BYTES, LagFull, Ticket, Tracker};
 use crate::audit::{Audit, Record, Stopped};
 use crate::bus::{BoxFuture, Bus, Committed, LogSink, SubscriberFailure, Verdict};
 use crate::event::{Actor, Event};
+use crate::metrics::{Metrics, RejectReason};
 
 /// What the log answered for one appended event.
 pub enum Appended {
@@ -83,23 +84,18 @@ impl Accepted {
         ticket: &Ticket,
         wait: bool,
     ) -> (Option<oneshot::Sender<Vec<SubscriberFailure>>>, Accepted) {
-        if !wait {
-            let accepted = Accepted {
-                duplicate: false,
-                processed: None,
-            };
-            return (None, accepted);
-        }
-        let (tx, dispatched) = oneshot::channel();
-        let processed = Processed {
-            dispatched,
-            done: ticket.done(),
+        let (tx, processed) = if wait {
+            let (tx, dispatched) = oneshot::channel();
+            let done = ticket.done();
+            (Some(tx), Some(Processed { dispatched, done }))
+        } else {
+            (None, None)
         };
         let accepted = Accepted {
             duplicate: false,
-            processed: Some(processed),
+            processed,
         };
-        (Some(tx), accepted)
+        (tx, accepted)
     }
 }
 
@@ -125,12 +121,12 @@ impl Processed {
 #[derive(Clone)]
 pub struct Log {
     audit: Arc<Audit>,
-    bus: Bus,
+    metrics: Arc<Metrics>,
 }
 
 impl Log {
-    pub fn new(audit: Arc<Audit>, bus: Bus) -> Log {
-        Log { audit, bus }
+    pub fn new(audit: Arc<Audit>, metrics: Arc<Metrics>) -> Log {
+        Log { audit, metrics }
     }
 
     pub fn audit(&self) -> &Arc<Audit> {
@@ -150,26 +146,23 @@ impl Log {
         // wait behind the retries (those already waiting are answered once the
         // database takes their rows).
         if !self.audit.is_healthy() {
-            self.bus.metrics().rejected(
-                crate::metrics::RejectReason::Unavailable,
-                events.len() as u64,
-            );
+            let refused = events.len() as u64;
+            self.metrics.rejected(RejectReason::Unavailable, refused);
             return Err(LogError::Unavailable);
         }
         let bytes = events.iter().map(event_bytes).sum();
         let admission = match self.tracker().admit(events.len() as u64, bytes) {
             Ok(admission) => admission,
             Err(full) => {
-                self.bus
-                    .metrics()
-                    .rejected(crate::metrics::RejectReason::QueueFull, events.len() as u64);
+                let refused = events.len() as u64;
+                self.metrics.rejected(RejectReason::QueueFull, refused);
                 return Err(full.into());
             }
         };
         let events = events.into_iter().map(Arc::new).collect();
         let accepted = self.audit.publish(events, admission, wait).await?;
         for _ in accepted.iter().filter(|a| a.duplicate) {
-            self.bus.metrics().duplicate();
+            self.metrics.duplicate();
         }
         Ok(accepted)
     }
