@@ -524,15 +524,6 @@ impl Bus {
         error
     }
 
-    /// Events waiting in the queue.
-    pub fn depth(&self) -> usize {
-        self.shared.queued.load(Ordering::Acquire)
-    }
-
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-
     /// The metrics the bus counts into.
     pub fn metrics(&self) -> &Metrics {
         &self.shared.metrics
