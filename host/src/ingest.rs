@@ -57,6 +57,12 @@ pub enum IngestError {
         "event {0} is kept, but evhost stopped before it was processed; the next start processes it"
     )]
     NotProcessed(EventId),
+    /// The database refused the event for good (a constraint, a value it cannot
+    /// store): it was kept as a dead letter, and is processed once retried.
+    #[error(
+        "the database refused event {id}; it is kept as dead letter {dead_letter} and is processed once an operator retries it (GET /v1/dead-letters/{dead_letter} shows why)"
+    )]
+    SetAside { id: EventId, dead_letter: i64 },
 }
 
 impl From<LogError> for IngestError {
@@ -142,6 +148,9 @@ impl Ingest {
             .await?
             .pop()
             .expect("one answer per event");
+        if let Some(dead_letter) = answer.dead_letter {
+            return Err(IngestError::SetAside { id, dead_letter });
+        }
         let failures = match answer.processed {
             Some(processed) => processed
                 .wait()
@@ -157,12 +166,13 @@ impl Ingest {
     }
 
     /// Accepts a batch whole or not at all, in one append; returns the ids in
-    /// request order.
+    /// request order, and those the database refused (each kept as a dead
+    /// letter) with their dead letters' ids.
     pub async fn accept_batch(
         &self,
         drafts: Vec<Draft>,
         origin: &Origin,
-    ) -> Result<Vec<EventId>, IngestError> {
+    ) -> Result<(Vec<EventId>, Vec<(EventId, i64)>), IngestError> {
         if self.is_stopping() {
             return Err(IngestError::Stopping);
         }
@@ -172,8 +182,13 @@ impl Ingest {
             .map(|(i, draft)| self.build(draft, origin, Some(i)))
             .collect::<Result<Vec<_>, _>>()?;
         let ids: Vec<EventId> = events.iter().map(|e| e.id.clone()).collect();
-        self.log.publish(events, false).await?;
-        Ok(ids)
+        let answers = self.log.publish(events, false).await?;
+        let set_aside = ids
+            .iter()
+            .zip(&answers)
+            .filter_map(|(id, a)| Some((id.clone(), a.dead_letter?)))
+            .collect();
+        Ok((ids, set_aside))
     }
 
     /// Validates a draft and builds the envelope.

@@ -5,7 +5,8 @@
 //! ([`eventlog`], which is the audit log, [`audit`]) before it is acknowledged, and
 //! then dispatched ([`bus`]) through the WebAssembly plugins ([`plugins`]) to the
 //! consumers: webhooks ([`webhooks`]), metrics ([`metrics`]) and the live tail.
-//! [`daemon`] wires it all together; [`cli`] is the command line.
+//! A row the database refuses for good is set aside ([`deadletter`]) rather than
+//! stop its writer. [`daemon`] wires it all together; [`cli`] is the command line.
 
 pub mod api;
 pub mod audit;
@@ -14,6 +15,7 @@ pub mod bus;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod deadletter;
 pub mod event;
 pub mod eventlog;
 pub mod ingest;

@@ -4,6 +4,7 @@
 mod audit;
 mod auth;
 mod cli;
+mod deadletters;
 mod errors;
 mod faults;
 mod ingest;

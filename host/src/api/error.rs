@@ -102,6 +102,11 @@ impl From<IngestError> for ApiError {
             IngestError::LogUnavailable => {
                 ApiError::unavailable("log_unavailable", e.to_string(), 5)
             }
+            IngestError::SetAside { .. } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "dead_lettered",
+                e.to_string(),
+            ),
             IngestError::NotProcessed(_) => {
                 ApiError::unavailable("not_processed", e.to_string(), 5)
             }

@@ -59,6 +59,19 @@ pub struct HandledBody {
 pub struct AcceptedBatchBody {
     #[schema(value_type = Vec<String>)]
     ids: Vec<EventId>,
+    /// Events of the batch the database refused for good: each is kept as a dead
+    /// letter (`GET /v1/dead-letters/{dead_letter}`) and processed once retried.
+    /// Absent when there are none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    dead_lettered: Vec<DeadLettered>,
+}
+
+/// An event kept as a dead letter instead of entering the log.
+#[derive(Serialize, ToSchema)]
+pub struct DeadLettered {
+    #[schema(value_type = String)]
+    id: EventId,
+    dead_letter: i64,
 }
 
 /// One event in evhost's JSON shape (CloudEvents 1.0 is accepted too; see the description).
@@ -222,6 +235,7 @@ impl AppState {
     request_body(content = EventRequest, content_type = "application/json"),
     responses(
         (status = 202, description = "Committed to the event log (or a resend of an id the log already has, marked by the header evhost-duplicate: true)", body = AcceptedBody),
+        (status = 422, description = "`dead_lettered`: the database refused the event for good; it is kept as a dead letter (named in the message) and processed once retried"),
         (status = 200, description = "Processed (`?wait=true`): plugins ran, every subscriber handled it, its webhook deliveries are committed", body = HandledBody),
         (status = 400, description = "Bad JSON, bad UTF-8, or a payload that does not fit its type"),
         (status = 401, description = "No or bad token"), (status = 403, description = "Token lacks the publish scope"),
@@ -328,8 +342,16 @@ pub async fn publish_batch(
             ));
         }
         let origin = origin(principal, peer, &headers)?;
-        let ids = state.ingest.accept_batch(drafts, &origin).await?;
-        Ok((StatusCode::ACCEPTED, Json(AcceptedBatchBody { ids })).into_response())
+        let (ids, set_aside) = state.ingest.accept_batch(drafts, &origin).await?;
+        let dead_lettered = set_aside
+            .into_iter()
+            .map(|(id, dead_letter)| DeadLettered { id, dead_letter })
+            .collect();
+        Ok((
+            StatusCode::ACCEPTED,
+            Json(AcceptedBatchBody { ids, dead_lettered }),
+        )
+            .into_response())
     }
     .await;
     result.map_err(|e| state.refuse(e, events))

@@ -4,6 +4,7 @@
 
 mod audit;
 pub mod auth;
+mod deadletters;
 pub mod error;
 mod events;
 mod openapi;
@@ -106,6 +107,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/webhooks/{id}/replay", post(webhooks::replay))
         .route("/v1/deliveries/{id}", get(webhooks::delivery))
         .route("/v1/deliveries/{id}/retry", post(webhooks::retry))
+        .route("/v1/dead-letters", get(deadletters::list))
+        .route(
+            "/v1/dead-letters/{id}",
+            get(deadletters::get).delete(deadletters::discard),
+        )
+        .route("/v1/dead-letters/{id}/retry", post(deadletters::retry))
         .route("/v1/plugins", get(plugins::list))
         .route("/v1/plugins/{name}", get(plugins::get))
         .route("/v1/plugins/{name}/reload", post(plugins::reload))

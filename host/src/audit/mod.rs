@@ -40,6 +40,7 @@ use crate::event::{Event, new_event_id};
 use crate::eventlog::{Accepted, Admission, Appended, Dispatch, Ticket, Tracker};
 use crate::metrics::Metrics;
 use crate::store::Store;
+pub use writer::Recorded;
 use writer::{Append, Item, Reply, Writer};
 
 /// The consumer name of the dispatcher's positions.
@@ -213,6 +214,7 @@ impl Audit {
                 checkpointed: head.0,
                 last_checkpoint: None,
                 backlog_shown: 0,
+                dead_letters: crate::deadletter::DeadLetters::new(store.clone()),
             };
             tracing::info!(chain = %name, head = head.0, "log writer ready");
             tasks.push(tokio::spawn(writer.run(stop.clone())));
@@ -338,12 +340,24 @@ impl Audit {
         if self
             .lanes
             .next()
-            .send(Item::Action(Box::new(entry)))
+            .send(Item::Action(Box::new((entry, None))))
             .await
             .is_err()
         {
             tracing::error!("the log has stopped; a management action was not recorded");
         }
+    }
+
+    /// Writes a row that is not an event (a dead letter's, retried) and waits for
+    /// its commit: in the log, or set aside again.
+    pub async fn write_entry(&self, entry: Entry) -> Result<Recorded, Stopped> {
+        let (reply, answer) = oneshot::channel();
+        self.lanes
+            .next()
+            .send(Item::Action(Box::new((entry, Some(reply)))))
+            .await
+            .map_err(|_| Stopped)?;
+        answer.await.map_err(|_| Stopped)
     }
 
     /// Records a refused authentication, at most `audit.refusals_per_minute` per
@@ -376,7 +390,7 @@ impl Audit {
         if self
             .lanes
             .next()
-            .try_send(Item::Action(Box::new(entry)))
+            .try_send(Item::Action(Box::new((entry, None))))
             .is_err()
         {
             self.metrics.audit.refusals_suppressed.inc();

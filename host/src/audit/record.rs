@@ -4,7 +4,7 @@
 //! `seq` (which the database assigns) and the previous row's hash in the same chain.
 //! Changing, removing or reordering any row therefore breaks the chain at that row.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::event::Event;
@@ -13,7 +13,7 @@ use crate::event::Event;
 pub const GENESIS: [u8; 32] = [0; 32];
 
 /// What one audit row says, before it is placed in a chain.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
     pub event_id: String,
     pub event_type: String,
@@ -30,7 +30,7 @@ pub struct Entry {
     pub time_us: i64,
     /// The event's source, for a row that is an accepted event (the rows the log
     /// dispatches); `None` for a management action or a decision.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
 }
 

@@ -20,10 +20,11 @@ use super::record::Entry;
 use super::{AuditOptions, checkpoint};
 use crate::bus::Committed;
 use crate::bus::{Verdict, recv_batch};
+use crate::deadletter::{self, DeadLetters};
 use crate::event::Event;
 use crate::eventlog::{Accepted, Admission, Appended, Dispatch, Ticket, Tracker, event_bytes};
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::store::{Fault, Store, WriteError};
 
 /// What waits in a writer's queue. Two words a slot: the rarer, larger kinds are
 /// boxed.
@@ -32,8 +33,9 @@ pub(super) enum Item {
     Events(Box<Append>),
     /// What plugins did to an event: a row of its own that refers to it.
     Decided(Box<(Arc<Event>, Verdict, Option<Ticket>)>),
-    /// A management action.
-    Action(Box<Entry>),
+    /// A row that is not an event (a management action, a dead letter's retry),
+    /// and who waits to hear where it went.
+    Action(Box<(Entry, Option<oneshot::Sender<Recorded>>)>),
 }
 
 pub(super) struct Append {
@@ -57,6 +59,23 @@ pub(super) enum Reply {
     /// The caller, with the tickets (a bus worker dispatching what a plugin
     /// emitted); if it has gone, the writer.
     Return(oneshot::Sender<Vec<Appended>>),
+}
+
+/// Where a row that is not an event went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    InLog,
+    /// The database refused it: set aside as this dead letter.
+    SetAside(i64),
+}
+
+/// What one batch's write came to.
+#[derive(Default)]
+struct Written {
+    /// What went into the log, in order.
+    parts: Vec<Arc<db::Placed>>,
+    /// Rows set aside, by event id, with their dead letters' ids.
+    set_aside: HashMap<String, i64>,
 }
 
 /// Most rows a writer places on the runtime's worker (see [`Writer::write`]).
@@ -94,6 +113,7 @@ pub(super) struct Writer {
     pub last_checkpoint: Option<Instant>,
     /// This writer's share of the backlog gauge (the writers add up).
     pub backlog_shown: i64,
+    pub dead_letters: DeadLetters,
 }
 
 impl Writer {
@@ -130,7 +150,8 @@ impl Writer {
         self.backlog_shown = items;
     }
 
-    /// Writes one batch (retrying until it is in), then answers and hands on.
+    /// Writes one batch (retrying until it is in, setting aside the rows the
+    /// database refuses), then answers and hands on.
     async fn write(&mut self, items: Vec<Item>) {
         let started = Instant::now();
         let (chain, after) = (self.chain.clone(), self.head);
@@ -152,70 +173,176 @@ impl Writer {
                 .await
                 .expect("placing a batch does not panic")
         };
-        let rows = placed.len();
-        let mut backoff = Duration::from_millis(100);
-        let mut attempt = placed;
-        let placed = 'written: loop {
-            match db::append(&self.store, &self.inserter, &self.chain, attempt.clone()).await {
-                Ok(placed) => break placed,
-                Err(error) => {
-                    self.metrics.audit.write_errors.inc();
-                    if self.healthy.swap(false, Ordering::Relaxed) {
-                        tracing::error!(%error, rows, "log write failed; retrying with backoff, nothing is dropped");
-                    }
-                    // A failed commit's outcome is not always known: a connection lost
-                    // right after COMMIT reports an error for a batch that is in. So
-                    // before trying again, read where the chain really ends (waiting
-                    // until that can be read): at this batch's head, it is in;
-                    // elsewhere, the batch is placed again after that.
-                    loop {
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                        match db::chain_head(&self.store, &self.chain).await {
-                            Ok(head) if head == attempt.head => break 'written attempt,
-                            Ok(head) => {
-                                self.head = head;
-                                break;
-                            }
-                            Err(error) => {
-                                tracing::debug!(%error, "cannot read the chain's head yet")
-                            }
-                        }
-                    }
-                    let recorded_us = chrono::Utc::now().timestamp_micros();
-                    attempt = Arc::new(db::place(
-                        &self.chain,
-                        self.head,
-                        attempt.entries(),
-                        recorded_us,
-                        &HashSet::new(),
-                    ));
-                }
-            }
-        };
+        let mut written = Written::default();
+        match self.commit(placed).await {
+            Ok(placed) => written.parts.push(placed),
+            Err((refused, error)) => self.salvage(refused.entries(), error, &mut written).await,
+        }
         let took = started.elapsed();
-        self.head = placed.head;
-        self.metrics.audit.rows_written.inc_by(placed.len() as u64);
+        let rows = written.parts.iter().map(|p| p.len()).sum::<usize>();
+        self.metrics.audit.rows_written.inc_by(rows as u64);
         self.metrics.audit.write_seconds.observe(took.as_secs_f64());
         self.last_write_ms
             .store(took.as_millis() as i64, Ordering::Relaxed);
         if !self.healthy.swap(true, Ordering::Relaxed) {
             tracing::info!("log writes succeed again");
         }
-        self.answer(items, &placed);
+        self.answer(items, &written);
+    }
+
+    /// Writes a placed batch, retrying what may pass later; the head moves past it.
+    /// Gives the batch back (as last placed) with the error when the database
+    /// refuses it for good.
+    async fn commit(
+        &mut self,
+        placed: Arc<db::Placed>,
+    ) -> Result<Arc<db::Placed>, (Arc<db::Placed>, WriteError)> {
+        let rows = placed.len();
+        let mut backoff = Duration::from_millis(100);
+        let mut attempt = placed;
+        loop {
+            let error =
+                match db::append(&self.store, &self.inserter, &self.chain, attempt.clone()).await {
+                    Ok(placed) => {
+                        self.head = placed.head;
+                        return Ok(placed);
+                    }
+                    Err(error) => error,
+                };
+            self.metrics.audit.write_errors.inc();
+            match error.fault() {
+                Fault::Permanent => return Err((attempt, error)),
+                Fault::Disk => crate::store::disk_failed(&error),
+                Fault::Retry | Fault::DiskFull => {}
+            }
+            if self.healthy.swap(false, Ordering::Relaxed) {
+                tracing::error!(%error, rows, "log write failed; retrying with backoff, nothing is dropped");
+            }
+            // A failed commit's outcome is not always known: a connection lost right
+            // after COMMIT reports an error for a batch that is in. So before trying
+            // again, read where the chain really ends (waiting until that can be
+            // read): at this batch's head, it is in; elsewhere, the batch is placed
+            // again after that.
+            loop {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                match db::chain_head(&self.store, &self.chain).await {
+                    Ok(head) if head == attempt.head => {
+                        self.head = head;
+                        return Ok(attempt);
+                    }
+                    Ok(head) => {
+                        self.head = head;
+                        break;
+                    }
+                    Err(error) => tracing::debug!(%error, "cannot read the chain's head yet"),
+                }
+            }
+            let recorded_us = chrono::Utc::now().timestamp_micros();
+            attempt = Arc::new(db::place(
+                &self.chain,
+                self.head,
+                attempt.entries(),
+                recorded_us,
+                &HashSet::new(),
+            ));
+        }
+    }
+
+    /// After the database refused a batch for good: writes it again in halves, in
+    /// order, down to single rows, and sets aside each row it refuses on its own
+    /// (a dead letter), so that one bad row costs its batch a few more commits
+    /// rather than stopping the log.
+    async fn salvage(&mut self, entries: Vec<Entry>, error: WriteError, written: &mut Written) {
+        // Runs still to write, the next last; with its error, a run known to fail.
+        let mut todo: Vec<(Vec<Entry>, Option<WriteError>)> = vec![(entries, Some(error))];
+        while let Some((mut run, failed)) = todo.pop() {
+            let error = match failed {
+                Some(error) => error,
+                None => {
+                    let recorded_us = chrono::Utc::now().timestamp_micros();
+                    let placed =
+                        db::place(&self.chain, self.head, run, recorded_us, &HashSet::new());
+                    match self.commit(Arc::new(placed)).await {
+                        Ok(placed) => {
+                            written.parts.push(placed);
+                            continue;
+                        }
+                        Err((refused, error)) => {
+                            run = refused.entries();
+                            error
+                        }
+                    }
+                }
+            };
+            if run.len() == 1 {
+                let entry = run.pop().expect("one entry");
+                let id = self.set_aside(&entry, &error).await;
+                written.set_aside.insert(entry.event_id, id);
+                continue;
+            }
+            let second = run.split_off(run.len() / 2);
+            todo.push((second, None));
+            todo.push((run, None));
+        }
+    }
+
+    /// Keeps a row the database refuses as a dead letter (retrying that write until
+    /// it is in: the row may exist nowhere else). Returns the dead letter's id.
+    async fn set_aside(&self, entry: &Entry, error: &WriteError) -> i64 {
+        let kind = if entry.source.is_some() {
+            deadletter::Kind::Event
+        } else {
+            deadletter::Kind::Record
+        };
+        let body = serde_json::to_string(entry).expect("an entry serializes");
+        let error = crate::error_chain(error);
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self
+                .dead_letters
+                .set_aside(
+                    &self.metrics.dead_letters,
+                    kind,
+                    &entry.event_id,
+                    &body,
+                    &error,
+                    &self.chain,
+                )
+                .await
+            {
+                Ok(id) => return id,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot keep a refused row as a dead letter; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
     }
 
     /// Gives every appended event its ticket (before the chain's committed head
     /// moves, so its position cannot pass them), hands the events on in log order,
     /// and answers each waiter. Of two appends of one id in a batch, the first gets
     /// the row.
-    fn answer(&mut self, items: Vec<Item>, placed: &db::Placed) {
-        let mut seqs: HashMap<&str, i64> = placed.seqs().collect();
+    fn answer(&mut self, items: Vec<Item>, written: &Written) {
+        let mut seqs: HashMap<&str, i64> = written.parts.iter().flat_map(|p| p.seqs()).collect();
         let mut committed = Vec::new();
         for item in items {
-            // Decisions and actions let go of what they held: they are committed.
-            let Item::Events(append) = item else {
-                continue;
+            let append = match item {
+                Item::Events(append) => append,
+                // Decisions let go of what they held: they are committed.
+                Item::Decided(_) => continue,
+                Item::Action(action) => {
+                    let (entry, reply) = *action;
+                    if let Some(reply) = reply {
+                        let _ = reply.send(match written.set_aside.get(&entry.event_id) {
+                            Some(id) => Recorded::SetAside(*id),
+                            None => Recorded::InLog,
+                        });
+                    }
+                    continue;
+                }
             };
             let Append {
                 events,
@@ -224,24 +351,36 @@ impl Writer {
                 reply,
             } = *append;
             drop(hold);
-            let tickets: Vec<Option<Ticket>> = events
+            let appended: Vec<Appended> = events
                 .iter()
-                .map(|event| {
-                    let seq = seqs.remove(&*event.id)?;
-                    let bytes = event_bytes(event);
-                    Some(
-                        self.tracker
-                            .ticket(self.index, seq, &mut admission, bytes, false),
-                    )
+                .map(|event| match seqs.remove(&*event.id) {
+                    Some(seq) => {
+                        let bytes = event_bytes(event);
+                        let ticket =
+                            self.tracker
+                                .ticket(self.index, seq, &mut admission, bytes, false);
+                        Appended::Fresh(ticket)
+                    }
+                    None => match written.set_aside.get(&*event.id) {
+                        Some(id) => Appended::SetAside(*id),
+                        None => Appended::Duplicate,
+                    },
                 })
                 .collect();
             match reply {
                 Reply::Dispatch { wait, reply } => {
                     let mut accepted = Vec::with_capacity(events.len());
-                    for (event, ticket) in events.into_iter().zip(tickets) {
-                        let Some(ticket) = ticket else {
-                            accepted.push(Accepted::duplicate());
-                            continue;
+                    for (event, appended) in events.into_iter().zip(appended) {
+                        let ticket = match appended {
+                            Appended::Fresh(ticket) => ticket,
+                            Appended::Duplicate => {
+                                accepted.push(Accepted::duplicate());
+                                continue;
+                            }
+                            Appended::SetAside(id) => {
+                                accepted.push(Accepted::set_aside(id));
+                                continue;
+                            }
                         };
                         let (done, answer) = Accepted::fresh(&ticket, wait);
                         accepted.push(answer);
@@ -254,10 +393,6 @@ impl Writer {
                     let _ = reply.send(accepted);
                 }
                 Reply::Return(reply) => {
-                    let appended = tickets
-                        .into_iter()
-                        .map(|t| t.map_or(Appended::Duplicate, Appended::Fresh))
-                        .collect();
                     if let Err(appended) = reply.send(appended) {
                         committed.extend(events.into_iter().zip(appended).filter_map(
                             |(event, a)| match a {
@@ -266,7 +401,7 @@ impl Writer {
                                     ticket,
                                     done: None,
                                 }),
-                                Appended::Duplicate => None,
+                                Appended::Duplicate | Appended::SetAside(_) => None,
                             },
                         ));
                     }
@@ -325,7 +460,7 @@ fn entries_of(items: &[Item]) -> Vec<Entry> {
                 entries.extend(append.events.iter().map(|e| Entry::of_event(e)))
             }
             Item::Decided(decided) => entries.push(Entry::of_decision(&decided.0, &decided.1)),
-            Item::Action(entry) => entries.push((**entry).clone()),
+            Item::Action(action) => entries.push(action.0.clone()),
         }
     }
     entries

@@ -12,6 +12,7 @@ use anyhow::{Context, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 use futures_util::StreamExt;
 
+mod deadletters;
 mod plugin;
 mod webhooks;
 
@@ -60,6 +61,8 @@ enum Command {
     /// Write, check and run WebAssembly plugins; list a daemon's plugins.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    /// Rows the database refused for good: list, show, retry once fixed, discard.
+    DeadLetters(deadletters::DeadLettersArgs),
 }
 
 #[derive(Subcommand)]
@@ -286,6 +289,7 @@ pub fn main() -> ExitCode {
         }
         Command::Webhooks(command) => runtime().and_then(|rt| rt.block_on(webhooks::run(command))),
         Command::Plugin(command) => runtime().and_then(|rt| rt.block_on(plugin::run(command))),
+        Command::DeadLetters(args) => runtime().and_then(|rt| rt.block_on(deadletters::run(args))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

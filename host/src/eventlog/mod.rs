@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 
 pub use ticket::{Admission, EVENT_OVERHEAD_BYTES, LagFull, Ticket, Tracker};
 
-use crate::audit::{Audit, Record, Stopped};
+use crate::audit::{Audit, Entry, Record, Stopped};
 use crate::bus::{BoxFuture, Bus, Committed, LogSink, SubscriberFailure, Verdict};
 use crate::event::{Actor, Event};
 use crate::metrics::{Metrics, RejectReason};
@@ -26,6 +26,8 @@ pub enum Appended {
     Fresh(Ticket),
     /// The log already has an event with this id: nothing was written.
     Duplicate,
+    /// The database refused the event for good: it was kept as this dead letter.
+    SetAside(i64),
 }
 
 /// Where committed events go: the dispatcher.
@@ -66,6 +68,9 @@ impl From<Stopped> for LogError {
 pub struct Accepted {
     /// The log already had an event with this id: nothing was done.
     pub duplicate: bool,
+    /// The database refused the event for good: it was kept as this dead letter
+    /// instead, and is processed once retried.
+    pub dead_letter: Option<i64>,
     /// When asked to wait: completes once every consumer has handled the event.
     pub processed: Option<Processed>,
 }
@@ -74,6 +79,15 @@ impl Accepted {
     pub fn duplicate() -> Accepted {
         Accepted {
             duplicate: true,
+            dead_letter: None,
+            processed: None,
+        }
+    }
+
+    pub fn set_aside(id: i64) -> Accepted {
+        Accepted {
+            duplicate: false,
+            dead_letter: Some(id),
             processed: None,
         }
     }
@@ -93,6 +107,7 @@ impl Accepted {
         };
         let accepted = Accepted {
             duplicate: false,
+            dead_letter: None,
             processed,
         };
         (tx, accepted)
@@ -200,7 +215,7 @@ impl LogSink for Log {
                     .zip(appended)
                     .filter_map(|(event, appended)| match appended {
                         Appended::Fresh(ticket) => Some((event, ticket)),
-                        Appended::Duplicate => None,
+                        Appended::Duplicate | Appended::SetAside(_) => None,
                     })
                     .collect(),
                 Err(Stopped) => {
@@ -215,7 +230,11 @@ impl LogSink for Log {
 /// The event a log row holds, as it was accepted; `None` for a row that is not an
 /// event (a management action, a decision) or that cannot be read back.
 pub fn event_of(row: &Record) -> Option<Event> {
-    let e = &row.entry;
+    event_of_entry(&row.entry)
+}
+
+/// [`event_of`] for an entry not yet in the log (a dead letter's).
+pub fn event_of_entry(e: &Entry) -> Option<Event> {
     let source = e.source.as_deref()?;
     let data = serde_json::value::RawValue::from_string(e.details.clone()).ok()?;
     let ip = e.actor_ip.as_deref().and_then(|ip| ip.parse().ok());
@@ -245,7 +264,6 @@ pub fn event_of(row: &Record) -> Option<Event> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::Entry;
 
     #[test]
     fn an_event_row_reads_back_as_the_event() {

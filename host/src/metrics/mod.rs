@@ -127,6 +127,7 @@ pub struct Metrics {
     user_logins: Family<ProtocolSuccess, Counter>,
     domains: DomainGuard,
     pub audit: AuditMetrics,
+    pub dead_letters: crate::deadletter::DeadLetterMetrics,
     pub webhooks: WebhookMetrics,
     pub plugins: Arc<PluginMetrics>,
 }
@@ -481,6 +482,7 @@ impl Metrics {
         );
 
         let audit = AuditMetrics::register(&mut registry);
+        let dead_letters = crate::deadletter::DeadLetterMetrics::register(&mut registry);
         let webhooks = WebhookMetrics::register(&mut registry);
         let plugins = Arc::new(PluginMetrics::register(&mut registry));
         let accepted_by_family = FAMILIES
@@ -503,6 +505,7 @@ impl Metrics {
             user_logins,
             domains: DomainGuard::new(max_domains),
             audit,
+            dead_letters,
             webhooks,
             plugins,
         })

@@ -25,6 +25,9 @@ use sqlx::{PgPool, SqlitePool};
 use crate::config::Config;
 
 pub mod audit_file;
+pub mod fault;
+
+pub use fault::{Fault, disk_failed};
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
@@ -252,6 +255,11 @@ impl SqliteWriter {
         durability: Durability,
         write: impl FnOnce(&mut rusqlite::Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, WriteError> {
+        if durability == Durability::PowerCut
+            && let Some(injected) = fault::injected_fsync_error()
+        {
+            return Err(injected);
+        }
         let _turn = self.file.turn.lock().await;
         let writer = self.conn.clone();
         let done = tokio::task::spawn_blocking(move || run_write(&writer, durability, write))
