@@ -52,6 +52,10 @@ pub enum ServeError {
     Webhooks(#[from] crate::webhooks::WebhookError),
     #[error("plugins")]
     Plugins(#[from] crate::plugins::loader::PluginError),
+    /// A long-lived task failed (see [`crate::supervise`]): the daemon stopped so
+    /// that it is started again.
+    #[error("the {task} failed ({reason}); evhost stopped so that it is started again")]
+    TaskFailed { task: String, reason: String },
     #[error("cannot read or write {path}")]
     DataDir {
         path: std::path::PathBuf,
@@ -217,13 +221,27 @@ pub async fn serve(
 
     // On the stop signal: refuse new events and end tails first, so the HTTP server's
     // graceful shutdown only waits for requests already in flight.
+    // A failed task stops the daemon too, without waiting for the full grace: a
+    // part is missing, and what it had not done stays in the log for the next start.
+    let tasks = metrics.tasks.clone();
     let begin_shutdown = {
         let ingest = ingest.clone();
         let shutdown = shutdown.clone();
+        let tasks = tasks.clone();
         async move {
-            stop.await;
-            tracing::info!("stopping: refusing new events, finishing accepted ones");
-            ingest.stop();
+            tokio::select! {
+                () = stop => {
+                    tracing::info!("stopping: refusing new events, finishing accepted ones");
+                    ingest.stop();
+                }
+                () = tasks.failed() => {
+                    // Refusing, and not ready, for a moment before the listener
+                    // closes, so probes and load balancers see why.
+                    tracing::error!("stopping after a failed task: refusing new events");
+                    ingest.stop();
+                    tokio::time::sleep(FAILED_HOLD).await;
+                }
+            }
             shutdown.cancel();
         }
     };
@@ -233,8 +251,11 @@ pub async fn serve(
     )
     .with_graceful_shutdown(begin_shutdown);
     let server = tokio::spawn(async move { server.await });
-    let grace = config.server.shutdown_timeout;
     shutdown.cancelled().await;
+    let grace = match tasks.failure() {
+        Some(_) => config.server.shutdown_timeout.min(FAILED_GRACE),
+        None => config.server.shutdown_timeout,
+    };
     let deadline = tokio::time::Instant::now() + grace;
     match tokio::time::timeout_at(deadline, server).await {
         Ok(Ok(Ok(()))) => {}
@@ -270,7 +291,14 @@ pub async fn serve(
         audit.shutdown().await;
         store.close().await;
     };
-    if tokio::time::timeout_at(deadline, drain).await.is_err() {
+    let drained = tokio::time::timeout_at(deadline, drain).await.is_ok();
+    if let Some(failure) = tasks.failure() {
+        return Err(ServeError::TaskFailed {
+            task: failure.task,
+            reason: failure.reason,
+        });
+    }
+    if !drained {
         let (events, _) = log.tracker().lag();
         tracing::warn!(
             ?grace,
@@ -282,6 +310,13 @@ pub async fn serve(
     tracing::info!("evhost stopped; every accepted event was dispatched");
     Ok(())
 }
+
+/// How long a daemon stopping after a failed task drains at most.
+const FAILED_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long a daemon with a failed task answers (`/readyz` 503 naming it,
+/// publishers 503) before its listener closes.
+const FAILED_HOLD: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The subscribers every daemon has.
 fn subscribe_builtins(bus: &Bus, metrics: &Arc<Metrics>, tail: &Tail) {

@@ -22,6 +22,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod plugins;
 pub mod store;
+pub mod supervise;
 pub mod webhooks;
 
 /// An error and its causes, joined by `: `, for one-line messages and logs.

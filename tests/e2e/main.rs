@@ -13,5 +13,6 @@ mod metrics;
 mod plugins;
 mod shutdown;
 mod stream;
+mod supervision;
 mod webhook_durability;
 mod webhooks;

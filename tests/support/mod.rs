@@ -413,6 +413,15 @@ impl Daemon {
         }
     }
 
+    /// Sets (or, with `None`, removes) an environment variable for the next
+    /// [`Daemon::restart`].
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.options.env.retain(|(k, _)| k != key);
+        if let Some(value) = value {
+            self.options.env.push((key.to_string(), value.to_string()));
+        }
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub async fn terminate(&mut self) -> ExitStatus {
         signal(self.pid(), nix::sys::signal::Signal::SIGTERM);

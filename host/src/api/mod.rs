@@ -187,13 +187,16 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let audit = log.audit();
     let (lag, lag_bytes) = log.tracker().lag();
     let (max_lag, max_lag_bytes) = log.tracker().limits();
-    let status = match (state.ingest.is_stopping(), audit.is_healthy()) {
-        (true, _) => "stopping",
-        (false, false) => "audit_unavailable",
-        (false, true) => "ready",
+    let failed = state.metrics.tasks.failure();
+    let status = match (&failed, state.ingest.is_stopping(), audit.is_healthy()) {
+        (Some(_), _, _) => "task_failed",
+        (None, true, _) => "stopping",
+        (None, false, false) => "audit_unavailable",
+        (None, false, true) => "ready",
     };
     let body = json!({
         "status": status,
+        "failed_task": failed,
         "queue_depth": lag,
         "queue_capacity": max_lag,
         "lag": { "events": lag, "bytes": lag_bytes, "max_events": max_lag, "max_bytes": max_lag_bytes },

@@ -40,6 +40,7 @@ use crate::event::{Event, new_event_id};
 use crate::eventlog::{Accepted, Admission, Appended, Dispatch, Ticket, Tracker};
 use crate::metrics::Metrics;
 use crate::store::Store;
+use crate::supervise::Ends;
 pub use writer::Recorded;
 use writer::{Append, Item, Reply, Writer};
 
@@ -217,26 +218,34 @@ impl Audit {
                 dead_letters: crate::deadletter::DeadLetters::new(store.clone()),
             };
             tracing::info!(chain = %name, head = head.0, "log writer ready");
-            tasks.push(tokio::spawn(writer.run(stop.clone())));
+            tasks.push(metrics.tasks.spawn(
+                "log writer",
+                Ends::OnStop(stop.clone()),
+                writer.run(stop.clone()),
+            ));
             senders.push(tx);
             healthy.push(ok);
         }
         let capacity = per_writer * writers;
         metrics.audit.backlog_capacity.set(capacity as i64);
         if options.retention_days > 0 || !options.keep {
-            tasks.push(tokio::spawn(retention(
-                store.clone(),
-                options.clone(),
-                metrics.clone(),
-                stop.clone(),
-            )));
+            tasks.push(metrics.tasks.spawn(
+                "log retention",
+                Ends::OnStop(stop.clone()),
+                retention(
+                    store.clone(),
+                    options.clone(),
+                    metrics.clone(),
+                    stop.clone(),
+                ),
+            ));
         }
         let keeper_stop = CancellationToken::new();
-        let keeper = tokio::spawn(positions::keep(
-            keeper_inserter,
-            tracker.clone(),
-            keeper_stop.clone(),
-        ));
+        let keeper = metrics.tasks.spawn(
+            "log positions",
+            Ends::OnStop(keeper_stop.clone()),
+            positions::keep(keeper_inserter, tracker.clone(), keeper_stop.clone()),
+        );
         Ok(Arc::new(Audit {
             lanes: Arc::new(Lanes {
                 senders,
@@ -401,13 +410,17 @@ impl Audit {
     /// dispatched before the last stop, and hands them to `dispatch` in log order,
     /// within the lag. Returns at once; the reading runs as a task of its own.
     pub fn replay(&self, dispatch: Arc<dyn Dispatch>) {
-        let task = tokio::spawn(positions::replay(
-            self.store.clone(),
-            self.tracker.clone(),
-            self.chains.clone(),
-            dispatch,
-            self.stop.clone(),
-        ));
+        let task = self.metrics.tasks.spawn(
+            "log replay",
+            Ends::WhenDone,
+            positions::replay(
+                self.store.clone(),
+                self.tracker.clone(),
+                self.chains.clone(),
+                dispatch,
+                self.stop.clone(),
+            ),
+        );
         self.tasks.lock().expect("not poisoned").push(task);
     }
 

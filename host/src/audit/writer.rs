@@ -153,6 +153,9 @@ impl Writer {
     /// Writes one batch (retrying until it is in, setting aside the rows the
     /// database refuses), then answers and hands on.
     async fn write(&mut self, items: Vec<Item>) {
+        if crate::supervise::panic_injected("log-writer") && items.iter().any(is_test_panic) {
+            panic!("panic injected in a log writer (EVHOST_TEST_PANIC)");
+        }
         let started = Instant::now();
         let (chain, after) = (self.chain.clone(), self.head);
         let recorded_us = chrono::Utc::now().timestamp_micros();
@@ -449,6 +452,12 @@ impl Writer {
             }
         }
     }
+}
+
+/// An append holding an event of type `test.panic` (see
+/// [`crate::supervise::panic_injected`]).
+fn is_test_panic(item: &Item) -> bool {
+    matches!(item, Item::Events(a) if a.events.iter().any(|e| &*e.kind == "test.panic"))
 }
 
 /// The rows of a batch, in order.

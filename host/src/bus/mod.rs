@@ -352,7 +352,13 @@ impl Bus {
         });
         let stop = CancellationToken::new();
         let workers = (0..options.workers.max(1))
-            .map(|n| tokio::spawn(worker::run(n, rx.clone(), shared.clone(), stop.clone())))
+            .map(|n| {
+                shared.metrics.tasks.spawn(
+                    "dispatcher",
+                    crate::supervise::Ends::OnStop(stop.clone()),
+                    worker::run(n, rx.clone(), shared.clone(), stop.clone()),
+                )
+            })
             .collect();
         Bus {
             tx,

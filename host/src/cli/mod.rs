@@ -515,6 +515,11 @@ fn serve(config_file: Option<PathBuf>) -> ExitCode {
             eprintln!("evhost: {}", crate::error_chain(&e));
             ExitCode::from(2)
         }
+        // EX_SOFTWARE: started again by systemd or Kubernetes, it recovers from the log.
+        Err(e @ ServeError::TaskFailed { .. }) => {
+            eprintln!("evhost: {}", crate::error_chain(&e));
+            ExitCode::from(70)
+        }
         Err(e) => {
             eprintln!("evhost: {}", crate::error_chain(&e));
             ExitCode::FAILURE

@@ -130,6 +130,9 @@ pub struct Metrics {
     pub dead_letters: crate::deadletter::DeadLetterMetrics,
     pub webhooks: WebhookMetrics,
     pub plugins: Arc<PluginMetrics>,
+    /// The daemon's long-lived tasks, watched. It rides with the metrics because
+    /// every subsystem is started with them; `/readyz` reads it.
+    pub tasks: crate::supervise::Supervisor,
 }
 
 /// What webhook delivery counts.
@@ -508,6 +511,7 @@ impl Metrics {
             dead_letters,
             webhooks,
             plugins,
+            tasks: crate::supervise::Supervisor::default(),
         })
     }
 

@@ -142,7 +142,11 @@ impl Plugins {
         for name in names {
             plugins.sync(&name).await;
         }
-        tokio::spawn(plugins.clone().watch(rx, watcher));
+        plugins.registry.metrics.tasks.spawn(
+            "plugin watcher",
+            crate::supervise::Ends::OnStop(plugins.stop.clone()),
+            plugins.clone().watch(rx, watcher),
+        );
         Ok(plugins)
     }
 

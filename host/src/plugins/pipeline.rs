@@ -213,7 +213,27 @@ fn set_breaker_gauge(registry: &Registry, name: &str, open: bool) {
 impl Worker {
     /// One call: an instance (made and initialised if this worker has none), the
     /// call under its limits, and the validation of what it returned.
+    ///
+    /// A panic anywhere in it (the host's code, not the plugin's: a plugin's own
+    /// faults are traps) fails this call like any plugin error, handled per the
+    /// plugin's `on_error`, and the instance goes; the worker and the other events
+    /// carry on.
     fn call(&mut self, plugin: &Arc<Loaded>, event: &Arc<Event>) -> Result<Decision, CallError> {
+        let call = std::panic::AssertUnwindSafe(|| self.call_unguarded(plugin, event));
+        std::panic::catch_unwind(call).unwrap_or_else(|panic| {
+            self.instances.remove(&plugin.generation);
+            Err(CallError::Panic(crate::supervise::panic_message(&panic)))
+        })
+    }
+
+    fn call_unguarded(
+        &mut self,
+        plugin: &Arc<Loaded>,
+        event: &Arc<Event>,
+    ) -> Result<Decision, CallError> {
+        if crate::supervise::panic_injected("plugin-call") {
+            panic!("panic injected in a plugin call (EVHOST_TEST_PANIC)");
+        }
         let slot = &plugin.slot;
         let instance = match self.instances.entry(plugin.generation) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),

@@ -57,6 +57,9 @@ pub enum CallError {
     Error(String),
     #[error("returned a refused action: {0}")]
     Invalid(String),
+    /// evhost's own code panicked during the call (a bug of ours, not the plugin's).
+    #[error("the host panicked during the call: {0}")]
+    Panic(String),
 }
 
 impl CallError {
@@ -68,6 +71,7 @@ impl CallError {
             CallError::Trap(_) => "trap",
             CallError::Error(_) => "error",
             CallError::Invalid(_) => "invalid_action",
+            CallError::Panic(_) => "panic",
         }
     }
 

@@ -68,7 +68,11 @@ impl Lane {
             stop: shared.stop.child_token(),
             task: std::sync::Mutex::new(None),
         });
-        let task = tokio::spawn(run(shared.clone(), lane.clone(), rx));
+        let task = shared.metrics.tasks.spawn(
+            "webhook lane",
+            crate::supervise::Ends::OnStop(lane.stop.clone()),
+            run(shared.clone(), lane.clone(), rx),
+        );
         *lane.task.lock().expect("not poisoned") = Some(task);
         lane
     }

@@ -54,6 +54,7 @@ use crate::event::{Actor, Catalog, Event};
 use crate::eventlog::Log;
 use crate::metrics::Metrics;
 use crate::store::Store;
+use crate::supervise::Ends;
 use lane::Lane;
 
 /// Why a webhook operation failed.
@@ -164,13 +165,31 @@ impl Webhooks {
             reload: tokio::sync::Mutex::new(()),
         });
         shared.reload().await?;
-        let recorder_task = tokio::spawn(recorder::run(shared.clone(), recorder_rx));
+        let tasks = &shared.metrics.tasks;
+        let on_stop = |token: &CancellationToken| Ends::OnStop(token.clone());
+        let recorder_task = tasks.spawn(
+            "webhook recorder",
+            on_stop(&shared.recorder_stop),
+            recorder::run(shared.clone(), recorder_rx),
+        );
         let mut tasks = vec![
-            tokio::spawn(outbox::run_writer(shared.clone(), outbox_rx)),
-            tokio::spawn(upkeep::upkeep(shared.clone())),
+            tasks.spawn(
+                "webhook outbox",
+                on_stop(&shared.stop),
+                outbox::run_writer(shared.clone(), outbox_rx),
+            ),
+            tasks.spawn(
+                "webhook upkeep",
+                on_stop(&shared.stop),
+                upkeep::upkeep(shared.clone()),
+            ),
         ];
         if shared.options.retention_days > 0 {
-            tasks.push(tokio::spawn(upkeep::retention(shared.clone())));
+            tasks.push(shared.metrics.tasks.spawn(
+                "webhook retention",
+                on_stop(&shared.stop),
+                upkeep::retention(shared.clone()),
+            ));
         }
         Ok(Arc::new(Webhooks {
             shared,
