@@ -51,6 +51,8 @@ pub enum IngestError {
     Stopping,
     #[error("the event log cannot write to its database; nothing was written; retry shortly")]
     LogUnavailable,
+    #[error("the event log's disk is full; nothing was written; retry once space is freed")]
+    DiskFull,
     /// `?wait=true`: the event is committed, but the daemon stopped before it was
     /// processed (the next start processes it).
     #[error(
@@ -71,6 +73,7 @@ impl From<LogError> for IngestError {
             LogError::Lag(full) => IngestError::Lagging(full),
             LogError::Stopped => IngestError::Stopping,
             LogError::Unavailable => IngestError::LogUnavailable,
+            LogError::DiskFull => IngestError::DiskFull,
         }
     }
 }

@@ -5,6 +5,7 @@ mod audit;
 mod auth;
 mod cli;
 mod deadletters;
+mod disk;
 mod errors;
 mod faults;
 mod ingest;

@@ -102,6 +102,8 @@ impl From<IngestError> for ApiError {
             IngestError::LogUnavailable => {
                 ApiError::unavailable("log_unavailable", e.to_string(), 5)
             }
+            // Counted by the log already.
+            IngestError::DiskFull => ApiError::unavailable("disk_full", e.to_string(), 10),
             IngestError::SetAside { .. } => ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "dead_lettered",

@@ -25,6 +25,7 @@ use axum::{Json, Router};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::Condition;
 use crate::config::Scope;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
@@ -188,11 +189,12 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let (lag, lag_bytes) = log.tracker().lag();
     let (max_lag, max_lag_bytes) = log.tracker().limits();
     let failed = state.metrics.tasks.failure();
-    let status = match (&failed, state.ingest.is_stopping(), audit.is_healthy()) {
+    let status = match (&failed, state.ingest.is_stopping(), audit.condition()) {
         (Some(_), _, _) => "task_failed",
         (None, true, _) => "stopping",
-        (None, false, false) => "audit_unavailable",
-        (None, false, true) => "ready",
+        (None, false, Condition::Failing) => "audit_unavailable",
+        (None, false, Condition::DiskFull) => "disk_full",
+        (None, false, Condition::Writing) => "ready",
     };
     let body = json!({
         "status": status,

@@ -23,7 +23,7 @@ mod writer;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -41,8 +41,8 @@ use crate::eventlog::{Accepted, Admission, Appended, Dispatch, Ticket, Tracker};
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::supervise::Ends;
-pub use writer::Recorded;
 use writer::{Append, Item, Reply, Writer};
+pub use writer::{Condition, Recorded};
 
 /// The consumer name of the dispatcher's positions.
 pub const DISPATCH: &str = "dispatch";
@@ -121,7 +121,7 @@ pub struct Audit {
     lanes: Arc<Lanes>,
     capacity: usize,
     /// One flag per writer.
-    healthy: Vec<Arc<AtomicBool>>,
+    healthy: Vec<Arc<AtomicU8>>,
     last_write_ms: Arc<AtomicI64>,
     stop: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -197,7 +197,7 @@ impl Audit {
         let mut tasks = Vec::with_capacity(writers + 1);
         for (index, (name, head)) in chains.iter().zip(heads).enumerate() {
             let (tx, rx) = mpsc::channel(per_writer);
-            let ok = Arc::new(AtomicBool::new(true));
+            let ok = Arc::new(AtomicU8::new(Condition::Writing as u8));
             let writer = Writer {
                 store: store.clone(),
                 inserter: db::Inserter::open(&store)?,
@@ -436,7 +436,18 @@ impl Audit {
 
     /// False while a writer is failing to write (and retrying).
     pub fn is_healthy(&self) -> bool {
-        self.healthy.iter().all(|ok| ok.load(Ordering::Relaxed))
+        self.condition() == Condition::Writing
+    }
+
+    /// How the writers fare: the worst of them.
+    pub fn condition(&self) -> Condition {
+        let worst = self
+            .healthy
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .max()
+            .unwrap_or(0);
+        Condition::from_u8(worst)
     }
 
     /// Milliseconds the last batch took to write.

@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
@@ -69,6 +69,27 @@ pub enum Recorded {
     SetAside(i64),
 }
 
+/// How a log writer fares, as publishers and `/readyz` see it (worst last).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Condition {
+    Writing = 0,
+    /// Writes fail and are retried (the database is away, say).
+    Failing = 1,
+    /// The disk (or the database server's) is full: writes wait for space.
+    DiskFull = 2,
+}
+
+impl Condition {
+    pub fn from_u8(value: u8) -> Condition {
+        match value {
+            0 => Condition::Writing,
+            1 => Condition::Failing,
+            _ => Condition::DiskFull,
+        }
+    }
+}
+
 /// What one batch's write came to.
 #[derive(Default)]
 struct Written {
@@ -104,7 +125,8 @@ pub(super) struct Writer {
     pub dispatch: Option<Arc<dyn Dispatch>>,
     pub options: AuditOptions,
     pub metrics: Arc<Metrics>,
-    pub healthy: Arc<AtomicBool>,
+    /// This writer's [`Condition`].
+    pub healthy: Arc<AtomicU8>,
     pub last_write_ms: Arc<AtomicI64>,
     pub key: SigningKey,
     pub checkpointed: i64,
@@ -187,7 +209,11 @@ impl Writer {
         self.metrics.audit.write_seconds.observe(took.as_secs_f64());
         self.last_write_ms
             .store(took.as_millis() as i64, Ordering::Relaxed);
-        if !self.healthy.swap(true, Ordering::Relaxed) {
+        if self
+            .healthy
+            .swap(Condition::Writing as u8, Ordering::Relaxed)
+            != Condition::Writing as u8
+        {
             tracing::info!("log writes succeed again");
         }
         self.answer(items, &written);
@@ -213,13 +239,21 @@ impl Writer {
                     Err(error) => error,
                 };
             self.metrics.audit.write_errors.inc();
-            match error.fault() {
+            let now = match error.fault() {
                 Fault::Permanent => return Err((attempt, error)),
                 Fault::Disk => crate::store::disk_failed(&error),
-                Fault::Retry | Fault::DiskFull => {}
-            }
-            if self.healthy.swap(false, Ordering::Relaxed) {
-                tracing::error!(%error, rows, "log write failed; retrying with backoff, nothing is dropped");
+                Fault::Retry => Condition::Failing,
+                Fault::DiskFull => Condition::DiskFull,
+            };
+            if self.healthy.swap(now as u8, Ordering::Relaxed) != now as u8 {
+                match now {
+                    Condition::DiskFull => {
+                        tracing::error!(%error, rows, "the disk is full: log writes wait for space (publishers get 503 disk_full meanwhile); nothing is dropped")
+                    }
+                    _ => {
+                        tracing::error!(%error, rows, "log write failed; retrying with backoff, nothing is dropped")
+                    }
+                }
             }
             // A failed commit's outcome is not always known: a connection lost right
             // after COMMIT reports an error for a batch that is in. So before trying

@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 
 pub use ticket::{Admission, EVENT_OVERHEAD_BYTES, LagFull, Ticket, Tracker};
 
-use crate::audit::{Audit, Entry, Record, Stopped};
+use crate::audit::{Audit, Condition, Entry, Record, Stopped};
 use crate::bus::{BoxFuture, Bus, Committed, LogSink, SubscriberFailure, Verdict};
 use crate::event::{Actor, Event};
 use crate::metrics::{Metrics, RejectReason};
@@ -54,6 +54,8 @@ pub enum LogError {
     Lag(#[from] LagFull),
     #[error("the event log cannot write to its database; nothing was written; retry shortly")]
     Unavailable,
+    #[error("the event log's disk is full; nothing was written; retry once space is freed")]
+    DiskFull,
     #[error("evhost is shutting down and takes no new events")]
     Stopped,
 }
@@ -160,10 +162,14 @@ impl Log {
         // While writes fail, a new publisher is told at once rather than left to
         // wait behind the retries (those already waiting are answered once the
         // database takes their rows).
-        if !self.audit.is_healthy() {
-            let refused = events.len() as u64;
-            self.metrics.rejected(RejectReason::Unavailable, refused);
-            return Err(LogError::Unavailable);
+        let (reason, error) = match self.audit.condition() {
+            Condition::Writing => (None, LogError::Unavailable),
+            Condition::Failing => (Some(RejectReason::Unavailable), LogError::Unavailable),
+            Condition::DiskFull => (Some(RejectReason::DiskFull), LogError::DiskFull),
+        };
+        if let Some(reason) = reason {
+            self.metrics.rejected(reason, events.len() as u64);
+            return Err(error);
         }
         let bytes = events.iter().map(event_bytes).sum();
         let admission = match self.tracker().admit(events.len() as u64, bytes) {

@@ -68,6 +68,8 @@ pub enum RejectReason {
     UnsupportedMediaType,
     /// The event log could not write.
     Unavailable,
+    /// The event log's disk (or its database server's) is full.
+    DiskFull,
 }
 
 impl RejectReason {
@@ -81,6 +83,7 @@ impl RejectReason {
             RejectReason::Forbidden => "forbidden",
             RejectReason::UnsupportedMediaType => "unsupported_media_type",
             RejectReason::Unavailable => "log_unavailable",
+            RejectReason::DiskFull => "disk_full",
         }
     }
 }
