@@ -11,6 +11,7 @@ mod faults;
 mod ingest;
 mod kept;
 mod metrics;
+mod pg_restart;
 mod plugins;
 mod shutdown;
 mod stream;
