@@ -22,6 +22,7 @@ use crate::api::stream::Tail;
 use crate::api::{self, AppState, Limits};
 use crate::audit::{Audit, AuditOptions};
 use crate::bus::{Bus, BusOptions};
+use crate::cluster::{Cluster, Node, TakeoverOptions};
 use crate::config::Config;
 use crate::event::{Catalog, Event, TypePattern};
 use crate::eventlog::Log;
@@ -56,6 +57,8 @@ pub enum ServeError {
     /// that it is started again.
     #[error("the {task} failed ({reason}); evhost stopped so that it is started again")]
     TaskFailed { task: String, reason: String },
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     #[error("cannot read or write {path}")]
     DataDir {
         path: std::path::PathBuf,
@@ -114,6 +117,24 @@ pub async fn serve(
     let node = crate::audit::chain_id(&config.data_dir)?;
     let store = Store::connect_as(&config, &format!("evhost {node}")).await?;
     store.migrate().await?;
+    // Named like the audit chain, in its own file, so a restarted daemon knows (and
+    // gives back) the leases it held.
+    let owner_path = config.data_dir.join("webhook-owner-id");
+    let owner = local_id(&owner_path).map_err(|source| ServeError::DataDir {
+        path: owner_path,
+        source,
+    })?;
+    let cluster = Cluster::join(
+        &store,
+        Node {
+            node: node.clone(),
+            owner: owner.clone(),
+            hostname: hostname(),
+            version: VERSION.into(),
+        },
+        config.cluster.clone(),
+    )
+    .await?;
     let audit = Audit::start(
         store.clone(),
         AuditOptions::from_config(&config),
@@ -128,10 +149,6 @@ pub async fn serve(
     }
     let ingest = Arc::new(Ingest::new(catalog.clone(), log.clone()));
     let webhooks = if config.webhooks.enabled {
-        // Named like the audit chain, in its own file, so a restarted daemon knows
-        // (and gives back) the leases it held.
-        let path = config.data_dir.join("webhook-owner-id");
-        let owner = local_id(&path).map_err(|source| ServeError::DataDir { path, source })?;
         let webhooks = Webhooks::start(
             store.clone(),
             WebhookOptions::from_config(&config, owner),
@@ -172,13 +189,21 @@ pub async fn serve(
     // Every consumer is in place: what the last run committed and did not dispatch
     // goes now, beside new events.
     audit.replay(Arc::new(bus.clone()));
+    let shutdown = CancellationToken::new();
+    cluster.run(
+        &metrics.tasks,
+        Arc::new(bus.clone()),
+        TakeoverOptions {
+            max_lag: log.tracker().limits(),
+            stop: shutdown.clone(),
+        },
+    );
     tracing::info!(
         backend = store.backend(),
         audit = config.audit.enabled,
         webhooks = webhooks.is_some(),
         "database ready"
     );
-    let shutdown = CancellationToken::new();
     let state = Arc::new(AppState {
         ingest: ingest.clone(),
         auth,
@@ -193,6 +218,7 @@ pub async fn serve(
         store: Some(store.clone()),
         webhooks: webhooks.clone(),
         plugins: plugins.clone(),
+        cluster: Some(cluster.clone()),
     });
 
     let hostname = hostname();
@@ -289,6 +315,7 @@ pub async fn serve(
             webhooks.shutdown().await;
         }
         audit.shutdown().await;
+        cluster.leave().await;
         store.close().await;
     };
     let drained = tokio::time::timeout_at(deadline, drain).await.is_ok();

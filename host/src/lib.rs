@@ -13,6 +13,7 @@ pub mod audit;
 pub mod bench;
 pub mod bus;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod deadletter;

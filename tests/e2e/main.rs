@@ -8,6 +8,7 @@ mod deadletters;
 mod disk;
 mod errors;
 mod faults;
+mod fleet;
 mod ingest;
 mod kept;
 mod metrics;

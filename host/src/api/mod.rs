@@ -7,6 +7,7 @@ pub mod auth;
 mod deadletters;
 pub mod error;
 mod events;
+mod nodes;
 mod openapi;
 mod plugins;
 pub mod stream;
@@ -79,6 +80,8 @@ pub struct AppState {
     pub webhooks: Option<Arc<crate::webhooks::Webhooks>>,
     /// Plugins, unless `plugins.enabled` is off.
     pub plugins: Option<crate::plugins::loader::Plugins>,
+    /// This node's place among the daemons sharing the database.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -114,6 +117,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(deadletters::get).delete(deadletters::discard),
         )
         .route("/v1/dead-letters/{id}/retry", post(deadletters::retry))
+        .route("/v1/nodes", get(nodes::list))
         .route("/v1/plugins", get(plugins::list))
         .route("/v1/plugins/{name}", get(plugins::get))
         .route("/v1/plugins/{name}/reload", post(plugins::reload))

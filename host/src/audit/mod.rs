@@ -32,6 +32,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use db::{Filter, count, query};
+pub use positions::dispatch_orphans;
 pub use record::{DECIDED, Entry, Record};
 pub use verify::{Break, Report, verify};
 

@@ -201,3 +201,61 @@ pub(super) async fn replay(
         tracing::info!(%chain, events = replayed, from, to = head, took = ?started.elapsed(), "dispatched what was committed before the last stop");
     }
 }
+
+/// Dispatches what another node committed to its chains and did not dispatch (a
+/// node that vanished, being taken over): from where dispatch stood in each chain
+/// to its head, through `dispatch`, storing the positions as they move. Returns
+/// once every such event is handled (or `stop` fires), with the number of log rows
+/// that were past where dispatch stood.
+pub async fn dispatch_orphans(
+    store: &Store,
+    node: &str,
+    dispatch: Arc<dyn Dispatch>,
+    max_lag: (u64, u64),
+    stop: CancellationToken,
+) -> Result<u64, sqlx::Error> {
+    let Store::Postgres(pool) = store else {
+        return Ok(0);
+    };
+    let stored: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT chain, position FROM log_positions WHERE consumer = $1 \
+         AND (chain = $2 OR chain LIKE $2 || '.%') ORDER BY chain",
+    )
+    .bind(DISPATCH)
+    .bind(node)
+    .fetch_all(pool)
+    .await?;
+    let mut chains = Vec::new();
+    for (chain, position) in stored {
+        let (head, _) = super::db::chain_head(store, &chain).await?;
+        if position < head {
+            chains.push((chain, position, head));
+        }
+    }
+    if chains.is_empty() {
+        return Ok(0);
+    }
+    let rows: i64 = chains.iter().map(|(_, p, h)| h - p).sum();
+    let names: Vec<String> = chains.iter().map(|(c, _, _)| c.clone()).collect();
+    let tracker = Tracker::new(chains, max_lag.0, max_lag.1);
+    let keeper_stop = CancellationToken::new();
+    let keeper = tokio::spawn(keep(
+        Inserter::Postgres(pool.clone()),
+        tracker.clone(),
+        keeper_stop.clone(),
+    ));
+    replay(
+        store.clone(),
+        tracker.clone(),
+        names,
+        dispatch,
+        stop.clone(),
+    )
+    .await;
+    while tracker.lag().0 > 0 && !stop.is_cancelled() {
+        tokio::time::sleep(POSITION_EVERY).await;
+    }
+    keeper_stop.cancel();
+    let _ = keeper.await;
+    Ok(rows.max(0) as u64)
+}

@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use futures_util::StreamExt;
 
 mod deadletters;
+mod nodes;
 mod plugin;
 mod webhooks;
 
@@ -63,6 +64,8 @@ enum Command {
     Plugin(plugin::PluginCommand),
     /// Rows the database refused for good: list, show, retry once fixed, discard.
     DeadLetters(deadletters::DeadLettersArgs),
+    /// The daemons sharing the database: heartbeats, and what each holds.
+    Nodes(nodes::NodesArgs),
 }
 
 #[derive(Subcommand)]
@@ -290,6 +293,7 @@ pub fn main() -> ExitCode {
         Command::Webhooks(command) => runtime().and_then(|rt| rt.block_on(webhooks::run(command))),
         Command::Plugin(command) => runtime().and_then(|rt| rt.block_on(plugin::run(command))),
         Command::DeadLetters(args) => runtime().and_then(|rt| rt.block_on(deadletters::run(args))),
+        Command::Nodes(args) => runtime().and_then(|rt| rt.block_on(nodes::run(args))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

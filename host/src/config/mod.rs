@@ -58,6 +58,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -320,6 +321,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             metrics: MetricsConfig::default(),
             log: LogConfig::default(),
+            cluster: crate::cluster::ClusterConfig::default(),
         }
     }
 }
