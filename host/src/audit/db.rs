@@ -344,8 +344,9 @@ async fn insert_postgres(
 }
 
 /// Writes a placed batch in one transaction, leaving out event ids already
-/// recorded (by any writer). Returns what was written; nothing is written if it
-/// fails.
+/// recorded (by any writer). Returns what was written; on failure, the error and
+/// the placement last tried (the batch as placed, or without the ids already
+/// recorded): whether that one went in before the error is not always known.
 ///
 /// Resends are rare, so the batch is first inserted as it is; only if the database
 /// reports a duplicate event id is the batch filtered against the table and placed
@@ -355,51 +356,48 @@ pub async fn append(
     inserter: &Inserter,
     chain: &str,
     placed: Arc<Placed>,
-) -> Result<Arc<Placed>, WriteError> {
+) -> Result<Arc<Placed>, (WriteError, Arc<Placed>)> {
     match inserter.insert(chain, placed.clone()).await {
+        Ok(()) => Ok(placed),
         Err(e) if e.is_duplicate() => {
-            let entries = placed.entries();
-            append_new(
-                store,
-                inserter,
+            let recorded = match recorded_ids(store, &placed).await {
+                Ok(recorded) => recorded,
+                Err(e) => return Err((e.into(), placed)),
+            };
+            let filtered = Arc::new(place(
                 chain,
                 placed.after,
-                entries,
+                placed.entries(),
                 placed.recorded_us,
-            )
-            .await
+                &recorded,
+            ));
+            match inserter.insert(chain, filtered.clone()).await {
+                Ok(()) => Ok(filtered),
+                Err(e) => Err((e, filtered)),
+            }
         }
-        other => other.map(|()| placed),
+        Err(e) => Err((e, placed)),
     }
 }
 
-/// [`append`] after a duplicate: leaves out the ids the table already holds.
-async fn append_new(
-    store: &Store,
-    inserter: &Inserter,
-    chain: &str,
-    head: Head,
-    entries: Vec<Entry>,
-    recorded_us: i64,
-) -> Result<Arc<Placed>, WriteError> {
-    // Outside the insert's transaction: the unique index still guards against a
-    // concurrent writer, whose insert would then fail and be retried.
+/// The event ids of a batch the table already holds (after a duplicate). Read
+/// outside the insert's transaction: the unique index still guards against a
+/// concurrent writer, whose insert would then fail and be retried.
+async fn recorded_ids(store: &Store, placed: &Placed) -> Result<HashSet<String>, sqlx::Error> {
     let mut recorded = HashSet::new();
-    for ids in entries.chunks(500) {
+    for ids in placed.rows.chunks(500) {
         let found: Vec<(String,)> = dispatch!(store, |pool| {
             let mut q = QueryBuilder::new("SELECT event_id FROM audit_log WHERE event_id IN (");
             let mut list = q.separated(", ");
-            for e in ids {
-                list.push_bind(e.event_id.as_str());
+            for row in ids {
+                list.push_bind(row.entry.event_id.as_str());
             }
             q.push(")");
             q.build_query_as().fetch_all(pool).await?
         });
         recorded.extend(found.into_iter().map(|(id,)| id));
     }
-    let placed = Arc::new(place(chain, head, entries, recorded_us, &recorded));
-    inserter.insert(chain, placed.clone()).await?;
-    Ok(placed)
+    Ok(recorded)
 }
 
 /// Filters for [`query`]; every field narrows the result.

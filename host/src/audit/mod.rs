@@ -504,6 +504,15 @@ async fn retention(
             _ = tick.tick() => {}
             () = stop.cancelled() => return,
         }
+        // One node of a fleet at a time; the turn goes with the pass.
+        let _turn = match crate::cluster::leader::try_turn(&store, "log-retention").await {
+            Ok(Some(turn)) => turn,
+            Ok(None) => continue,
+            Err(error) => {
+                tracing::warn!(%error, "log retention cannot start; will try again");
+                continue;
+            }
+        };
         let keep = if options.keep {
             Duration::from_secs(u64::from(options.retention_days) * 86_400)
         } else {

@@ -236,7 +236,12 @@ impl Writer {
                         self.head = placed.head;
                         return Ok(placed);
                     }
-                    Err(error) => error,
+                    // What was tried last may be the batch without the ids already
+                    // in the log: that is the one whose commit may have gone in.
+                    Err((error, tried)) => {
+                        attempt = tried;
+                        error
+                    }
                 };
             self.metrics.audit.write_errors.inc();
             let now = match error.fault() {

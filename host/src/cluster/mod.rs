@@ -23,6 +23,7 @@
 
 mod adopt;
 pub mod db;
+pub mod leader;
 
 pub use adopt::Options as TakeoverOptions;
 

@@ -192,7 +192,7 @@ impl WebhookMetrics {
         );
         registry.register(
             "evhost_webhook_deliveries_pending",
-            "Webhook deliveries not yet succeeded or failed (sampled from the outbox)",
+            "Webhook deliveries not yet succeeded or failed, fleet-wide (sampled from the outbox by one node of a fleet; 0 on the others, so sum() is right)",
             m.pending.clone(),
         );
         registry.register(
@@ -207,7 +207,7 @@ impl WebhookMetrics {
         );
         registry.register(
             "evhost_webhook_outbox_oldest_due_seconds",
-            "How long the oldest due, unclaimed delivery has waited (0 when none is due)",
+            "How long the oldest due, unclaimed delivery has waited, fleet-wide (0 when none is due; exported by one node of a fleet, 0 on the others, so max() is right)",
             m.oldest_due_seconds.clone(),
         );
         registry.register(

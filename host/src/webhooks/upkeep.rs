@@ -18,6 +18,16 @@ pub(super) async fn retention(shared: Arc<Shared>) {
             _ = tick.tick() => {}
             () = shared.stop.cancelled() => return,
         }
+        // One node of a fleet at a time; the turn goes with the pass.
+        let _turn = match crate::cluster::leader::try_turn(&shared.store, "webhook-retention").await
+        {
+            Ok(Some(turn)) => turn,
+            Ok(None) => continue,
+            Err(error) => {
+                tracing::warn!(%error, "webhook retention cannot start; trying again next time");
+                continue;
+            }
+        };
         let age = Duration::from_secs(u64::from(shared.options.retention_days) * 86_400);
         let before_us = Utc::now().timestamp_micros() - age.as_micros() as i64;
         while !shared.stop.is_cancelled() {
@@ -44,11 +54,14 @@ pub(super) async fn retention(shared: Arc<Shared>) {
 }
 
 /// Reloads endpoints changed by other daemons and samples the outbox for the
-/// metrics, every poll interval.
+/// metrics, every poll interval. The outbox gauges count the whole fleet's rows,
+/// so one node exports them (the one holding the `webhook-gauges` turn); the others
+/// export 0, and a `sum()` over the nodes is the fleet's figure.
 pub(super) async fn upkeep(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(shared.options.poll_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_stats = std::time::Instant::now() - Duration::from_secs(60);
+    let mut turn: Option<crate::cluster::leader::Turn> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -59,10 +72,25 @@ pub(super) async fn upkeep(shared: Arc<Shared>) {
         }
         if last_stats.elapsed() >= Duration::from_secs(2) {
             last_stats = std::time::Instant::now();
+            let m = &shared.metrics.webhooks;
+            if let Some(t) = turn.as_mut()
+                && !t.held().await
+            {
+                turn = None;
+            }
+            if turn.is_none() {
+                turn = crate::cluster::leader::try_turn(&shared.store, "webhook-gauges")
+                    .await
+                    .unwrap_or(None);
+            }
+            if turn.is_none() {
+                m.pending.set(0);
+                m.oldest_due_seconds.set(0.0);
+                continue;
+            }
             match db::outbox_stats(&shared.store).await {
                 Ok((pending, oldest)) => {
                     let now = Utc::now().timestamp_micros();
-                    let m = &shared.metrics.webhooks;
                     m.pending.set(pending);
                     let waited = oldest.map_or(0, |due| (now - due).max(0));
                     m.oldest_due_seconds.set(waited as f64 / 1e6);
