@@ -4,6 +4,7 @@
 //! everything after it goes on. Once the cause is fixed, a retry writes it and it
 //! is dispatched like any other event.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use evhost_e2e::receiver::Receiver;
@@ -186,5 +187,103 @@ async fn a_row_the_database_refuses_is_set_aside_and_retried_once_fixed() {
         );
         let rows = d.audit_rows("types=dead_letter.*", 10, None).await;
         assert_eq!(rows.len(), 3, "{name}: each retry is recorded: {rows:?}");
+    }
+}
+
+/// The same for the webhook outbox: deliveries the database refuses are set aside
+/// (kind `delivery`), the event's other consumers and later events go on, and a
+/// retry after the fix stores and sends them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_the_database_refuses_are_set_aside_and_sent_once_fixed() {
+    use sqlx::Connection;
+    for backend in Backend::all() {
+        let name = backend.name();
+        let rx = Receiver::start().await;
+        let d = Daemon::start_with(Options::default().webhooks_local().backend(&backend)).await;
+        d.add_webhook(&json!({"name": "all", "url": rx.url("/"), "events": ["poison.*"]}))
+            .await;
+        let (refuse, allow) = match &backend {
+            Backend::Sqlite => (
+                "CREATE TRIGGER refuse_poison BEFORE INSERT ON webhook_deliveries \
+                 WHEN NEW.message_id LIKE 'poison%' \
+                 BEGIN SELECT RAISE(ABORT, 'poison delivery refused by the test'); END",
+                "DROP TRIGGER refuse_poison",
+            ),
+            Backend::Postgres { .. } => (
+                "CREATE FUNCTION refuse_poison() RETURNS trigger AS $$ BEGIN \
+                   IF NEW.message_id LIKE 'poison%' THEN \
+                     RAISE EXCEPTION 'poison delivery refused by the test' USING ERRCODE = 'check_violation'; \
+                   END IF; RETURN NEW; END $$ LANGUAGE plpgsql; \
+                 CREATE TRIGGER refuse_poison BEFORE INSERT ON webhook_deliveries \
+                   FOR EACH ROW EXECUTE FUNCTION refuse_poison()",
+                "DROP TRIGGER refuse_poison ON webhook_deliveries",
+            ),
+        };
+        let main_db = |sql: &'static str| {
+            let (d, backend) = (&d, &backend);
+            async move {
+                match backend {
+                    Backend::Sqlite => {
+                        let url =
+                            format!("sqlite:{}", d.dir.path().join("data/evhost.db").display());
+                        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+                        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                            .execute(&mut conn)
+                            .await
+                            .unwrap();
+                    }
+                    Backend::Postgres { .. } => exec(d, backend, sql).await,
+                }
+            }
+        };
+        main_db(refuse).await;
+        for id in ["poison-1", "ok-1"] {
+            let (status, body) = d
+                .post_json(
+                    "/v1/events?wait=true",
+                    &json!({"type": "poison.test", "id": id, "data": {}}),
+                )
+                .await;
+            assert_eq!(status, 200, "{name}: {body}");
+        }
+        let got = rx.wait_for(1, Duration::from_secs(20)).await;
+        assert_eq!(got[0].json()["id"], "ok-1", "{name}");
+        let (_, page) = d.get_json("/v1/dead-letters?kind=delivery").await;
+        let letters = page["dead_letters"].as_array().unwrap();
+        assert_eq!(letters.len(), 1, "{name}: {page}");
+        assert_eq!(letters[0]["key"], "poison-1", "{name}");
+        assert!(
+            letters[0]["error"]
+                .as_str()
+                .unwrap()
+                .contains("poison delivery refused"),
+            "{name}: {page}"
+        );
+        assert_eq!(
+            d.metric("evhost_dead_letters_total{kind=\"delivery\"}")
+                .await,
+            1.0,
+            "{name}"
+        );
+        main_db(allow).await;
+        let id = letters[0]["id"].clone();
+        let (status, body) = d
+            .post_json(&format!("/v1/dead-letters/{id}/retry"), &json!(null))
+            .await;
+        assert_eq!(
+            (status, body["outcome"].clone()),
+            (200, json!("stored")),
+            "{name}: {body}"
+        );
+        let got = rx.wait_for(2, Duration::from_secs(20)).await;
+        let ids: HashSet<String> = got
+            .iter()
+            .map(|r| r.json()["id"].as_str().unwrap().into())
+            .collect();
+        assert_eq!(
+            ids,
+            HashSet::from(["poison-1".to_string(), "ok-1".to_string()]),
+            "{name}"
+        );
     }
 }

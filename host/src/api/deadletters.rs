@@ -24,7 +24,7 @@ use crate::ingest::IngestError;
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct DeadLetterQuery {
-    /// `event` or `record`.
+    /// `event`, `record` or `delivery`.
     kind: Option<String>,
     /// Per page, 1 to 1000 (default 100).
     limit: Option<String>,
@@ -79,7 +79,7 @@ pub struct DeadLetterPage {
 #[derive(Serialize, ToSchema)]
 pub struct RetryOutcome {
     /// `in_log` (written; an event is dispatched), `already_in_log` (a resend got
-    /// there first).
+    /// there first), `stored` (deliveries written; they are sent as any other).
     outcome: &'static str,
 }
 
@@ -114,7 +114,9 @@ pub async fn list(
     let kind = match query.kind.as_deref() {
         None => None,
         Some(k) => Some(Kind::parse(k).ok_or_else(|| {
-            ApiError::bad_query(format!("`kind` {k:?} is not one of: event, record"))
+            ApiError::bad_query(format!(
+                "`kind` {k:?} is not one of: event, record, delivery"
+            ))
         })?),
     };
     let limit = page_limit(query.limit.as_deref())?;
@@ -170,9 +172,10 @@ pub async fn retry(
     Path(id): Path<i64>,
 ) -> Result<Response, ApiError> {
     let store = dead_letters(&state)?;
-    let result = retry_letter(&store, state.ingest.log(), id).await;
+    let result = retry_letter(&store, state.ingest.log(), state.webhooks.as_deref(), id).await;
     let outcome = match &result {
         Ok(Retried::InLog) => "in_log",
+        Ok(Retried::Stored) => "stored",
         Ok(Retried::AlreadyInLog) => "already_in_log",
         Ok(Retried::StillRefused(_)) => "refused_again",
         Err(_) => "failed",
@@ -191,6 +194,11 @@ pub async fn retry(
             .into_response()),
         Ok(_) => Ok(Json(RetryOutcome { outcome }).into_response()),
         Err(RetryError::NotFound(id)) => Err(ApiError::not_found(format!("no dead letter has id {id}"))),
+        Err(e @ RetryError::Cannot(..)) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "cannot_retry",
+            e.to_string(),
+        )),
         Err(e @ RetryError::Unreadable(..)) => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "unreadable",

@@ -31,7 +31,7 @@ enum DeadLettersCommand {
 
 #[derive(Args)]
 struct ListArgs {
-    /// event or record.
+    /// event, record or delivery.
     #[arg(long)]
     kind: Option<String>,
     #[arg(long, default_value_t = 50)]
@@ -94,6 +94,10 @@ pub async fn run(args: DeadLettersArgs) -> anyhow::Result<()> {
             let path = format!("/v1/dead-letters/{}/retry", a.id);
             let r = a.client.call(Method::POST, &path, None).await?;
             match r["outcome"].as_str() {
+                Some("stored") => println!(
+                    "dead letter {}: its deliveries are stored and will be sent; the dead letter is gone",
+                    a.id
+                ),
                 Some("already_in_log") => println!(
                     "dead letter {}: the log already had the event; the dead letter is gone",
                     a.id

@@ -27,6 +27,8 @@ pub enum Kind {
     Event,
     /// A log row that is not an event: a management action or a plugin decision.
     Record,
+    /// An event's webhook deliveries, which the outbox could not write.
+    Delivery,
 }
 
 impl Kind {
@@ -34,11 +36,12 @@ impl Kind {
         match self {
             Kind::Event => "event",
             Kind::Record => "record",
+            Kind::Delivery => "delivery",
         }
     }
 
     pub fn parse(text: &str) -> Option<Kind> {
-        [Kind::Event, Kind::Record]
+        [Kind::Event, Kind::Record, Kind::Delivery]
             .into_iter()
             .find(|k| k.as_str() == text)
     }
@@ -49,7 +52,8 @@ impl Kind {
 pub struct DeadLetter {
     pub id: i64,
     pub kind: Kind,
-    /// What the row is: an event id, a log row's id.
+    /// What the row is: an event id, a log row's id (for deliveries, the event's
+    /// id, with `:deliver` for a plugin's).
     pub key: String,
     /// The row as JSON text.
     pub body: String,
@@ -60,7 +64,7 @@ pub struct DeadLetter {
     /// First and last time it was set aside, microseconds since the Unix epoch.
     pub first_us: i64,
     pub last_us: i64,
-    /// The writer that set it aside (a log chain).
+    /// The writer that set it aside (a log chain, a webhook owner).
     pub writer: String,
 }
 

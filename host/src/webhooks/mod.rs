@@ -209,6 +209,13 @@ impl Webhooks {
         })
     }
 
+    /// Writes the deliveries of a delivery dead letter again (see
+    /// [`crate::deadletter`]): `Ok(Ok(()))` once stored, `Ok(Err(id))` if refused
+    /// again, `Err` with why they cannot be tried.
+    pub async fn redeliver(&self, body: &str) -> Result<Result<(), i64>, String> {
+        outbox::redeliver(&self.shared, &self.outbox, body).await
+    }
+
     pub fn subscriber(&self) -> Arc<dyn Subscriber> {
         Arc::new(outbox::Dispatcher {
             shared: self.shared.clone(),

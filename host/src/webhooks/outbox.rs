@@ -15,15 +15,18 @@ use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::value::RawValue;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::Shared;
 use super::db::{self, NewDelivery, NewMessage};
 use super::endpoint::Format;
 use super::lane::{Job, Lane};
+use crate::audit::Entry;
 use crate::bus::{Handling, Subscriber, recv_batch};
+use crate::deadletter::{DeadLetters, Kind};
 use crate::event::Event;
 use crate::eventlog::Ticket;
+use crate::store::{Fault, WriteError};
 
 /// An event and the lanes of the endpoints it goes to.
 pub struct Item {
@@ -33,6 +36,9 @@ pub struct Item {
     route: Route,
     /// Let go once the rows are committed.
     ticket: Option<Ticket>,
+    /// Told once the rows are committed, or the dead letter's id if the database
+    /// refused them (a dead letter's retry waits on it).
+    written: Option<oneshot::Sender<Result<(), i64>>>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -102,6 +108,7 @@ impl Subscriber for Dispatcher {
             lanes,
             route: Route::Subscription,
             ticket: ticket.cloned(),
+            written: None,
         };
         Handling::hand_off(&self.tx, item, "the webhook outbox writer")
     }
@@ -142,6 +149,7 @@ impl crate::bus::DeliverySink for Targeted {
                 lanes: vec![lane],
                 route: Route::Plugin,
                 ticket,
+                written: None,
             };
             self.tx
                 .send(item)
@@ -261,7 +269,118 @@ struct Fresh {
     cloudevent: bool,
 }
 
+/// Writes a run of items; a run the database refuses for good is written again in
+/// halves, down to single items, and each item it refuses on its own is set aside
+/// as a dead letter (its event goes on to the other consumers).
 async fn write(shared: &Shared, items: Vec<Item>) {
+    let mut todo = vec![items];
+    while let Some(run) = todo.pop() {
+        let Err((mut run, error)) = write_run(shared, run).await else {
+            continue;
+        };
+        if run.len() == 1 {
+            set_aside(shared, run.pop().expect("one item"), &error).await;
+            continue;
+        }
+        let second = run.split_off(run.len() / 2);
+        todo.push(second);
+        todo.push(run);
+    }
+}
+
+/// What a delivery dead letter keeps: the event, and where it was to go.
+#[derive(Serialize, serde::Deserialize)]
+struct Letter {
+    event: Entry,
+    endpoints: Vec<String>,
+    /// `subscription`, or `plugin` (a plugin's `deliver`).
+    route: String,
+}
+
+async fn set_aside(shared: &Shared, item: Item, error: &WriteError) {
+    let (route, tag) = match item.route {
+        Route::Subscription => ("subscription", ""),
+        Route::Plugin => ("plugin", ":deliver"),
+    };
+    let letter = Letter {
+        event: Entry::of_event(&item.event),
+        endpoints: item.lanes.iter().map(|l| l.id().to_string()).collect(),
+        route: route.into(),
+    };
+    let body = serde_json::to_string(&letter).expect("a letter serializes");
+    let key = format!("{}{tag}", item.event.id);
+    let error = crate::error_chain(error);
+    let store = DeadLetters::new(shared.store.clone());
+    let mut backoff = Duration::from_millis(100);
+    let id = loop {
+        let metrics = &shared.metrics.dead_letters;
+        match store
+            .set_aside(
+                metrics,
+                Kind::Delivery,
+                &key,
+                &body,
+                &error,
+                &shared.options.owner,
+            )
+            .await
+        {
+            Ok(id) => break id,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot keep refused deliveries as a dead letter; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    if let Some(written) = item.written {
+        let _ = written.send(Err(id));
+    }
+}
+
+/// A delivery dead letter's deliveries, written again: `Ok(Ok(()))` once stored
+/// (and sent as any other), `Ok(Err(id))` if refused again, `Err` if they cannot be
+/// tried (unreadable, or none of the endpoints is there and enabled any more).
+pub(super) async fn redeliver(
+    shared: &Shared,
+    tx: &mpsc::Sender<Item>,
+    body: &str,
+) -> Result<Result<(), i64>, String> {
+    let letter: Letter = serde_json::from_str(body).map_err(|e| e.to_string())?;
+    let event = crate::eventlog::event_of_entry(&letter.event)
+        .ok_or_else(|| "the dead letter does not hold an event".to_string())?;
+    let lanes: Vec<Arc<Lane>> = shared
+        .routes
+        .load()
+        .iter()
+        .filter(|lane| letter.endpoints.iter().any(|id| id == lane.id()))
+        .filter(|lane| lane.route().endpoint.enabled)
+        .cloned()
+        .collect();
+    if lanes.is_empty() {
+        return Err("none of its endpoints is there and enabled any more".into());
+    }
+    let (written, answer) = oneshot::channel();
+    let item = Item {
+        event: Arc::new(event),
+        lanes,
+        route: if letter.route == "plugin" {
+            Route::Plugin
+        } else {
+            Route::Subscription
+        },
+        ticket: None,
+        written: Some(written),
+    };
+    tx.send(item)
+        .await
+        .map_err(|_| "the webhook outbox writer has stopped".to_string())?;
+    answer
+        .await
+        .map_err(|_| "the webhook outbox writer has stopped".to_string())
+}
+
+async fn write_run(shared: &Shared, items: Vec<Item>) -> Result<(), (Vec<Item>, WriteError)> {
     let now = Utc::now();
     let now_us = now.timestamp_micros();
     let mut messages = Vec::with_capacity(items.len());
@@ -321,6 +440,11 @@ async fn write(shared: &Shared, items: Vec<Item>) {
             }
             Err(error) => {
                 shared.metrics.webhooks.write_errors.inc();
+                match error.fault() {
+                    Fault::Permanent => return Err((items, error)),
+                    Fault::Disk => crate::store::disk_failed(&error),
+                    Fault::Retry | Fault::DiskFull => {}
+                }
                 tracing::error!(%error, deliveries = deliveries.len(), "cannot write webhook deliveries; retrying, nothing is dropped");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -330,7 +454,15 @@ async fn write(shared: &Shared, items: Vec<Item>) {
     // Committed: the events' tickets go (their deliveries are stored), and the
     // bodies move into shared buffers, one per event and format (the
     // write's task has let go of its reference by now; copied only if it had not).
-    let items: Vec<(Arc<Event>, Route)> = items.into_iter().map(|i| (i.event, i.route)).collect();
+    let items: Vec<(Arc<Event>, Route)> = items
+        .into_iter()
+        .map(|i| {
+            if let Some(written) = i.written {
+                let _ = written.send(Ok(()));
+            }
+            (i.event, i.route)
+        })
+        .collect();
     let messages = Arc::try_unwrap(messages).unwrap_or_else(|shared| (*shared).clone());
     let bodies: Vec<(Bytes, Option<Bytes>)> = messages
         .into_iter()
@@ -353,6 +485,7 @@ async fn write(shared: &Shared, items: Vec<Item>) {
             body,
         });
     }
+    Ok(())
 }
 
 #[cfg(test)]
