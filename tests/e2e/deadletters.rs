@@ -287,3 +287,60 @@ async fn deliveries_the_database_refuses_are_set_aside_and_sent_once_fixed() {
         );
     }
 }
+
+/// A receiver's answer the database refuses (here a trigger refusing attempt rows
+/// whose stored answer says `poison`): the result is recorded without the answer,
+/// the delivery succeeds, and the other endpoint's results are unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_the_database_refuses_is_recorded_without_its_text() {
+    use evhost_e2e::receiver::Reply;
+    let Some(backend) = Backend::postgres() else {
+        return; // Backend::all() said SKIPPING
+    };
+    let poison = Receiver::start_with(Reply::status(200).body("poison answer".into())).await;
+    let rx = Receiver::start_with(Reply::status(200).body("fine answer".into())).await;
+    let d = Daemon::start_with(Options::default().webhooks_local().backend(&backend)).await;
+    let (poison_id, _) = d
+        .add_webhook(&json!({"name": "p", "url": poison.url("/"), "events": ["answer.*"]}))
+        .await;
+    let (ok_id, _) = d
+        .add_webhook(&json!({"name": "ok", "url": rx.url("/"), "events": ["answer.*"]}))
+        .await;
+    exec(
+        &d,
+        &backend,
+        "CREATE FUNCTION refuse_answer() RETURNS trigger AS $$ BEGIN \
+           IF NEW.response LIKE '%poison%' THEN \
+             RAISE EXCEPTION 'answer refused by the test' USING ERRCODE = 'check_violation'; \
+           END IF; RETURN NEW; END $$ LANGUAGE plpgsql; \
+         CREATE TRIGGER refuse_answer BEFORE INSERT ON webhook_attempts \
+           FOR EACH ROW EXECUTE FUNCTION refuse_answer()",
+    )
+    .await;
+    for n in 0..3 {
+        d.publish("answer.test", &json!({"n": n})).await;
+    }
+    for (id, name) in [(&poison_id, "p"), (&ok_id, "ok")] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let (_, page) = d.get_json(&format!("/v1/webhooks/{id}/deliveries")).await;
+            let rows = page["deliveries"].as_array().cloned().unwrap_or_default();
+            if rows.len() == 3 && rows.iter().all(|r| r["status"] == "succeeded") {
+                let (_, one) = d
+                    .get_json(&format!(
+                        "/v1/deliveries/{}",
+                        rows[0]["id"].as_str().unwrap()
+                    ))
+                    .await;
+                let response = &one["attempt_log"][0]["response"];
+                match name {
+                    "p" => assert!(response.is_null(), "{one}"),
+                    _ => assert_eq!(response, "fine answer", "{one}"),
+                }
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{name}: {page}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use super::Shared;
 use super::db::{self, AttemptRecord, EndpointTally};
 use crate::bus::recv_batch;
+use crate::store::Fault;
 
 /// How an attempt ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,11 +111,12 @@ async fn write(shared: &Arc<Shared>, batch: Vec<Recorded>) {
     }
     let tallies: Arc<Vec<EndpointTally>> = Arc::new(tallies.into_values().collect());
     let records = Arc::new(records);
+    let mut to_write = records.clone();
     let mut backoff = Duration::from_millis(100);
     let counts = loop {
         match db::record(
             &shared.writes,
-            records.clone(),
+            to_write.clone(),
             tallies.clone(),
             Utc::now().timestamp_micros(),
         )
@@ -123,7 +125,23 @@ async fn write(shared: &Arc<Shared>, batch: Vec<Recorded>) {
             Ok(counts) => break counts,
             Err(error) => {
                 shared.metrics.webhooks.write_errors.inc();
-                tracing::error!(%error, results = records.len(), "cannot record webhook attempts; retrying");
+                match error.fault() {
+                    Fault::Disk => crate::store::disk_failed(&error),
+                    // One result the database refuses must not hold up the others:
+                    // each is written on its own, then the endpoints' counters.
+                    Fault::Permanent if !to_write.is_empty() => {
+                        tracing::error!(%error, results = to_write.len(), "the database refuses a batch of attempt results; writing them one by one");
+                        record_each(shared, &to_write).await;
+                        to_write = Arc::new(Vec::new());
+                        continue;
+                    }
+                    Fault::Permanent => {
+                        tracing::error!(%error, "the database refuses the endpoints' failure counters; left as they were");
+                        break Vec::new();
+                    }
+                    Fault::Retry | Fault::DiskFull => {}
+                }
+                tracing::error!(%error, results = to_write.len(), "cannot record webhook attempts; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
@@ -164,4 +182,51 @@ async fn write(shared: &Arc<Shared>, batch: Vec<Recorded>) {
             }
         }
     }
+}
+
+/// Writes results one at a time. One the database refuses is written without what
+/// the receiver sent (the only free text); if even that is refused it is given up,
+/// and its delivery, still leased, is sent again (same `webhook-id`) once the lease
+/// ends: repeated, never lost.
+async fn record_each(shared: &Shared, records: &[AttemptRecord]) {
+    for record in records {
+        let mut one = record.clone();
+        let mut stripped = false;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let now = Utc::now().timestamp_micros();
+            let tallies = Arc::new(Vec::new());
+            let Err(error) =
+                db::record(&shared.writes, Arc::new(vec![one.clone()]), tallies, now).await
+            else {
+                break;
+            };
+            shared.metrics.webhooks.write_errors.inc();
+            match error.fault() {
+                Fault::Disk => crate::store::disk_failed(&error),
+                Fault::Permanent if !stripped => {
+                    tracing::error!(%error, delivery = %one.delivery_id, "the database refuses this attempt result; recording it without the receiver's answer");
+                    one = without_text(one);
+                    stripped = true;
+                }
+                Fault::Permanent => {
+                    tracing::error!(%error, delivery = %one.delivery_id, "the database refuses this attempt result even without text; given up: the delivery is sent again when its lease ends");
+                    break;
+                }
+                Fault::Retry | Fault::DiskFull => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+/// A result without what the receiver sent (its answer and the error text).
+fn without_text(mut record: AttemptRecord) -> AttemptRecord {
+    record.response = None;
+    record.error = record
+        .error
+        .map(|_| "not stored: the database refused the text".to_string());
+    record
 }
