@@ -43,6 +43,28 @@ impl Config {
                 ));
             }
         }
+        let c = &self.cluster;
+        if c.heartbeat_interval < Duration::from_millis(100)
+            || c.heartbeat_interval > Duration::from_secs(60)
+        {
+            return Err(invalid(
+                "cluster.heartbeat_interval",
+                format!(
+                    "{:?} is out of range; allowed: 100ms to 60s",
+                    c.heartbeat_interval
+                ),
+            ));
+        }
+        if c.node_timeout < c.heartbeat_interval * 3 {
+            return Err(invalid(
+                "cluster.node_timeout",
+                format!(
+                    "{:?} is too short: at least three heartbeats ({:?}), or a busy node is taken for dead",
+                    c.node_timeout,
+                    c.heartbeat_interval * 3
+                ),
+            ));
+        }
         if p.timeout.is_zero() || p.timeout > Duration::from_secs(60) {
             return Err(invalid(
                 "plugins.timeout",

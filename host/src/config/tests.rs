@@ -165,3 +165,20 @@ fn masked_yaml_hides_secrets() {
     assert!(!yaml.contains("supersecretvalue123"), "{yaml}");
     assert!(yaml.contains("supe****"), "{yaml}");
 }
+
+#[test]
+fn cluster_timings_are_checked() {
+    let c = Config::load_from(None, env(&[("EVHOST_CLUSTER__NODE_TIMEOUT", "30s")])).unwrap();
+    assert_eq!(c.cluster.node_timeout, Duration::from_secs(30));
+    assert_eq!(c.cluster.heartbeat_interval, Duration::from_secs(1));
+    let e = Config::load_from(
+        None,
+        env(&[
+            ("EVHOST_CLUSTER__HEARTBEAT_INTERVAL", "2s"),
+            ("EVHOST_CLUSTER__NODE_TIMEOUT", "3s"),
+        ]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("cluster.node_timeout"), "{e}");
+}
