@@ -143,3 +143,72 @@ async fn a_node_killed_in_a_fleet_of_three_is_taken_over_within_10_s() {
     );
     drop((a, c));
 }
+
+/// A node that hangs (SIGSTOP: its connections stay open, its heartbeat stops) is
+/// cut off once `cluster.node_timeout` passes and taken over; when it wakes it takes
+/// its lock back and serves on. Nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_node_is_cut_off_after_the_node_timeout_and_taken_over() {
+    use nix::sys::signal::Signal;
+    let Some(backend) = Backend::postgres() else {
+        return; // Backend::all() said SKIPPING
+    };
+    let rx = Receiver::start_with(Reply::status(200).delay(Duration::from_millis(20))).await;
+    let options = || {
+        Options::default()
+            .webhooks_local()
+            .backend(&backend)
+            .env("EVHOST_CLUSTER__HEARTBEAT_INTERVAL", "500ms")
+            .env("EVHOST_CLUSTER__NODE_TIMEOUT", "3s")
+    };
+    let a = Daemon::start_with(options()).await;
+    a.add_webhook(&json!({"name": "hung", "url": rx.url("/"), "events": ["hung.*"]}))
+        .await;
+    let b = Daemon::start_with(options()).await;
+    let b_node = std::fs::read_to_string(b.dir.path().join("data/audit-chain-id")).unwrap();
+    let b_node = b_node.trim().to_string();
+    let mut acknowledged = HashSet::new();
+    for n in 0..300 {
+        let id = format!("h{n}");
+        let (status, _) = b
+            .post_json("/v1/events", &json!({"type": "hung.test", "id": id, "data": {}}))
+            .await;
+        assert_eq!(status, 202);
+        acknowledged.insert(id);
+    }
+    evhost_e2e::signal(b.pid(), Signal::SIGSTOP);
+    let stopped = Instant::now();
+    let taken = loop {
+        let (_, nodes) = a.get_json("/v1/nodes").await;
+        let row = nodes["nodes"].as_array().unwrap().iter().find(|n| n["node"] == b_node.as_str()).cloned().unwrap();
+        if row["state"] == "taken_over" {
+            break stopped.elapsed();
+        }
+        assert!(stopped.elapsed() < Duration::from_secs(8), "not taken over: {row}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got: HashSet<String> = rx.arrivals().into_keys().collect();
+        let missing = acknowledged.difference(&got).count();
+        if missing == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{missing} acknowledged events never arrived while the node hung");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    evhost_e2e::signal(b.pid(), Signal::SIGCONT);
+    let woke = Instant::now();
+    loop {
+        let (status, _) = b
+            .post_json("/v1/events", &json!({"type": "hung.test", "id": "after", "data": {}}))
+            .await;
+        if status == 202 {
+            break;
+        }
+        assert!(woke.elapsed() < Duration::from_secs(10), "the woken node does not serve again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    rx.wait_for(acknowledged.len() + 1, Duration::from_secs(20)).await;
+    eprintln!("a node hung with {} events acknowledged: taken over {taken:?} after it stopped (node_timeout 3 s); it served again once woken", acknowledged.len());
+}
