@@ -171,7 +171,10 @@ async fn a_hung_node_is_cut_off_after_the_node_timeout_and_taken_over() {
     for n in 0..300 {
         let id = format!("h{n}");
         let (status, _) = b
-            .post_json("/v1/events", &json!({"type": "hung.test", "id": id, "data": {}}))
+            .post_json(
+                "/v1/events",
+                &json!({"type": "hung.test", "id": id, "data": {}}),
+            )
             .await;
         assert_eq!(status, 202);
         acknowledged.insert(id);
@@ -180,11 +183,20 @@ async fn a_hung_node_is_cut_off_after_the_node_timeout_and_taken_over() {
     let stopped = Instant::now();
     let taken = loop {
         let (_, nodes) = a.get_json("/v1/nodes").await;
-        let row = nodes["nodes"].as_array().unwrap().iter().find(|n| n["node"] == b_node.as_str()).cloned().unwrap();
+        let row = nodes["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["node"] == b_node.as_str())
+            .cloned()
+            .unwrap();
         if row["state"] == "taken_over" {
             break stopped.elapsed();
         }
-        assert!(stopped.elapsed() < Duration::from_secs(8), "not taken over: {row}");
+        assert!(
+            stopped.elapsed() < Duration::from_secs(8),
+            "not taken over: {row}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -194,21 +206,34 @@ async fn a_hung_node_is_cut_off_after_the_node_timeout_and_taken_over() {
         if missing == 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "{missing} acknowledged events never arrived while the node hung");
+        assert!(
+            Instant::now() < deadline,
+            "{missing} acknowledged events never arrived while the node hung"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     evhost_e2e::signal(b.pid(), Signal::SIGCONT);
     let woke = Instant::now();
     loop {
         let (status, _) = b
-            .post_json("/v1/events", &json!({"type": "hung.test", "id": "after", "data": {}}))
+            .post_json(
+                "/v1/events",
+                &json!({"type": "hung.test", "id": "after", "data": {}}),
+            )
             .await;
         if status == 202 {
             break;
         }
-        assert!(woke.elapsed() < Duration::from_secs(10), "the woken node does not serve again");
+        assert!(
+            woke.elapsed() < Duration::from_secs(10),
+            "the woken node does not serve again"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    rx.wait_for(acknowledged.len() + 1, Duration::from_secs(20)).await;
-    eprintln!("a node hung with {} events acknowledged: taken over {taken:?} after it stopped (node_timeout 3 s); it served again once woken", acknowledged.len());
+    rx.wait_for(acknowledged.len() + 1, Duration::from_secs(20))
+        .await;
+    eprintln!(
+        "a node hung with {} events acknowledged: taken over {taken:?} after it stopped (node_timeout 3 s); it served again once woken",
+        acknowledged.len()
+    );
 }
