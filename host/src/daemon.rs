@@ -115,7 +115,7 @@ pub async fn serve(
     // node's identity. Held until the daemon returns.
     let _data_dir_lock = lock_data_dir(&config.data_dir)?;
     let node = crate::audit::chain_id(&config.data_dir)?;
-    let store = Store::connect_as(&config, &format!("evhost {node}")).await?;
+    let store = Store::connect_as(&config, &crate::cluster::application_name(&node)).await?;
     store.migrate().await?;
     // Named like the audit chain, in its own file, so a restarted daemon knows (and
     // gives back) the leases it held.
@@ -219,6 +219,7 @@ pub async fn serve(
         webhooks: webhooks.clone(),
         plugins: plugins.clone(),
         cluster: Some(cluster.clone()),
+        metrics_token: config.metrics.token.clone(),
     });
 
     let hostname = hostname();

@@ -195,7 +195,8 @@ async fn a_hung_node_is_cut_off_after_the_node_timeout_and_taken_over() {
         }
         assert!(
             stopped.elapsed() < Duration::from_secs(8),
-            "not taken over: {row}"
+            "not taken over: {row}; the other node's log:\n{}",
+            a.log()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };

@@ -44,12 +44,20 @@ pub async fn watch(
             let silent = Duration::from_micros((now_us - node.heartbeat_us).max(0) as u64);
             if silent > timeout {
                 tracing::warn!(node = %node.node, ?silent, "a node has not stamped its heartbeat in too long; cutting it off to take it over");
+                // An advisory lock on a bigint key shows in pg_locks as its two
+                // 32-bit halves, unsigned (classid, objid). Every connection of the
+                // node is cut, not only its lock's: a hung node may
+                // hold row locks in an open transaction that the takeover's writes
+                // would wait for. Its connections are named after it.
                 sqlx::query(
-                    "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' \
-                     AND granted AND classid = ($1::bigint >> 32)::oid \
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE application_name = $2 AND pid <> pg_backend_pid() \
+                     UNION ALL SELECT pg_terminate_backend(pid) FROM pg_locks \
+                     WHERE locktype = 'advisory' AND granted AND classid = (($1::bigint >> 32) & 4294967295)::oid \
                      AND objid = ($1::bigint & 4294967295)::oid AND objsubid = 1",
                 )
                 .bind(key)
+                .bind(super::application_name(&node.node))
                 .execute(&mut *conn)
                 .await?;
             }

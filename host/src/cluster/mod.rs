@@ -89,6 +89,12 @@ pub enum ClusterError {
     Taken(String),
 }
 
+/// What a node's PostgreSQL connections are named (`application_name`, which
+/// `pg_stat_activity` shows): how an operator, and a takeover, tell them apart.
+pub fn application_name(node: &str) -> String {
+    format!("evhost {node}")
+}
+
 /// The advisory lock key of a node.
 fn lock_key(node: &str) -> i64 {
     use sha2::Digest;
