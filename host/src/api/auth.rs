@@ -99,6 +99,16 @@ impl Auth {
     }
 }
 
+/// Whether the request's bearer token is `secret` (compared in constant time).
+pub fn presents(headers: &HeaderMap, secret: &str) -> bool {
+    let Some(presented) = bearer(headers) else {
+        return false;
+    };
+    let presented: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+    let expected: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+    bool::from(presented.ct_eq(&expected))
+}
+
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;

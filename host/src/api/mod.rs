@@ -82,6 +82,8 @@ pub struct AppState {
     pub plugins: Option<crate::plugins::loader::Plugins>,
     /// This node's place among the daemons sharing the database.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// `metrics.token`: when set, `/metrics` needs it.
+    pub metrics_token: Option<String>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -222,8 +224,18 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 }
 
 /// Prometheus metrics (OpenMetrics text).
-#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Metrics in the OpenMetrics text format")))]
-async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Metrics in the OpenMetrics text format"), (status = 401, description = "`metrics.token` is set and the request does not bear it")))]
+async fn metrics(State(state): State<Arc<AppState>>, headers: axum::http::HeaderMap) -> Response {
+    if let Some(token) = &state.metrics_token
+        && !auth::presents(&headers, token)
+    {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "/metrics needs the metrics token (metrics.token): send `Authorization: Bearer <token>`",
+        )
+        .into_response();
+    }
     let log = state.ingest.log();
     let (lag, _) = log.tracker().lag();
     let (max_lag, _) = log.tracker().limits();

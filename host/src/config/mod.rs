@@ -290,6 +290,10 @@ impl Scope {
 pub struct MetricsConfig {
     /// Distinct `domain` label values per metric before further ones count as `other`.
     pub max_domains: usize,
+    /// When set, `GET /metrics` needs `Authorization: Bearer <token>` (it lists
+    /// customer domains); unset, it is open like `/healthz`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -400,7 +404,10 @@ impl Default for WebhooksConfig {
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        MetricsConfig { max_domains: 1000 }
+        MetricsConfig {
+            max_domains: 1000,
+            token: None,
+        }
     }
 }
 
@@ -523,6 +530,9 @@ impl Config {
         let mut shown = self.clone();
         for token in &mut shown.auth.tokens {
             token.token = mask(&token.token);
+        }
+        if let Some(token) = &mut shown.metrics.token {
+            *token = mask(token);
         }
         shown.plugins.dir = Some(self.plugins_dir());
         shown.database.url = Some(mask_url(&self.database_url()));

@@ -28,24 +28,24 @@ struct ReasonLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SubscriberErrorLabels {
-    subscriber: String,
+    subscriber: Escaped,
     kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DomainSpam {
-    domain: String,
+    domain: Escaped,
     spam: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Domain {
-    domain: String,
+    domain: Escaped,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DomainPermanent {
-    domain: String,
+    domain: Escaped,
     permanent: &'static str,
 }
 
@@ -541,7 +541,7 @@ impl Metrics {
     pub fn subscriber_error(&self, subscriber: &str, kind: &'static str) {
         self.subscriber_errors
             .get_or_create(&SubscriberErrorLabels {
-                subscriber: subscriber.to_string(),
+                subscriber: Escaped(subscriber.to_string()),
                 kind,
             })
             .inc();
@@ -562,10 +562,12 @@ impl Metrics {
     }
 }
 
+mod label;
 mod platform;
 #[cfg(test)]
 mod tests;
 
 pub use crate::audit::metrics::AuditMetrics;
+pub use label::Escaped;
 use platform::DomainGuard;
 pub use platform::EventMetrics;

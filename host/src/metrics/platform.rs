@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 
 use serde::Deserialize;
 
-use super::{Domain, DomainPermanent, DomainSpam, Metrics, ProtocolSuccess};
+use super::{Domain, DomainPermanent, DomainSpam, Escaped, Metrics, ProtocolSuccess};
 use crate::bus::{HandlerError, Handling, Subscriber};
 use crate::event::Event;
 
@@ -25,10 +25,19 @@ impl DomainGuard {
         }
     }
 
-    pub(super) fn label(&self, domain: &str) -> String {
+    /// The label for `domain`: itself in lower case if it has the shape of a DNS
+    /// name, `unknown` if empty, `invalid` if not a DNS name, `other` past the limit.
+    pub(super) fn label(&self, domain: &str) -> Escaped {
+        Escaped(self.label_text(domain))
+    }
+
+    fn label_text(&self, domain: &str) -> String {
         let domain = domain.trim().to_ascii_lowercase();
         if domain.is_empty() {
             return "unknown".into();
+        }
+        if !super::label::dns_name(&domain) {
+            return "invalid".into();
         }
         if self.seen.read().expect("not poisoned").contains(&domain) {
             return domain;

@@ -24,11 +24,11 @@ fn plugin_counters_are_capped_per_plugin() {
 #[test]
 fn domains_past_the_limit_count_as_other() {
     let guard = DomainGuard::new(2);
-    assert_eq!(guard.label("a.org"), "a.org");
-    assert_eq!(guard.label("B.org"), "b.org");
-    assert_eq!(guard.label("c.org"), "other");
-    assert_eq!(guard.label("a.org"), "a.org");
-    assert_eq!(guard.label(""), "unknown");
+    assert_eq!(guard.label("a.org").0, "a.org");
+    assert_eq!(guard.label("B.org").0, "b.org");
+    assert_eq!(guard.label("c.org").0, "other");
+    assert_eq!(guard.label("a.org").0, "a.org");
+    assert_eq!(guard.label("").0, "unknown");
 }
 
 #[test]
@@ -54,5 +54,28 @@ fn custom_families_share_one_label() {
     assert!(
         m.encode()
             .contains("evhost_events_accepted_total{family=\"custom\"} 2")
+    );
+}
+
+#[test]
+fn hostile_domains_never_break_the_exposition() {
+    let guard = DomainGuard::new(100);
+    for hostile in [
+        "a\"b.com",
+        "a\nb.com",
+        "a\\b.com",
+        "bücher.example",
+        "x y.com",
+    ] {
+        assert_eq!(guard.label(hostile).0, "invalid", "{hostile:?}");
+    }
+    assert_eq!(guard.label(&"a".repeat(10_000)).0, "invalid");
+    // And escaped where written, whatever a label holds.
+    let m = Metrics::new(10);
+    m.subscriber_error("bad\"name\\with\nnewline", "error");
+    let text = m.encode();
+    assert!(
+        text.contains(r#"subscriber="bad\"name\\with\nnewline""#),
+        "{text}"
     );
 }
