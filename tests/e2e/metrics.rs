@@ -89,11 +89,14 @@ async fn seed_counters_follow_the_events() {
     assert_eq!(ready["audit"]["backlog_capacity"], 100000);
 }
 
+/// One sample of a scrape: its name, labels and value.
+type Sample = (String, Vec<(String, String)>, f64);
+
 /// Checks a scrape against the text exposition format, strictly: every line is a
 /// `# HELP`/`# TYPE`/`# UNIT`/`# EOF` comment or a sample
 /// `name{label="value",…} number`, where a label value holds no raw `"` or newline
 /// and escapes only `\\`, `\"` and `\n`. Returns the samples, or the first bad line.
-fn parse_exposition(text: &str) -> Result<Vec<(String, Vec<(String, String)>, f64)>, String> {
+fn parse_exposition(text: &str) -> Result<Vec<Sample>, String> {
     fn name_ok(s: &str) -> bool {
         let mut b = s.bytes();
         matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_' || c == b':')
