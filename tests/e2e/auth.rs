@@ -142,3 +142,36 @@ async fn an_open_api_refuses_to_listen_beyond_loopback() {
         "{stderr}"
     );
 }
+
+/// A request that carries a body is refused for its token before the body is read:
+/// the headers announce a 1 MB body that never comes, and the answer (401 without a
+/// token, 403 without the route's scope) arrives at once.
+#[tokio::test]
+async fn the_token_is_checked_before_the_body_is_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let d = daemon_with_tokens().await;
+    let address = d.base.trim_start_matches("http://").to_string();
+    for (path, token, expected) in [
+        ("/v1/events", None, "401"),
+        ("/v1/events/batch", Some(READER), "403"),
+        ("/v1/webhooks", Some(PUBLISHER), "403"),
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+        let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n{auth}Content-Length: 1000000\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(b"{\"type\":").await.unwrap();
+        let mut answer = vec![0u8; 512];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(3), stream.read(&mut answer))
+            .await
+            .unwrap_or_else(|_| panic!("{path}: no answer while the body is still coming"))
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {expected}")),
+            "{path}: {answer}"
+        );
+    }
+}

@@ -220,7 +220,7 @@ fn wire_error(e: wire::WireError) -> ApiError {
 
 impl AppState {
     /// Counts a refused request's events under their reason, then hands the error on.
-    fn refuse(&self, error: ApiError, events: u64) -> ApiError {
+    pub(super) fn refuse(&self, error: ApiError, events: u64) -> ApiError {
         if let Some(reason) = error.reject_reason() {
             self.metrics.rejected(reason, events);
         }
