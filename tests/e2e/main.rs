@@ -6,6 +6,7 @@ mod auth;
 mod cli;
 mod deadletters;
 mod disk;
+mod egress;
 mod errors;
 mod faults;
 mod fleet;

@@ -152,6 +152,10 @@ pub struct WebhooksConfig {
     /// Networks (CIDRs) that webhook URLs may reach although they are loopback,
     /// private, link-local or otherwise refused, such as `10.1.0.0/16`.
     pub allowed_networks: Vec<ipnet::IpNet>,
+    /// Only `https` endpoint URLs (checked when stored and before each send).
+    pub require_https: bool,
+    /// The ports endpoint URLs may use; empty: any.
+    pub allowed_ports: Vec<u16>,
     /// Attempts in flight at once to one endpoint.
     pub concurrency: usize,
     /// Failed deliveries in a row (retries exhausted) that disable an endpoint; 0 never.
@@ -390,6 +394,8 @@ impl Default for WebhooksConfig {
                 .map(Duration::from_secs)
                 .collect(),
             allowed_networks: Vec::new(),
+            require_https: false,
+            allowed_ports: Vec::new(),
             concurrency: 32,
             disable_after_failures: 10,
             secret_overlap: Duration::from_secs(24 * 3600),

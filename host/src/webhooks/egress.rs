@@ -4,7 +4,10 @@
 //! multicast, unspecified, reserved or a cloud metadata service are refused, unless
 //! `webhooks.allowed_networks` lists a network that holds the address itself. IPv6
 //! forms that embed an IPv4 address (mapped, compatible, NAT64, 6to4) are judged by
-//! that address, and an allow-listed IPv4 network does not open its IPv6 disguises.
+//! that address, and an allow-listed IPv4 network does not open its IPv6 disguises;
+//! Teredo and local-use NAT64, whose IPv4 side cannot be judged here, are refused.
+//! Optionally only `https` and some ports are allowed (`webhooks.require_https`,
+//! `webhooks.allowed_ports`).
 //!
 //! The check runs on the address actually connected to: evhost's HTTP client
 //! resolves names through [`GuardedResolver`], which drops refused addresses, so a
@@ -38,10 +41,14 @@ pub enum UrlError {
     Unresolvable { host: String, message: String },
 }
 
-/// The egress policy: which addresses webhooks may reach.
+/// The egress policy: which addresses webhooks may reach, and (when set) only over
+/// HTTPS and only to some ports.
 #[derive(Debug, Clone, Default)]
 pub struct Egress {
     allowed: Arc<Vec<IpNet>>,
+    require_https: bool,
+    /// Empty: any port.
+    ports: Arc<Vec<u16>>,
 }
 
 /// The longest URL an endpoint may have.
@@ -51,7 +58,35 @@ impl Egress {
     pub fn new(allowed: Vec<IpNet>) -> Egress {
         Egress {
             allowed: Arc::new(allowed),
+            ..Egress::default()
         }
+    }
+
+    /// Only `https` URLs (`webhooks.require_https`), and only to `ports` if any are
+    /// given (`webhooks.allowed_ports`).
+    pub fn with_rules(mut self, require_https: bool, ports: Vec<u16>) -> Egress {
+        self.require_https = require_https;
+        self.ports = Arc::new(ports);
+        self
+    }
+
+    /// The scheme and port rules, checked when a URL is stored and before each send
+    /// (the configuration may have changed since).
+    pub fn check_rules(&self, url: &Url) -> Result<(), UrlError> {
+        if self.require_https && url.scheme() != "https" {
+            return Err(UrlError::Invalid(format!(
+                "the URL must use https (webhooks.require_https); it uses {}",
+                url.scheme()
+            )));
+        }
+        let port = url.port_or_known_default().unwrap_or(0);
+        if !self.ports.is_empty() && !self.ports.contains(&port) {
+            return Err(UrlError::Invalid(format!(
+                "port {port} is not one of webhooks.allowed_ports {:?}",
+                self.ports
+            )));
+        }
+        Ok(())
     }
 
     /// Whether a webhook may connect to `ip`.
@@ -82,6 +117,7 @@ impl Egress {
                 url.scheme()
             )));
         }
+        self.check_rules(&url)?;
         if !url.username().is_empty() || url.password().is_some() {
             return Err(UrlError::Invalid(
                 "the URL must not carry credentials (they would show in lists and logs); receivers authenticate evhost by the signature".into(),
@@ -140,7 +176,12 @@ pub fn classify(ip: IpAddr) -> Option<&'static str> {
 fn classify_v4(ip: Ipv4Addr) -> Option<&'static str> {
     let [a, b, c, _] = ip.octets();
     Some(match (a, b, c) {
-        _ if ip == Ipv4Addr::new(169, 254, 169, 254) || ip == Ipv4Addr::new(100, 100, 100, 200) => {
+        // AWS, GCP, Azure and OpenStack (169.254.169.254), Alibaba (100.100.100.200),
+        // Azure's wire server (168.63.129.16).
+        _ if ip == Ipv4Addr::new(169, 254, 169, 254)
+            || ip == Ipv4Addr::new(100, 100, 100, 200)
+            || ip == Ipv4Addr::new(168, 63, 129, 16) =>
+        {
             "cloud metadata"
         }
         (127, _, _) => "loopback",
@@ -154,6 +195,8 @@ fn classify_v4(ip: Ipv4Addr) -> Option<&'static str> {
         (192, 0, 0) | (192, 0, 2) | (198, 51, 100) | (203, 0, 113) | (198, 18..=19, _) => {
             "reserved"
         }
+        // The 6to4 relay anycast prefix, deprecated (RFC 7526).
+        (192, 88, 99) => "reserved (6to4 relay)",
         _ => return None,
     })
 }
@@ -175,6 +218,11 @@ fn classify_v6(ip: Ipv6Addr) -> Option<&'static str> {
         [0x64, 0xff9b, 0, 0, 0, 0, _, _] => {
             return classify_v4(last32).map(|_| "NAT64 non-public");
         }
+        // Local-use NAT64 (RFC 8215) translates to whatever the local network
+        // chooses, private networks included.
+        [0x64, 0xff9b, 1, ..] => "NAT64 (local use)",
+        // Teredo carries an IPv4 address (obfuscated) and tunnels through a relay.
+        [0x2001, 0, ..] => "Teredo tunnel",
         [0x2002, hi, lo, ..] => {
             let v4 = Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8);
             return classify_v4(v4).map(|_| "6to4 non-public");
@@ -252,11 +300,35 @@ mod tests {
             "fd00:ec2::254",
             "fe80::1",
             "ff02::1",
+            "64:ff9b:1::a00:1",
+            "64:ff9b:1:ffff::808:808",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "192.88.99.1",
+            "168.63.129.16",
         ] {
             assert!(kind(ip).is_some(), "{ip} should be refused");
         }
         assert_eq!(kind("169.254.169.254"), Some("cloud metadata"));
         assert_eq!(kind("fd00:ec2::254"), Some("cloud metadata"));
+        assert_eq!(kind("168.63.129.16"), Some("cloud metadata"));
+        assert_eq!(kind("2001::1"), Some("Teredo tunnel"));
+    }
+
+    #[tokio::test]
+    async fn https_and_ports_can_be_required() {
+        let egress = Egress::default().with_rules(true, vec![443, 8443]);
+        let err = egress.check_url("http://8.8.8.8/").await.unwrap_err();
+        assert!(err.to_string().contains("https"), "{err}");
+        let err = egress.check_url("https://8.8.8.8:9000/").await.unwrap_err();
+        assert!(err.to_string().contains("port 9000"), "{err}");
+        assert!(egress.check_url("https://8.8.8.8/").await.is_ok());
+        assert!(egress.check_url("https://8.8.8.8:8443/").await.is_ok());
+        assert!(
+            Egress::default()
+                .check_url("http://8.8.8.8:9000/")
+                .await
+                .is_ok()
+        );
     }
 
     #[test]
@@ -266,6 +338,7 @@ mod tests {
             "93.184.216.34",
             "172.32.0.1",
             "2606:4700::1111",
+            "2001:4860::8888",
             "::ffff:8.8.8.8",
             "64:ff9b::808:808",
         ] {

@@ -452,6 +452,11 @@ async fn send(
 ) -> Result<Answer, (Outcome, String)> {
     let endpoint = &route.endpoint;
     let url = route.url.clone().map_err(|e| (Outcome::Refused, e))?;
+    shared
+        .options
+        .egress
+        .check_rules(&url)
+        .map_err(|e| (Outcome::Refused, e.to_string()))?;
     // Names are checked by the client's resolver; literal addresses here.
     if let Some(ip) = super::egress::literal_ip(&url) {
         shared
