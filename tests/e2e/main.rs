@@ -15,6 +15,7 @@ mod kept;
 mod metrics;
 mod pg_restart;
 mod plugins;
+mod sandbox;
 mod shutdown;
 mod stream;
 mod supervision;

@@ -65,6 +65,24 @@ impl Config {
                 ),
             ));
         }
+        if p.max_memory_mib > 4096 {
+            return Err(invalid(
+                "plugins.max_memory_mib",
+                format!("{} is out of range; allowed: up to 4096", p.max_memory_mib),
+            ));
+        }
+        if p.max_timeout > Duration::from_secs(60) {
+            return Err(invalid(
+                "plugins.max_timeout",
+                format!("{:?} is out of range; allowed: up to 60s", p.max_timeout),
+            ));
+        }
+        if p.max_fuel == Some(0) {
+            return Err(invalid(
+                "plugins.max_fuel",
+                "0 would stop every call; leave it out for no fuel limit".into(),
+            ));
+        }
         if p.timeout.is_zero() || p.timeout > Duration::from_secs(60) {
             return Err(invalid(
                 "plugins.timeout",

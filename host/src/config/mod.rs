@@ -188,11 +188,24 @@ pub struct PluginsConfig {
     /// Compiled plugins, reused at restart while the file and engine are unchanged;
     /// `<data_dir>/plugin-cache` when unset.
     pub cache_dir: Option<PathBuf>,
-    /// Memory one plugin instance may use, in MiB (a sidecar may set its own).
+    /// Memory one plugin instance may use, in MiB (a sidecar may set its own, up to
+    /// `max_memory_mib`).
     pub memory_mib: u64,
-    /// Time limit of one call into a plugin (a sidecar may set its own).
+    /// Time limit of one call into a plugin (a sidecar may set its own, up to
+    /// `max_timeout`).
     #[serde(with = "duration")]
     pub timeout: Duration,
+    /// The most memory a sidecar may give its plugin (never less than `memory_mib`):
+    /// one asking for more gets this, and a warning in `GET /v1/plugins`.
+    pub max_memory_mib: u64,
+    /// The longest call a sidecar may give its plugin (never less than `timeout`;
+    /// as for `max_memory_mib`).
+    #[serde(with = "duration")]
+    pub max_timeout: Duration,
+    /// An instruction budget per call that every plugin gets at most (a sidecar may
+    /// set less); none when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_fuel: Option<u64>,
     /// How many times an event may be emitted from an emitted event (loops stop here).
     pub max_hops: u8,
     /// Actions one call may return.
@@ -220,6 +233,9 @@ impl Default for PluginsConfig {
             cache_dir: None,
             memory_mib: 64,
             timeout: Duration::from_millis(10),
+            max_memory_mib: 256,
+            max_timeout: Duration::from_secs(1),
+            max_fuel: None,
             max_hops: 3,
             max_actions: 64,
             max_output_bytes: 1 << 20,

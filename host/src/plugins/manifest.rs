@@ -70,6 +70,10 @@ pub struct Manifest {
     /// Handed to init; never shown by the API (it may hold credentials).
     #[serde(skip)]
     pub config: Vec<(String, String)>,
+    /// What the sidecar asked for and did not get (a limit above the daemon's
+    /// ceiling), shown in `GET /v1/plugins`.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 /// Why a sidecar was refused.
@@ -94,8 +98,9 @@ impl Manifest {
             on_error: OnError::Pass,
             memory_mib: options.memory_mib,
             timeout: options.timeout,
-            fuel: None,
+            fuel: options.max_fuel,
             config: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 
@@ -118,21 +123,44 @@ impl Manifest {
     pub fn parse(text: &str, options: &PluginsConfig) -> Result<Manifest, String> {
         let sidecar: Sidecar = toml::from_str(text).map_err(|e| e.to_string())?;
         let defaults = Manifest::defaults(options);
-        let memory_mib = sidecar.memory_mib.unwrap_or(defaults.memory_mib);
-        if !(1..=4096).contains(&memory_mib) {
-            return Err(format!(
-                "memory_mib = {memory_mib} is out of range; allowed: 1 to 4096"
-            ));
+        // The daemon's configuration is a ceiling: a sidecar may lower a limit, and
+        // one asking for more gets the ceiling, with a warning.
+        let mut warnings = Vec::new();
+        let max_memory_mib = options.max_memory_mib.max(options.memory_mib);
+        let max_timeout = options.max_timeout.max(options.timeout);
+        let mut memory_mib = sidecar.memory_mib.unwrap_or(defaults.memory_mib);
+        if memory_mib == 0 {
+            return Err("memory_mib = 0 is out of range; allowed: 1 and up".into());
         }
-        let timeout = sidecar.timeout.unwrap_or(defaults.timeout);
-        if timeout.is_zero() || timeout > Duration::from_secs(60) {
-            return Err(format!(
-                "timeout = {timeout:?} is out of range; allowed: 1ms to 60s"
+        if memory_mib > max_memory_mib {
+            warnings.push(format!(
+                "memory_mib = {memory_mib} is above plugins.max_memory_mib; {max_memory_mib} is used"
             ));
+            memory_mib = max_memory_mib;
+        }
+        let mut timeout = sidecar.timeout.unwrap_or(defaults.timeout);
+        if timeout.is_zero() {
+            return Err("timeout = 0 is out of range; allowed: 1ms and up".into());
+        }
+        if timeout > max_timeout {
+            warnings.push(format!(
+                "timeout = {timeout:?} is above plugins.max_timeout; {max_timeout:?} is used"
+            ));
+            timeout = max_timeout;
         }
         if sidecar.fuel == Some(0) {
             return Err("fuel = 0 would stop every call; leave it out for no fuel limit".into());
         }
+        let fuel = match (sidecar.fuel, options.max_fuel) {
+            (Some(asked), Some(max)) if asked > max => {
+                warnings.push(format!(
+                    "fuel = {asked} is above plugins.max_fuel; {max} is used"
+                ));
+                Some(max)
+            }
+            (Some(asked), _) => Some(asked),
+            (None, max) => max,
+        };
         if let Some(patterns) = &sidecar.subscriptions {
             for p in patterns {
                 crate::event::TypePattern::parse(p)
@@ -170,8 +198,9 @@ impl Manifest {
             on_error: sidecar.on_error.unwrap_or_default(),
             memory_mib,
             timeout,
-            fuel: sidecar.fuel,
+            fuel,
             config,
+            warnings,
         })
     }
 }
@@ -246,5 +275,35 @@ mod tests {
             let err = parse(text).unwrap_err();
             assert!(err.contains(expect), "{text:?} → {err}");
         }
+    }
+
+    #[test]
+    fn the_daemon_is_a_ceiling_a_sidecar_can_lower_but_not_raise() {
+        let options = PluginsConfig {
+            max_memory_mib: 128,
+            max_timeout: Duration::from_millis(50),
+            max_fuel: Some(1_000_000),
+            ..PluginsConfig::default()
+        };
+        let m = Manifest::parse(
+            "memory_mib = 4096\ntimeout = \"60s\"\nfuel = 9000000000\n",
+            &options,
+        )
+        .unwrap();
+        assert_eq!(
+            (m.memory_mib, m.timeout, m.fuel),
+            (128, Duration::from_millis(50), Some(1_000_000))
+        );
+        assert_eq!(m.warnings.len(), 3, "{:?}", m.warnings);
+        assert!(m.warnings[0].contains("plugins.max_memory_mib"));
+        let lower =
+            Manifest::parse("memory_mib = 8\ntimeout = \"5ms\"\nfuel = 10\n", &options).unwrap();
+        assert_eq!((lower.memory_mib, lower.fuel), (8, Some(10)));
+        assert!(lower.warnings.is_empty());
+        assert_eq!(
+            Manifest::parse("", &options).unwrap().fuel,
+            Some(1_000_000),
+            "every plugin gets at most max_fuel"
+        );
     }
 }

@@ -142,6 +142,10 @@ pub struct PluginStatus {
     pub on_error: Option<OnError>,
     pub memory_mib: Option<u64>,
     pub timeout_ms: Option<u64>,
+    /// What its sidecar asked for and did not get (a limit above the daemon's
+    /// ceiling, `plugins.max_*`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     /// The latest problem: a load that failed (the previous version kept serving) or a
     /// failed call.
     pub last_error: Option<String>,
@@ -295,6 +299,10 @@ impl Registry {
             on_error: loaded.as_ref().map(|l| l.manifest.on_error),
             memory_mib: loaded.as_ref().map(|l| l.limits.memory_mib),
             timeout_ms: loaded.as_ref().map(|l| l.limits.timeout.as_millis() as u64),
+            warnings: loaded
+                .as_ref()
+                .map(|l| l.manifest.warnings.clone())
+                .unwrap_or_default(),
             last_error: last.as_ref().map(|(_, e)| e.clone()),
             last_error_at: last.map(|(t, _)| t),
             calls: slot.series.calls.get(),
