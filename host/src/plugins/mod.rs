@@ -14,6 +14,7 @@
 
 mod breaker;
 pub mod loader;
+mod log;
 pub mod manifest;
 pub mod offline;
 pub mod pipeline;

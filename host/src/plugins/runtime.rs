@@ -202,6 +202,9 @@ impl self::evhost::plugin::host::Host for HostState {
             LogSink::Capture(lines) => lines.lock().expect("not poisoned").push((level, message)),
             LogSink::Tracing => {
                 let name = plugin.name.as_str();
+                // One plugin line is one log line: a newline or another control
+                // character cannot forge a line of the daemon's own.
+                let message = super::log::escape_controls(&message);
                 match level {
                     Level::Trace => tracing::trace!(plugin = name, "{message}"),
                     Level::Debug => tracing::debug!(plugin = name, "{message}"),
