@@ -220,6 +220,7 @@ pub async fn serve(
         plugins: plugins.clone(),
         cluster: Some(cluster.clone()),
         metrics_token: config.metrics.token.clone(),
+        tails: Arc::new(tokio::sync::Semaphore::new(config.server.max_tails)),
     });
 
     let hostname = hostname();

@@ -44,3 +44,36 @@ async fn tail_refuses_a_bad_pattern() {
     assert_eq!(status, 400);
     assert_eq!(body["error"]["code"], "bad_pattern");
 }
+
+/// Past `server.max_tails` open tails a new one gets 429 with `Retry-After`; once
+/// one closes, there is room again.
+#[tokio::test]
+async fn live_tails_are_limited() {
+    let d = Daemon::start_with(Options::default().env("EVHOST_SERVER__MAX_TAILS", 2)).await;
+    let open = || d.request(Method::GET, "/v1/events/stream").send();
+    let first = open().await.unwrap();
+    let second = open().await.unwrap();
+    assert_eq!(
+        (first.status().as_u16(), second.status().as_u16()),
+        (200, 200)
+    );
+    let third = open().await.unwrap();
+    assert_eq!(third.status(), 429);
+    assert_eq!(third.headers()["retry-after"], "5");
+    let (_, body) = status_json(third).await;
+    assert_eq!(body["error"]["code"], "too_many_tails", "{body}");
+    drop(first);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let again = open().await.unwrap();
+        if again.status() == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no room after a tail closed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    drop(second);
+}

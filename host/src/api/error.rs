@@ -54,6 +54,14 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
+    /// 429 with `Retry-After`: a limit on what may run at once is reached.
+    pub fn too_many(code: &'static str, message: impl Into<String>, retry_after: u32) -> ApiError {
+        ApiError {
+            retry_after: Some(retry_after),
+            ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, message)
+        }
+    }
+
     pub fn unavailable(
         code: &'static str,
         message: impl Into<String>,

@@ -361,7 +361,7 @@ pub async fn publish_batch(
 #[utoipa::path(get, path = "/v1/events/stream", tag = "events",
     description = "Each SSE message has the event id as `id`, its type as `event`, and the envelope JSON as `data`. A client that falls behind gets a `lagged` message with the number of events it missed.",
     params(StreamQuery),
-    responses((status = 200, description = "text/event-stream of events"), (status = 400, description = "Bad type pattern")),
+    responses((status = 200, description = "text/event-stream of events"), (status = 400, description = "Bad type pattern"), (status = 429, description = "`server.max_tails` tails are open; see Retry-After")),
     security(("bearer" = ["read"])))]
 pub async fn stream(
     State(state): State<Arc<AppState>>,
@@ -372,8 +372,15 @@ pub async fn stream(
     let Query(query) = query.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
     let patterns = TypePattern::parse_list(query.types.as_deref().unwrap_or(""))
         .map_err(|e| ApiError::bad_request("bad_pattern", e.to_string()))?;
+    let held = state.tails.clone().try_acquire_owned().map_err(|_| {
+        ApiError::too_many(
+            "too_many_tails",
+            "as many live tails are open as server.max_tails allows; retry when one closes",
+            5,
+        )
+    })?;
     Ok(state
         .tail
-        .sse(patterns, state.shutdown.clone())
+        .sse(patterns, state.shutdown.clone(), held)
         .into_response())
 }

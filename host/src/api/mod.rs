@@ -84,6 +84,8 @@ pub struct AppState {
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// `metrics.token`: when set, `/metrics` needs it.
     pub metrics_token: Option<String>,
+    /// Places for live tails (`server.max_tails`).
+    pub tails: Arc<tokio::sync::Semaphore>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {

@@ -37,12 +37,16 @@ impl Tail {
     }
 
     /// An SSE stream of the events matching `patterns`, ending when `stop` fires.
-    pub fn sse(
+    /// A live tail of `patterns` until `stop`; `held` (a place among the tails
+    /// allowed at once) is let go when the tail ends.
+    pub fn sse<H: Send + Sync + 'static>(
         &self,
         patterns: Vec<TypePattern>,
         stop: CancellationToken,
-    ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>> + use<>> {
+        held: H,
+    ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>> + use<H>> {
         let events = BroadcastStream::new(self.sender.subscribe()).filter_map(move |item| {
+            let _held = &held;
             let out = match item {
                 Ok(event) if patterns.iter().any(|p| p.matches(&event.kind)) => {
                     let json = serde_json::to_string(&*event).unwrap_or_default();

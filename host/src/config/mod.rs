@@ -70,6 +70,8 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Most events in one batch request.
     pub max_batch_events: usize,
+    /// Live tails (`GET /v1/events/stream`) open at once; past it, 429.
+    pub max_tails: usize,
     /// How long a stop may take: in-flight requests finish and committed events are
     /// dispatched within it; what is left stays in the log for the next start.
     #[serde(with = "duration")]
@@ -356,6 +358,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body_bytes: 1024 * 1024,
             max_batch_events: 1000,
+            max_tails: 64,
             shutdown_timeout: Duration::from_secs(30),
         }
     }
