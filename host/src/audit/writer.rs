@@ -329,8 +329,7 @@ impl Writer {
         }
     }
 
-    /// Keeps a row the database refuses as a dead letter (retrying that write until
-    /// it is in: the row may exist nowhere else). Returns the dead letter's id.
+    /// Keeps a row the database refuses as a dead letter; returns its id.
     async fn set_aside(&self, entry: &Entry, error: &WriteError) -> i64 {
         let kind = if entry.source.is_some() {
             deadletter::Kind::Event
@@ -339,28 +338,16 @@ impl Writer {
         };
         let body = serde_json::to_string(entry).expect("an entry serializes");
         let error = crate::error_chain(error);
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match self
-                .dead_letters
-                .set_aside(
-                    &self.metrics.dead_letters,
-                    kind,
-                    &entry.event_id,
-                    &body,
-                    &error,
-                    &self.chain,
-                )
-                .await
-            {
-                Ok(id) => return id,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot keep a refused row as a dead letter; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
+        self.dead_letters
+            .keep(
+                &self.metrics.dead_letters,
+                kind,
+                &entry.event_id,
+                &body,
+                &error,
+                &self.chain,
+            )
+            .await
     }
 
     /// Gives every appended event its ticket (before the chain's committed head

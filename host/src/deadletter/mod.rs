@@ -163,6 +163,33 @@ impl DeadLetters {
         Ok(id)
     }
 
+    /// [`DeadLetters::set_aside`], tried until it succeeds: the row may exist
+    /// nowhere else, so its writer waits rather than drop it.
+    pub async fn keep(
+        &self,
+        metrics: &DeadLetterMetrics,
+        kind: Kind,
+        key: &str,
+        body: &str,
+        error: &str,
+        writer: &str,
+    ) -> i64 {
+        let mut backoff = std::time::Duration::from_millis(100);
+        loop {
+            match self
+                .set_aside(metrics, kind, key, body, error, writer)
+                .await
+            {
+                Ok(id) => return id,
+                Err(e) => {
+                    tracing::error!(error = %e, kind = kind.as_str(), "cannot keep a refused row as a dead letter; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
     /// Dead letters, newest first: of `kind` if given, with ids below `before`
     /// (the cursor of the previous page).
     pub async fn list(

@@ -310,29 +310,16 @@ async fn set_aside(shared: &Shared, item: Item, error: &WriteError) {
     let body = serde_json::to_string(&letter).expect("a letter serializes");
     let key = format!("{}{tag}", item.event.id);
     let error = crate::error_chain(error);
-    let store = DeadLetters::new(shared.store.clone());
-    let mut backoff = Duration::from_millis(100);
-    let id = loop {
-        let metrics = &shared.metrics.dead_letters;
-        match store
-            .set_aside(
-                metrics,
-                Kind::Delivery,
-                &key,
-                &body,
-                &error,
-                &shared.options.owner,
-            )
-            .await
-        {
-            Ok(id) => break id,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot keep refused deliveries as a dead letter; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
-    };
+    let id = DeadLetters::new(shared.store.clone())
+        .keep(
+            &shared.metrics.dead_letters,
+            Kind::Delivery,
+            &key,
+            &body,
+            &error,
+            &shared.options.owner,
+        )
+        .await;
     if let Some(written) = item.written {
         let _ = written.send(Err(id));
     }
