@@ -108,23 +108,9 @@ async fn a_node_killed_in_a_fleet_of_three_is_taken_over_within_10_s() {
     assert!(!from_b.is_empty());
 
     let taken = watcher.await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let arrivals = loop {
-        let arrivals = rx.arrivals();
-        let missing = acknowledged
-            .iter()
-            .filter(|id| !arrivals.contains_key(*id))
-            .count();
-        if missing == 0 {
-            break arrivals;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{missing} of {} acknowledged events never arrived",
-            acknowledged.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let arrivals = rx
+        .wait_arrivals(&acknowledged, Duration::from_secs(30), String::new)
+        .await;
     let delivered_all = killed.elapsed();
     let mut repeats = 0;
     for (id, webhook_ids) in &arrivals {
@@ -200,19 +186,10 @@ async fn a_hung_node_is_cut_off_after_the_node_timeout_and_taken_over() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let got: HashSet<String> = rx.arrivals().into_keys().collect();
-        let missing = acknowledged.difference(&got).count();
-        if missing == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{missing} acknowledged events never arrived while the node hung"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    rx.wait_arrivals(&acknowledged, Duration::from_secs(20), || {
+        "while the node hung".to_string()
+    })
+    .await;
     evhost_e2e::signal(b.pid(), Signal::SIGCONT);
     let woke = Instant::now();
     loop {

@@ -200,20 +200,10 @@ async fn a_postgresql_restart_under_load_loses_nothing_and_heals_within_5_s() {
     for p in publishers {
         acknowledged.extend(p.await.unwrap());
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let got: HashSet<String> = rx.arrivals().into_keys().collect();
-        let missing = acknowledged.difference(&got).count();
-        if missing == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{missing} acknowledged events never arrived; log:\n{}",
-            d.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    rx.wait_arrivals(&acknowledged, Duration::from_secs(60), || {
+        format!("log:\n{}", d.log())
+    })
+    .await;
     let counts = d.log_counts("types=restart.test").await;
     for id in &acknowledged {
         assert_eq!(counts.get(id), Some(&1), "{id}");

@@ -214,6 +214,36 @@ impl Receiver {
         seen
     }
 
+    /// Waits until every one of `ids` has arrived; returns the arrivals (as
+    /// [`Receiver::arrivals`]). Panics after `limit`, saying how many are missing
+    /// and `context` (a daemon's log, say).
+    pub async fn wait_arrivals<'a>(
+        &self,
+        ids: impl IntoIterator<Item = &'a String> + Clone,
+        limit: Duration,
+        context: impl Fn() -> String,
+    ) -> std::collections::HashMap<String, Vec<String>> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let arrivals = self.arrivals();
+            let total = ids.clone().into_iter().count();
+            let missing = ids
+                .clone()
+                .into_iter()
+                .filter(|id| !arrivals.contains_key(*id))
+                .count();
+            if missing == 0 {
+                return arrivals;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{missing} of {total} acknowledged events never arrived within {limit:?}; {}",
+                context()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits until at least `n` requests arrived; panics after `limit`.
     pub async fn wait_for(&self, n: usize, limit: Duration) -> Vec<Request> {
         let deadline = Instant::now() + limit;

@@ -231,22 +231,14 @@ async fn record(state: &AppState, actor: &Actor, kind: &str, id: i64, outcome: &
     let Some(audit) = &state.audit else {
         return;
     };
+    let details = serde_json::json!({ "outcome": outcome });
     audit
-        .record_action(crate::audit::Entry {
-            event_id: crate::event::new_event_id().to_string(),
-            event_type: kind.into(),
-            actor: actor
-                .token
-                .as_deref()
-                .map(str::to_string)
-                .or(Some("anonymous".into())),
-            actor_token: actor.token.as_deref().map(str::to_string),
-            actor_ip: actor.ip.map(|ip| ip.to_string()),
-            resource_type: Some("dead_letter".into()),
-            resource_id: Some(id.to_string()),
-            details: serde_json::json!({ "outcome": outcome }).to_string(),
-            time_us: chrono::Utc::now().timestamp_micros(),
-            source: None,
-        })
+        .record_action(crate::audit::Entry::of_action(
+            kind,
+            actor,
+            "dead_letter",
+            &id.to_string(),
+            details,
+        ))
         .await;
 }

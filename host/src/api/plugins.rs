@@ -87,22 +87,13 @@ pub async fn reload(
             Err(e) => serde_json::json!({"ok": false, "error": e.to_string()}),
         };
         audit
-            .record_action(crate::audit::Entry {
-                event_id: crate::event::new_event_id().to_string(),
-                event_type: "plugin.reload".into(),
-                actor: actor
-                    .token
-                    .as_deref()
-                    .map(str::to_string)
-                    .or(Some("anonymous".into())),
-                actor_token: actor.token.as_deref().map(str::to_string),
-                actor_ip: actor.ip.map(|ip| ip.to_string()),
-                resource_type: Some("plugin".into()),
-                resource_id: Some(name.clone()),
-                details: outcome.to_string(),
-                time_us: chrono::Utc::now().timestamp_micros(),
-                source: None,
-            })
+            .record_action(crate::audit::Entry::of_action(
+                "plugin.reload",
+                &actor,
+                "plugin",
+                &name,
+                outcome,
+            ))
             .await;
     }
     match result {

@@ -68,6 +68,30 @@ impl Entry {
         }
     }
 
+    /// The row of an operator's action through the API: the actor is the token's
+    /// name (`anonymous` on an API running open), with the client's address.
+    pub fn of_action(
+        event_type: &str,
+        actor: &crate::event::Actor,
+        resource_type: &str,
+        resource_id: &str,
+        details: serde_json::Value,
+    ) -> Entry {
+        let token = actor.token.as_deref().map(str::to_string);
+        Entry {
+            event_id: crate::event::new_event_id().to_string(),
+            event_type: event_type.into(),
+            actor: Some(token.clone().unwrap_or_else(|| "anonymous".into())),
+            actor_token: token,
+            actor_ip: actor.ip.map(|ip| ip.to_string()),
+            resource_type: Some(resource_type.into()),
+            resource_id: Some(resource_id.into()),
+            details: details.to_string(),
+            time_us: chrono::Utc::now().timestamp_micros(),
+            source: None,
+        }
+    }
+
     /// The row that records what plugins did to an accepted event: a row of its
     /// own (type `plugin.decided`, resource `event` and the event's id), so the
     /// event's own row stays as it was accepted. `details` holds who dropped it under
