@@ -212,6 +212,7 @@ pub async fn serve(
         limits: Limits {
             max_body_bytes: config.server.max_body_bytes,
             max_batch_events: config.server.max_batch_events,
+            body_timeout: config.server.body_timeout,
         },
         shutdown: shutdown.clone(),
         audit: config.audit.enabled.then(|| audit.clone()),
@@ -273,26 +274,30 @@ pub async fn serve(
             shutdown.cancel();
         }
     };
-    let server = axum::serve(
+    let server = crate::server::serve(
         listener,
-        api::router(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(begin_shutdown);
-    let server = tokio::spawn(async move { server.await });
+        api::router(state),
+        config.server.clone(),
+        metrics.server.clone(),
+        begin_shutdown,
+    );
+    let mut server = tokio::spawn(server);
     shutdown.cancelled().await;
     let grace = match tasks.failure() {
         Some(_) => config.server.shutdown_timeout.min(FAILED_GRACE),
         None => config.server.shutdown_timeout,
     };
     let deadline = tokio::time::Instant::now() + grace;
-    match tokio::time::timeout_at(deadline, server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => return Err(ServeError::Server(e)),
+    match tokio::time::timeout_at(deadline, &mut server).await {
+        Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::error!(error = %e, "HTTP server task failed"),
-        Err(_) => tracing::warn!(
-            ?grace,
-            "HTTP requests still open after the shutdown timeout; closing them"
-        ),
+        Err(_) => {
+            tracing::warn!(
+                ?grace,
+                "HTTP requests still open after the shutdown timeout; closing them"
+            );
+            server.abort();
+        }
     }
 
     let drain = async {

@@ -22,6 +22,7 @@ pub mod eventlog;
 pub mod ingest;
 pub mod metrics;
 pub mod plugins;
+pub mod server;
 pub mod store;
 pub mod supervise;
 pub mod webhooks;

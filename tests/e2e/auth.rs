@@ -175,3 +175,101 @@ async fn the_token_is_checked_before_the_body_is_read() {
         );
     }
 }
+
+/// A token over its `rate_per_second` gets 429 `rate_limited` with `Retry-After`,
+/// counted under its name; another token publishing at the same time is not slowed.
+#[tokio::test]
+async fn a_token_over_its_rate_gets_429_and_the_others_do_not() {
+    const LIMITED: &str = "limited-token-00000004";
+    let yaml = format!(
+        "auth:\n  tokens:\n    - {{name: smtp, token: {PUBLISHER}, scopes: [publish]}}\n    - {{name: bulk-importer, token: {LIMITED}, scopes: [publish], rate_per_second: 5, burst: 5}}\n"
+    );
+    let d = Daemon::start_with(Options::default().config_yaml(&yaml)).await;
+    let event = json!({"type": "message.received", "data": received("example.com", false)});
+    let send = |token: &'static str| {
+        let request = d
+            .client
+            .post(d.url("/v1/events"))
+            .bearer_auth(token)
+            .json(&event);
+        async move { request.send().await.unwrap() }
+    };
+    let started = std::time::Instant::now();
+    let (limited, free) = tokio::join!(
+        futures_util::future::join_all((0..40).map(|_| send(LIMITED))),
+        futures_util::future::join_all((0..40).map(|_| send(PUBLISHER))),
+    );
+    let elapsed = started.elapsed().as_secs_f64();
+    assert!(
+        free.iter().all(|r| r.status() == 202),
+        "the other token was slowed"
+    );
+    let accepted = limited.iter().filter(|r| r.status() == 202).count();
+    let refused: Vec<_> = limited.into_iter().filter(|r| r.status() == 429).collect();
+    assert_eq!(accepted + refused.len(), 40);
+    // The burst, plus what the rate refilled while the requests ran.
+    let allowed = 5 + (5.0 * elapsed).ceil() as usize;
+    assert!(
+        (5..=allowed).contains(&accepted),
+        "{accepted} accepted in {elapsed:.2}s"
+    );
+    for response in refused.into_iter().take(3) {
+        let retry_after: u32 = response.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=2).contains(&retry_after), "Retry-After {retry_after}");
+        let (_, body) = status_json(response).await;
+        assert_eq!(body["error"]["code"], "rate_limited");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("bulk-importer")
+        );
+    }
+    let metrics = d.metrics().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "evhost_rate_limited_total{token=\"bulk-importer\"}"
+        ),
+        (40 - accepted) as f64
+    );
+    assert_eq!(
+        metric_value(&metrics, "evhost_rate_limited_total{token=\"smtp\"}"),
+        0.0
+    );
+
+    // A batch larger than the burst can never pass; it is told so.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let batch: Vec<Value> = (0..6).map(|_| event.clone()).collect();
+    let response = d
+        .client
+        .post(d.url("/v1/events/batch"))
+        .bearer_auth(LIMITED)
+        .json(&batch)
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = status_json(response).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("burst 5"),
+        "{body}"
+    );
+    // Within the burst it passes.
+    let response = d
+        .client
+        .post(d.url("/v1/events/batch"))
+        .bearer_auth(LIMITED)
+        .json(&batch[..3])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+}

@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
+use super::rate::Limiter;
 use crate::config::{Scope, TokenConfig};
 
 /// Who a request comes from, once authenticated.
@@ -18,6 +19,8 @@ pub struct Principal {
     /// The token's name; `None` when the API runs open (no tokens, loopback only).
     pub name: Option<Arc<str>>,
     pub trusted: bool,
+    /// The token's rate limit, if it has one.
+    pub limiter: Option<Arc<Limiter>>,
 }
 
 struct Entry {
@@ -25,6 +28,7 @@ struct Entry {
     digest: [u8; 32],
     scopes: Vec<Scope>,
     trusted: bool,
+    limiter: Option<Arc<Limiter>>,
 }
 
 pub struct Auth {
@@ -36,11 +40,17 @@ impl Auth {
         Auth {
             entries: tokens
                 .iter()
-                .map(|t| Entry {
-                    name: t.name.as_str().into(),
-                    digest: Sha256::digest(t.token.as_bytes()).into(),
-                    scopes: t.scopes.iter().copied().collect(),
-                    trusted: t.trusted,
+                .map(|t| {
+                    let name: Arc<str> = t.name.as_str().into();
+                    Entry {
+                        limiter: t
+                            .rate_per_second
+                            .map(|rate| Arc::new(Limiter::new(name.clone(), rate, t.burst))),
+                        name,
+                        digest: Sha256::digest(t.token.as_bytes()).into(),
+                        scopes: t.scopes.iter().copied().collect(),
+                        trusted: t.trusted,
+                    }
                 })
                 .collect(),
         }
@@ -57,6 +67,7 @@ impl Auth {
             return Ok(Principal {
                 name: None,
                 trusted: true,
+                limiter: None,
             });
         }
         let presented = bearer(headers).ok_or_else(|| {
@@ -66,14 +77,7 @@ impl Auth {
                 "this endpoint needs a token: send `Authorization: Bearer <token>`",
             )
         })?;
-        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        // Look at every entry, whatever matched, so timing does not reveal which.
-        let mut found: Option<&Entry> = None;
-        for entry in &self.entries {
-            if bool::from(entry.digest.ct_eq(&digest)) {
-                found = Some(entry);
-            }
-        }
+        let found = self.find(presented);
         let entry = found.ok_or_else(|| {
             ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -95,7 +99,26 @@ impl Auth {
         Ok(Principal {
             name: Some(entry.name.clone()),
             trusted: entry.trusted,
+            limiter: entry.limiter.clone(),
         })
+    }
+
+    /// The rate limit of the token the request bears, if it is a known token with one.
+    pub fn limiter(&self, headers: &HeaderMap) -> Option<&Arc<Limiter>> {
+        self.find(bearer(headers)?)?.limiter.as_ref()
+    }
+
+    /// The entry whose token is `presented`. Every entry is compared, whatever
+    /// matched, so timing does not reveal which.
+    fn find(&self, presented: &str) -> Option<&Entry> {
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        let mut found: Option<&Entry> = None;
+        for entry in &self.entries {
+            if bool::from(entry.digest.ct_eq(&digest)) {
+                found = Some(entry);
+            }
+        }
+        found
     }
 }
 
@@ -140,12 +163,16 @@ mod tests {
                 token: "publish-token-0001".into(),
                 scopes: [Scope::Publish].into(),
                 trusted: false,
+                rate_per_second: None,
+                burst: None,
             },
             TokenConfig {
                 name: "ops".into(),
                 token: "admin-token-000002".into(),
                 scopes: [Scope::Read, Scope::Admin].into(),
                 trusted: true,
+                rate_per_second: None,
+                burst: None,
             },
         ])
     }

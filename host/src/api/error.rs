@@ -83,6 +83,7 @@ impl ApiError {
             "forbidden" | "not_trusted" => Some(RejectReason::Forbidden),
             "unsupported_media_type" => Some(RejectReason::UnsupportedMediaType),
             "too_large" | "batch_too_large" => Some(RejectReason::TooLarge),
+            "rate_limited" => Some(RejectReason::RateLimited),
             _ if self.status == StatusCode::BAD_REQUEST => Some(RejectReason::Invalid),
             _ => None,
         }

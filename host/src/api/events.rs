@@ -341,6 +341,11 @@ pub async fn publish_batch(
                 ),
             ));
         }
+        // The request took one unit of the token's rate on arrival; the batch's other
+        // events take theirs now, before anything is written.
+        if let Some(limiter) = &principal.limiter {
+            limiter.take_batch(drafts.len(), &state.metrics.server)?;
+        }
         let origin = origin(principal, peer, &headers)?;
         let (ids, set_aside) = state.ingest.accept_batch(drafts, &origin).await?;
         let dead_lettered = set_aside

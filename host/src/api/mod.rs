@@ -7,9 +7,11 @@ pub mod auth;
 mod deadletters;
 pub mod error;
 mod events;
+mod guard;
 mod nodes;
 mod openapi;
 mod plugins;
+mod rate;
 pub mod stream;
 mod webhooks;
 
@@ -62,6 +64,8 @@ fn rfc3339_us(us: i64) -> String {
 pub struct Limits {
     pub max_body_bytes: usize,
     pub max_batch_events: usize,
+    /// `server.body_timeout`: a body must arrive within it.
+    pub body_timeout: std::time::Duration,
 }
 
 /// What the handlers share.
@@ -134,46 +138,17 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            token_before_body,
+            guard::read_body,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::admit,
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             audit_refusals,
         ))
         .with_state(state)
-}
-
-/// Checks the token of a request that carries a body (`POST`, `PATCH`, `PUT` under
-/// `/v1/`) before anything reads the body: a request without a valid token, or
-/// without the route's scope, is answered 401 or 403 at once, and its body (up to
-/// `server.max_body_bytes`) is never read. Publishing needs `publish`; every other
-/// write needs `admin`. The handlers check the scope again, as for any request.
-async fn token_before_body(
-    State(state): State<Arc<AppState>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    use axum::http::Method;
-    let path = request.uri().path();
-    let writes = matches!(
-        *request.method(),
-        Method::POST | Method::PATCH | Method::PUT
-    );
-    if state.auth.is_open() || !writes || !path.starts_with("/v1/") {
-        return next.run(request).await;
-    }
-    let scope = if path == "/v1/events" || path == "/v1/events/batch" {
-        Scope::Publish
-    } else {
-        Scope::Admin
-    };
-    match state.auth.authorize(request.headers(), scope) {
-        Ok(_) => next.run(request).await,
-        // A refused publish counts as one refused event, as the handlers count a
-        // request whose body they have not parsed.
-        Err(refused) if scope == Scope::Publish => state.refuse(refused, 1).into_response(),
-        Err(refused) => refused.into_response(),
-    }
 }
 
 /// Records refused authentications (401, 403) in the audit log, rate-limited per

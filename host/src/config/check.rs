@@ -126,6 +126,27 @@ impl Config {
                 ),
             ));
         }
+        if self.server.max_connections < 16 {
+            return Err(invalid(
+                "server.max_connections",
+                format!(
+                    "{} is too small; allowed: at least 16",
+                    self.server.max_connections
+                ),
+            ));
+        }
+        for (key, value) in [
+            ("server.header_timeout", self.server.header_timeout),
+            ("server.body_timeout", self.server.body_timeout),
+            ("server.idle_timeout", self.server.idle_timeout),
+        ] {
+            if value < std::time::Duration::from_millis(100) {
+                return Err(invalid(
+                    key,
+                    format!("{value:?} is too short; allowed: at least 100ms"),
+                ));
+            }
+        }
         if self.server.max_batch_events == 0 {
             return Err(invalid(
                 "server.max_batch_events",
@@ -273,6 +294,26 @@ impl Config {
                 return Err(invalid(
                     &format!("{key}.scopes"),
                     "is empty; allowed: publish, read, admin".into(),
+                ));
+            }
+            if let Some(rate) = token.rate_per_second
+                && !(rate.is_finite() && (0.001..=1_000_000.0).contains(&rate))
+            {
+                return Err(invalid(
+                    &format!("{key}.rate_per_second"),
+                    format!("{rate} is out of range; allowed: 0.001 to 1000000"),
+                ));
+            }
+            if token.burst == Some(0) {
+                return Err(invalid(
+                    &format!("{key}.burst"),
+                    "0 is not allowed; allowed: at least 1".into(),
+                ));
+            }
+            if token.burst.is_some() && token.rate_per_second.is_none() {
+                return Err(invalid(
+                    &format!("{key}.burst"),
+                    "needs rate_per_second beside it".into(),
                 ));
             }
         }

@@ -11,12 +11,13 @@
 //! alone defines one token with every scope.
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+pub use crate::server::ServerConfig;
 
 mod check;
 mod load;
@@ -59,23 +60,6 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub log: LogConfig,
     pub cluster: crate::cluster::ClusterConfig,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ServerConfig {
-    /// Address the HTTP API listens on.
-    pub listen: SocketAddr,
-    /// Largest request body accepted, in bytes.
-    pub max_body_bytes: usize,
-    /// Most events in one batch request.
-    pub max_batch_events: usize,
-    /// Live tails (`GET /v1/events/stream`) open at once; past it, 429.
-    pub max_tails: usize,
-    /// How long a stop may take: in-flight requests finish and committed events are
-    /// dispatched within it; what is left stays in the log for the next start.
-    #[serde(with = "duration")]
-    pub shutdown_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -286,6 +270,14 @@ pub struct TokenConfig {
     /// May name the user an event is published on behalf of.
     #[serde(default)]
     pub trusted: bool,
+    /// Sustained rate this token may use, in requests per second, where a publish
+    /// counts each of its events. None by default (no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_per_second: Option<f64>,
+    /// How many requests (or events) may come at once on top of the rate; the
+    /// largest batch the token can publish. Default: one second's worth, at least 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
 }
 
 /// What a token may do.
@@ -348,18 +340,6 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             log: LogConfig::default(),
             cluster: crate::cluster::ClusterConfig::default(),
-        }
-    }
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        ServerConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            max_body_bytes: 1024 * 1024,
-            max_batch_events: 1000,
-            max_tails: 64,
-            shutdown_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -501,6 +481,8 @@ impl Config {
                 token,
                 scopes: [Scope::Publish, Scope::Read, Scope::Admin].into(),
                 trusted: true,
+                rate_per_second: None,
+                burst: None,
             });
         }
         config.check()?;

@@ -182,3 +182,55 @@ fn cluster_timings_are_checked() {
     .to_string();
     assert!(e.contains("cluster.node_timeout"), "{e}");
 }
+
+#[test]
+fn server_limits_and_token_rates_are_checked() {
+    for (var, value, key) in [
+        (
+            "EVHOST_SERVER__HEADER_TIMEOUT",
+            "0s",
+            "server.header_timeout",
+        ),
+        ("EVHOST_SERVER__BODY_TIMEOUT", "10ms", "server.body_timeout"),
+        ("EVHOST_SERVER__IDLE_TIMEOUT", "0s", "server.idle_timeout"),
+        (
+            "EVHOST_SERVER__MAX_CONNECTIONS",
+            "3",
+            "server.max_connections",
+        ),
+    ] {
+        let err = Config::load_from(None, env(&[(var, value)]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(key), "{err}");
+    }
+    let token = |extra: &str| {
+        file(&format!(
+            "auth:\n  tokens:\n    - name: a\n      token: a-long-enough-token\n      scopes: [publish]\n{extra}"
+        ))
+    };
+    for (extra, key) in [
+        (
+            "      rate_per_second: 0\n",
+            "auth.tokens[0].rate_per_second",
+        ),
+        (
+            "      rate_per_second: .nan\n",
+            "auth.tokens[0].rate_per_second",
+        ),
+        (
+            "      rate_per_second: 5\n      burst: 0\n",
+            "auth.tokens[0].burst",
+        ),
+        ("      burst: 10\n", "auth.tokens[0].burst"),
+    ] {
+        let f = token(extra);
+        let err = Config::load_from(Some(f.path()), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(key), "{extra}: {err}");
+    }
+    let f = token("      rate_per_second: 0.5\n      burst: 3\n");
+    let ok = Config::load_from(Some(f.path()), env(&[])).unwrap();
+    assert_eq!(ok.auth.tokens[0].rate_per_second, Some(0.5));
+}

@@ -66,6 +66,8 @@ pub enum RejectReason {
     Unauthorized,
     Forbidden,
     UnsupportedMediaType,
+    /// The token is over its `rate_per_second`.
+    RateLimited,
     /// The event log could not write.
     Unavailable,
     /// The event log's disk (or its database server's) is full.
@@ -82,6 +84,7 @@ impl RejectReason {
             RejectReason::Unauthorized => "unauthorized",
             RejectReason::Forbidden => "forbidden",
             RejectReason::UnsupportedMediaType => "unsupported_media_type",
+            RejectReason::RateLimited => "rate_limited",
             RejectReason::Unavailable => "log_unavailable",
             RejectReason::DiskFull => "disk_full",
         }
@@ -131,6 +134,7 @@ pub struct Metrics {
     domains: DomainGuard,
     pub audit: AuditMetrics,
     pub dead_letters: crate::deadletter::DeadLetterMetrics,
+    pub server: crate::server::ServerMetrics,
     pub webhooks: WebhookMetrics,
     pub plugins: Arc<PluginMetrics>,
     /// The daemon's long-lived tasks, watched. It rides with the metrics because
@@ -489,6 +493,7 @@ impl Metrics {
 
         let audit = AuditMetrics::register(&mut registry);
         let dead_letters = crate::deadletter::DeadLetterMetrics::register(&mut registry);
+        let server = crate::server::ServerMetrics::register(&mut registry);
         let webhooks = WebhookMetrics::register(&mut registry);
         let plugins = Arc::new(PluginMetrics::register(&mut registry));
         let accepted_by_family = FAMILIES
@@ -512,6 +517,7 @@ impl Metrics {
             domains: DomainGuard::new(max_domains),
             audit,
             dead_letters,
+            server,
             webhooks,
             plugins,
             tasks: crate::supervise::Supervisor::default(),

@@ -1,0 +1,226 @@
+//! The HTTP server's edges, driven over raw TCP: slow heads, slow bodies and silent
+//! connections are cut at their timeouts; idle connections past
+//! `server.max_connections` make way for a publisher; a body without a token is not
+//! read.
+
+use std::time::{Duration, Instant};
+
+use evhost_e2e::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn address(d: &Daemon) -> String {
+    d.base.trim_start_matches("http://").to_string()
+}
+
+/// Reads until the server closes the connection (or 10 s pass); what it sent.
+async fn read_to_close(stream: &mut TcpStream) -> (String, Duration) {
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => answer.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("the connection is still open after 10 s"),
+        }
+    }
+    (
+        String::from_utf8_lossy(&answer).into_owned(),
+        started.elapsed(),
+    )
+}
+
+fn timeouts_daemon() -> Options {
+    Options::default()
+        .env("EVHOST_SERVER__HEADER_TIMEOUT", "1s")
+        .env("EVHOST_SERVER__BODY_TIMEOUT", "1s")
+        .env("EVHOST_SERVER__IDLE_TIMEOUT", "2s")
+}
+
+#[tokio::test]
+async fn a_head_sent_one_byte_at_a_time_is_cut_at_the_header_timeout() {
+    let d = Daemon::start_with(timeouts_daemon()).await;
+    let mut stream = TcpStream::connect(address(&d)).await.unwrap();
+    let started = Instant::now();
+    let head = b"POST /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n";
+    let mut cut = false;
+    for byte in head {
+        if stream.write_all(&[*byte]).await.is_err() {
+            cut = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if started.elapsed() > Duration::from_secs(4) {
+            break;
+        }
+    }
+    let (answer, _) = read_to_close(&mut stream).await;
+    let took = started.elapsed();
+    assert!(
+        cut || answer.is_empty() || !answer.contains(" 202 "),
+        "{answer}"
+    );
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "cut after {took:?}"
+    );
+    d.wait_for_metric("evhost_http_timeouts_total{kind=\"header\"}")
+        .await;
+    // The daemon still serves.
+    assert_eq!(
+        d.post_json(
+            "/v1/events",
+            &json!({"type": "message.received", "data": received("example.com", false)})
+        )
+        .await
+        .0,
+        202
+    );
+}
+
+#[tokio::test]
+async fn a_silent_connection_is_closed_at_the_idle_timeout_and_a_kept_alive_one_too() {
+    let d = Daemon::start_with(timeouts_daemon()).await;
+    // Never says a word.
+    let mut silent = TcpStream::connect(address(&d)).await.unwrap();
+    let (answer, took) = read_to_close(&mut silent).await;
+    assert!(answer.is_empty(), "{answer}");
+    assert!(
+        took >= Duration::from_millis(1800) && took < Duration::from_secs(5),
+        "closed after {took:?}"
+    );
+    // One request, then silence: the idle clock starts when the response is written.
+    let mut kept = TcpStream::connect(address(&d)).await.unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    let (answer, took) = read_to_close(&mut kept).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        took >= Duration::from_millis(1800) && took < Duration::from_secs(5),
+        "closed after {took:?}"
+    );
+    d.wait_metric_at_least(
+        "evhost_http_timeouts_total{kind=\"idle\"}",
+        2.0,
+        Duration::from_secs(10),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_body_slower_than_the_body_timeout_gets_408_and_the_connection_closes() {
+    let d = Daemon::start_with(timeouts_daemon()).await;
+    let mut stream = TcpStream::connect(address(&d)).await.unwrap();
+    let head = "POST /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(b"{\"type\": \"message.").await.unwrap();
+    let started = Instant::now();
+    let (answer, _) = read_to_close(&mut stream).await;
+    let took = started.elapsed();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"body_timeout\""), "{answer}");
+    assert!(took < Duration::from_secs(4), "answered after {took:?}");
+    d.wait_for_metric("evhost_http_timeouts_total{kind=\"body\"}")
+        .await;
+    // Nothing of it was stored.
+    assert!(
+        d.audit_rows("types=message.received", 10, None)
+            .await
+            .is_empty()
+    );
+}
+
+/// 10,000 connections that never send a request do not lock a publisher out: past
+/// `server.max_connections` the longest-idle ones make way.
+#[tokio::test]
+async fn ten_thousand_idle_connections_do_not_stop_a_publisher() {
+    raise_fd_limit(10_000 + 512);
+    let d = Daemon::start_with(
+        Options::default()
+            .env("EVHOST_SERVER__MAX_CONNECTIONS", 1000)
+            .env("EVHOST_SERVER__IDLE_TIMEOUT", "120s"),
+    )
+    .await;
+    let address = address(&d);
+    let started = Instant::now();
+    let mut idle = Vec::with_capacity(10_000);
+    for _ in 0..10_000 {
+        idle.push(TcpStream::connect(&address).await.unwrap());
+    }
+    let opened = started.elapsed();
+    let started = Instant::now();
+    let (status, body) = d
+        .post_json(
+            "/v1/events",
+            &json!({"type": "message.received", "data": received("example.com", false)}),
+        )
+        .await;
+    let publish = started.elapsed();
+    assert_eq!(status, 202, "{body}");
+    assert!(
+        publish < Duration::from_secs(5),
+        "published after {publish:?}"
+    );
+    let metrics = d.metrics().await;
+    let evicted = metric_value(&metrics, "evhost_http_connections_evicted_total");
+    let open = metric_value(&metrics, "evhost_http_connections");
+    eprintln!(
+        "10,000 opened in {opened:?}; publish took {publish:?}; evicted {evicted}; open {open}"
+    );
+    assert!(evicted >= 9_000.0, "evicted {evicted}");
+    assert!(open <= 1000.0, "open {open}");
+    drop(idle);
+}
+
+/// A publish without a token that announces and sends a 1 MiB body is answered 401
+/// after reading little more than its head.
+#[tokio::test]
+async fn a_body_without_a_token_is_not_read() {
+    let d =
+        Daemon::start_with(Options::default().env("EVHOST_API_TOKEN", "a-token-of-24-characters"))
+            .await;
+    let before = metric_value(&d.metrics().await, "evhost_http_received_bytes_total");
+    let mut stream = TcpStream::connect(address(&d)).await.unwrap();
+    let head = "POST /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 1048576\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // The body goes out from another task, as fast as the socket takes it.
+    let (mut read, mut write) = stream.into_split();
+    let sender = tokio::spawn(async move {
+        let chunk = vec![b' '; 64 * 1024];
+        let mut sent = 0;
+        while sent < 1024 * 1024 {
+            if write.write_all(&chunk).await.is_err() {
+                break;
+            }
+            sent += chunk.len();
+        }
+        sent
+    });
+    let mut answer = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), read.read(&mut answer))
+        .await
+        .expect("no answer")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    let _ = tokio::time::timeout(Duration::from_secs(5), sender).await;
+    // The scrape's own request adds a little; the body would add 1 MiB.
+    let after = metric_value(&d.metrics().await, "evhost_http_received_bytes_total");
+    let read_bytes = after - before;
+    eprintln!("bytes read for the refused request (and one scrape): {read_bytes}");
+    assert!(read_bytes < 128.0 * 1024.0, "read {read_bytes} bytes");
+}
+
+fn raise_fd_limit(wanted: u64) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    if soft < wanted {
+        assert!(
+            hard >= wanted,
+            "this test needs {wanted} open files; the hard limit is {hard}"
+        );
+        setrlimit(Resource::RLIMIT_NOFILE, wanted, hard).unwrap();
+    }
+}
