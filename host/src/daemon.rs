@@ -172,7 +172,7 @@ pub async fn serve(
         let plugins = Plugins::start(
             config.plugins.clone(),
             config.plugins_dir(),
-            config.plugin_cache_dir(),
+            plugin_cache(&config)?,
             metrics.clone(),
             catalog.clone(),
             Some(audit.clone()),
@@ -222,6 +222,7 @@ pub async fn serve(
         cluster: Some(cluster.clone()),
         metrics_token: config.metrics.token.clone(),
         tails: Arc::new(tokio::sync::Semaphore::new(config.server.max_tails)),
+        verifies: Arc::new(tokio::sync::Semaphore::new(config.server.max_verifies)),
     });
 
     let hostname = hostname();
@@ -448,4 +449,11 @@ pub fn hostname() -> String {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "unknown".into())
+}
+
+/// The compiled-plugin cache, signed with the key in `<data_dir>/plugin-cache.key`.
+fn plugin_cache(config: &Config) -> Result<crate::plugins::cache::Cache, ServeError> {
+    let key = config.data_dir.join("plugin-cache.key");
+    crate::plugins::cache::Cache::open(config.plugin_cache_dir(), &key)
+        .map_err(|source| ServeError::DataDir { path: key, source })
 }

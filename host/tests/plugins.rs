@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use evhost::config::PluginsConfig;
 use evhost::event::{Actor, Event};
 use evhost::plugins::Manifest;
+use evhost::plugins::cache::Cache;
 use evhost::plugins::loader::PluginError;
 use evhost::plugins::offline::{self, RunReport};
 use evhost::plugins::runtime::{LoadError, Runtime};
@@ -219,16 +220,19 @@ fn check_reports_the_contract_exports_and_limits() {
 #[test]
 fn compiled_code_is_cached_and_reused() {
     let dir = tempfile::tempdir().unwrap();
+    let cache = || Cache::open(dir.path().join("cache"), &dir.path().join("key")).unwrap();
     let bytes = std::fs::read(plugin_wasm("vip_router")).unwrap();
-    let first = Runtime::new(Some(dir.path().to_path_buf()))
+    let first = Runtime::new(Some(cache()))
         .unwrap()
         .compile(&bytes, false)
         .unwrap();
     assert!(!first.from_cache);
-    let cached: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    let cached: Vec<_> = std::fs::read_dir(dir.path().join("cache"))
+        .unwrap()
+        .collect();
     assert_eq!(cached.len(), 1, "one .cwasm file");
     // A new runtime (as after a restart) takes it from the cache.
-    let second = Runtime::new(Some(dir.path().to_path_buf()))
+    let second = Runtime::new(Some(cache()))
         .unwrap()
         .compile(&bytes, false)
         .unwrap();
@@ -236,11 +240,37 @@ fn compiled_code_is_cached_and_reused() {
     assert_eq!(first.hash, second.hash);
     // A changed file is compiled afresh.
     let other = std::fs::read(plugin_wasm("spam_router")).unwrap();
-    let third = Runtime::new(Some(dir.path().to_path_buf()))
+    let third = Runtime::new(Some(cache()))
         .unwrap()
         .compile(&other, false)
         .unwrap();
     assert!(!third.from_cache);
+    // A tampered entry is refused, and the plugin compiled (and cached) afresh.
+    let entry = std::fs::read_dir(dir.path().join("cache"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with(&first.hash)
+        })
+        .unwrap();
+    let mut code = std::fs::read(&entry).unwrap();
+    let middle = code.len() / 2;
+    code[middle] ^= 0x40;
+    std::fs::write(&entry, &code).unwrap();
+    let fourth = Runtime::new(Some(cache()))
+        .unwrap()
+        .compile(&bytes, false)
+        .unwrap();
+    assert!(!fourth.from_cache, "a tampered entry was loaded");
+    let fifth = Runtime::new(Some(cache()))
+        .unwrap()
+        .compile(&bytes, false)
+        .unwrap();
+    assert!(fifth.from_cache, "the rebuilt entry is used again");
 }
 
 #[test]
@@ -297,7 +327,7 @@ fn offline_runs_apply_the_daemons_action_checks() {
 
 #[test]
 fn the_compile_cache_keeps_the_most_recently_used_entries() {
-    use evhost::plugins::runtime::prune_cache;
+    use evhost::plugins::cache::prune_cache;
     let dir = tempfile::tempdir().unwrap();
     let base = std::time::SystemTime::now() - Duration::from_secs(3600);
     for n in 0..5u64 {

@@ -224,3 +224,114 @@ fn raise_fd_limit(wanted: u64) {
         setrlimit(Resource::RLIMIT_NOFILE, wanted, hard).unwrap();
     }
 }
+
+/// Behind a trusted proxy the audit records the client `X-Forwarded-For` names;
+/// from anyone else the header is ignored.
+#[tokio::test]
+async fn the_audit_records_the_forwarded_client_only_behind_a_trusted_proxy() {
+    for (proxies, expected) in [("[127.0.0.0/8]", "203.0.113.9"), ("[]", "127.0.0.1")] {
+        let d =
+            Daemon::start_with(Options::default().env("EVHOST_SERVER__TRUSTED_PROXIES", proxies))
+                .await;
+        let response = d
+            .client
+            .post(d.url("/v1/events"))
+            .header("x-forwarded-for", "198.51.100.1, 203.0.113.9")
+            .json(&json!({"type": "proxied.event", "data": {}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+        let mut rows = Vec::new();
+        for _ in 0..100 {
+            rows = d.audit_rows("types=proxied.event", 10, None).await;
+            if !rows.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(rows[0]["actor_ip"], expected, "trusted_proxies {proxies}");
+    }
+}
+
+/// With no token (loopback only), what a web page could send is refused: a rebound
+/// Host, a foreign Origin, a body without a JSON content type.
+#[tokio::test]
+async fn the_open_mode_refuses_what_a_web_page_could_send() {
+    let d = Daemon::start().await;
+    let event =
+        json!({"type": "message.received", "data": received("example.com", false)}).to_string();
+    let post = |headers: Vec<(&'static str, &'static str)>| {
+        let mut request = d.client.post(d.url("/v1/events")).body(event.clone());
+        for (k, v) in headers {
+            request = request.header(k, v);
+        }
+        async move { status_json(request.send().await.unwrap()).await }
+    };
+    let json_type = ("content-type", "application/json");
+    let (status, body) = post(vec![json_type, ("host", "rebound.example:8080")]).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("host_not_allowed"))
+    );
+    let (status, body) = post(vec![json_type, ("origin", "https://evil.example")]).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("cross_origin"))
+    );
+    let (status, body) = post(vec![("content-type", "text/plain")]).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (415, Some("unsupported_media_type"))
+    );
+    let (status, _) = post(vec![]).await;
+    assert_eq!(status, 415);
+    // A rebound name cannot read the tail either.
+    let response = d
+        .client
+        .get(d.url("/v1/events/stream"))
+        .header("host", "rebound.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    // The same event as a tool sends it is taken.
+    let (status, body) = post(vec![json_type, ("origin", "http://localhost:3000")]).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(
+        d.metric("evhost_events_rejected_total{reason=\"forbidden\"}")
+            .await,
+        2.0
+    );
+}
+
+/// `server.max_verifies` bounds the audit verifications running at once.
+#[tokio::test]
+async fn verifications_past_max_verifies_get_429() {
+    let d = Daemon::start_with(Options::default().env("EVHOST_SERVER__MAX_VERIFIES", 1)).await;
+    let batch: Vec<Value> = (0..1000)
+        .map(|i| json!({"type": "verify.load", "data": {"i": i}}))
+        .collect();
+    for _ in 0..10 {
+        assert_eq!(d.post_json("/v1/events/batch", &json!(batch)).await.0, 202);
+    }
+    let runs = (0..6).map(|_| d.get_json("/v1/audit/verify"));
+    let answers = futures_util::future::join_all(runs).await;
+    let ok = answers
+        .iter()
+        .filter(|(s, b)| *s == 200 && b["ok"] == true)
+        .count();
+    let refused: Vec<_> = answers.iter().filter(|(s, _)| *s == 429).collect();
+    assert!(ok >= 1, "{answers:?}");
+    assert!(
+        !refused.is_empty(),
+        "no run overlapped another: {answers:?}"
+    );
+    assert!(
+        refused
+            .iter()
+            .all(|(_, b)| b["error"]["code"] == "too_many_verifies")
+    );
+    // Once they end, a place comes back.
+    assert_eq!(d.get_json("/v1/audit/verify").await.0, 200);
+}

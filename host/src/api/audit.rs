@@ -201,13 +201,22 @@ pub async fn query(
 
 /// Walks every chain and reports the first break, if any.
 #[utoipa::path(get, path = "/v1/audit/verify", tag = "audit",
-    responses((status = 200, description = "`{\"ok\": true, \"rows\": N}` or the first break")),
+    responses((status = 200, description = "`{\"ok\": true, \"rows\": N}` or the first break"),
+        (status = 429, description = "`too_many_verifies`: `server.max_verifies` runs are going on already")),
     security(("bearer" = ["read"])))]
 pub async fn verify(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     state.auth.authorize(&headers, Scope::Read)?;
+    // A run reads the whole log: a few at once, so reads cannot starve the writers.
+    let _run = state.verifies.clone().try_acquire_owned().map_err(|_| {
+        ApiError::too_many(
+            "too_many_verifies",
+            "as many audit verifications as server.max_verifies allows are running; retry when one ends",
+            5,
+        )
+    })?;
     let store = audit_store(&state)?;
     let report = audit::verify(store).await.map_err(db_error)?;
     Ok(Json(report).into_response())

@@ -80,7 +80,9 @@ impl ApiError {
             "queue_full" | "not_processed" | "log_unavailable" => None,
             "stopping" => Some(RejectReason::Stopping),
             "unauthorized" => Some(RejectReason::Unauthorized),
-            "forbidden" | "not_trusted" => Some(RejectReason::Forbidden),
+            "forbidden" | "not_trusted" | "host_not_allowed" | "cross_origin" => {
+                Some(RejectReason::Forbidden)
+            }
             "unsupported_media_type" => Some(RejectReason::UnsupportedMediaType),
             "too_large" | "batch_too_large" => Some(RejectReason::TooLarge),
             "rate_limited" => Some(RejectReason::RateLimited),

@@ -15,6 +15,8 @@ use super::error::ApiError;
 use crate::config::Scope;
 
 /// Admits a request to its handler, or answers for it at once:
+/// - with no token configured (the open mode, loopback only), a request a web page
+///   could have sent is refused ([`open_mode`]);
 /// - a known token over its rate limit gets 429 `rate_limited` (any route);
 /// - a request that carries a body (`POST`, `PATCH`, `PUT` under `/v1/`) without a
 ///   valid token, or without the route's scope, gets 401 or 403, and its body (up to
@@ -25,8 +27,15 @@ pub(super) async fn admit(
     request: Request,
     next: Next,
 ) -> Response {
-    if state.auth.is_open() || !request.uri().path().starts_with("/v1/") {
+    if !request.uri().path().starts_with("/v1/") {
         return next.run(request).await;
+    }
+    if state.auth.is_open() {
+        return match open_mode(&request) {
+            Ok(()) => next.run(request).await,
+            Err(refused) if is_publish(&request) => state.refuse(refused, 1).into_response(),
+            Err(refused) => refused.into_response(),
+        };
     }
     if let Some(limiter) = state.auth.limiter(request.headers())
         && let Err(refused) = limiter.take(1, &state.metrics.server)
@@ -52,6 +61,91 @@ pub(super) async fn admit(
         Err(refused) if scope == Scope::Publish => state.refuse(refused, 1).into_response(),
         Err(refused) => refused.into_response(),
     }
+}
+
+/// The open mode's guard against web pages. An open API on loopback is still
+/// reachable from any browser on the machine: a page can send "simple" cross-site
+/// requests to 127.0.0.1 without a CORS preflight, and a DNS-rebound name can even
+/// read the answers. So, with no token configured:
+/// - the `Host` must be a loopback name or address (`localhost`, `127.x.x.x`,
+///   `[::1]`), which a rebound name is not;
+/// - an `Origin` (which browsers send with every cross-site write) must be loopback;
+/// - a write with a body must say what it is in a `Content-Type` a page cannot send
+///   without a preflight (not `text/plain`, form or multipart), or be a binary-mode
+///   CloudEvent, whose `ce-*` headers a page cannot send without a preflight either.
+fn open_mode(request: &Request) -> Result<(), ApiError> {
+    let headers = request.headers();
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    if !host.is_some_and(loopback_authority) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "host_not_allowed",
+            format!(
+                "with no API token configured, only loopback Host headers are served (localhost, 127.0.0.1, [::1]); got {:?}",
+                host.unwrap_or("")
+            ),
+        ));
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let authority = origin
+            .to_str()
+            .ok()
+            .and_then(|o| o.split_once("://"))
+            .map(|(_, authority)| authority);
+        if !authority.is_some_and(loopback_authority) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "cross_origin",
+                "with no API token configured, requests from web pages are refused (Origin is not loopback); configure a token to allow them",
+            ));
+        }
+    }
+    let has_body = headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0");
+    if is_write(request) && has_body {
+        let essence = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                v.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase()
+            });
+        let simple = match essence.as_deref() {
+            None | Some("") => true,
+            Some(t) => matches!(
+                t,
+                "text/plain" | "application/x-www-form-urlencoded" | "multipart/form-data"
+            ),
+        };
+        if simple && !headers.contains_key("ce-specversion") {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "with no API token configured, a request body needs a Content-Type such as application/json (text/plain and forms are refused, since any web page can send them)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `localhost`, `*.localhost`, `127.x.x.x` or `[::1]`, with or without a port.
+fn loopback_authority(authority: &str) -> bool {
+    let host = match authority.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    host == "localhost"
+        || host.ends_with(".localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.to_canonical().is_loopback())
 }
 
 /// Whether a request carries a body the API reads: writes under `/v1/`.
@@ -138,5 +232,88 @@ pub(super) async fn read_body(
             );
             response
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(method: &str, headers: &[(&str, &str)]) -> Request {
+        let mut r = Request::builder().method(method).uri("/v1/events");
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        r.body(Body::empty()).unwrap()
+    }
+
+    #[test]
+    fn loopback_names_and_addresses_only() {
+        for ok in [
+            "localhost",
+            "localhost:8080",
+            "127.0.0.1",
+            "127.9.9.9:80",
+            "[::1]",
+            "[::1]:8080",
+            "app.localhost:1",
+            "LOCALHOST.",
+        ] {
+            assert!(loopback_authority(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "evil.example",
+            "evil.example:8080",
+            "127.0.0.1.evil.example",
+            "10.0.0.1",
+            "[::2]:80",
+            "localhost.evil.example",
+        ] {
+            assert!(!loopback_authority(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn open_mode_refuses_what_a_web_page_could_send() {
+        let json = ("content-type", "application/json");
+        let length = ("content-length", "10");
+        let host = ("host", "127.0.0.1:8080");
+        assert!(open_mode(&request("POST", &[host, json, length])).is_ok());
+        assert!(open_mode(&request("GET", &[host])).is_ok());
+        // A bodiless write needs no type.
+        assert!(open_mode(&request("POST", &[host, ("content-length", "0")])).is_ok());
+        let code =
+            |headers: &[(&str, &str)]| open_mode(&request("POST", headers)).unwrap_err().code;
+        assert_eq!(
+            code(&[("host", "rebound.example:8080"), json, length]),
+            "host_not_allowed"
+        );
+        assert_eq!(code(&[json, length]), "host_not_allowed");
+        assert_eq!(
+            code(&[host, json, length, ("origin", "https://evil.example")]),
+            "cross_origin"
+        );
+        assert!(
+            open_mode(&request(
+                "POST",
+                &[host, json, length, ("origin", "http://localhost:3000")]
+            ))
+            .is_ok()
+        );
+        assert_eq!(code(&[host, length]), "unsupported_media_type");
+        assert!(open_mode(&request("POST", &[host, length, ("ce-specversion", "1.0")])).is_ok());
+        assert_eq!(
+            code(&[host, length, ("content-type", "text/plain;charset=utf-8")]),
+            "unsupported_media_type"
+        );
+        assert_eq!(
+            code(&[
+                host,
+                ("transfer-encoding", "chunked"),
+                ("content-type", "application/x-www-form-urlencoded")
+            ]),
+            "unsupported_media_type"
+        );
     }
 }

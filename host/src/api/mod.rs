@@ -90,6 +90,8 @@ pub struct AppState {
     pub metrics_token: Option<String>,
     /// Places for live tails (`server.max_tails`).
     pub tails: Arc<tokio::sync::Semaphore>,
+    /// Places for audit verifications (`server.max_verifies`).
+    pub verifies: Arc<tokio::sync::Semaphore>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {

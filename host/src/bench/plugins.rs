@@ -13,6 +13,7 @@ use super::{BenchArgs, bus_rate_with, row, thousands};
 use crate::config::PluginsConfig;
 use crate::event::Catalog;
 use crate::metrics::Metrics;
+use crate::plugins::cache::Cache;
 use crate::plugins::loader::Plugins;
 
 pub async fn report(args: &BenchArgs) -> anyhow::Result<()> {
@@ -78,7 +79,10 @@ pub async fn report(args: &BenchArgs) -> anyhow::Result<()> {
     // Hot load: copy → serving, as the daemon's folder watcher sees it.
     let scratch = tempfile::tempdir()?;
     let plugins_dir = scratch.path().join("plugins");
-    let cache = scratch.path().join("cache");
+    let cache = Cache::open(
+        scratch.path().join("cache"),
+        &scratch.path().join("cache.key"),
+    )?;
     let plugins = Plugins::start(
         PluginsConfig::default(),
         plugins_dir.clone(),
@@ -236,7 +240,7 @@ async fn started_with(
     let plugins = Plugins::start(
         PluginsConfig::default(),
         dir,
-        scratch.join("cache"),
+        Cache::open(scratch.join("cache"), &scratch.join("cache.key"))?,
         Metrics::new(10),
         Arc::new(Catalog::new(true, false)),
         None,

@@ -126,6 +126,12 @@ impl Config {
                 ),
             ));
         }
+        if self.server.max_verifies == 0 {
+            return Err(invalid(
+                "server.max_verifies",
+                "0 is not allowed; allowed: at least 1".into(),
+            ));
+        }
         if self.server.max_connections < 16 {
             return Err(invalid(
                 "server.max_connections",

@@ -24,6 +24,7 @@ use super::{Loaded, Manifest, Mode, PluginSet, PluginStatus, Registry, tap};
 use crate::config::PluginsConfig;
 use crate::event::{Catalog, TypePattern};
 use crate::metrics::Metrics;
+use crate::plugins::cache::Cache;
 
 /// The largest plugin file read.
 pub const MAX_FILE_BYTES: u64 = 64 << 20;
@@ -77,10 +78,11 @@ pub fn valid_name(name: &str) -> bool {
 
 impl Plugins {
     /// Creates the folder if needed, loads every plugin in it, and starts watching it.
+    /// Compiled code is kept in `cache`.
     pub async fn start(
         options: PluginsConfig,
         dir: PathBuf,
-        cache_dir: PathBuf,
+        cache: Cache,
         metrics: Arc<Metrics>,
         catalog: Arc<Catalog>,
         audit: Option<Arc<crate::audit::Audit>>,
@@ -89,8 +91,7 @@ impl Plugins {
             path: dir.clone(),
             source,
         })?;
-        let runtime =
-            Runtime::new(Some(cache_dir)).map_err(|e| PluginError::Runtime(e.to_string()))?;
+        let runtime = Runtime::new(Some(cache)).map_err(|e| PluginError::Runtime(e.to_string()))?;
         let registry = Arc::new(Registry {
             set: ArcSwap::from_pointee(PluginSet::default()),
             slots: Default::default(),

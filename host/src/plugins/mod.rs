@@ -13,6 +13,7 @@
 //! new ones; swapping takes no lock the event path waits on.
 
 mod breaker;
+pub mod cache;
 pub mod loader;
 mod log;
 pub mod manifest;

@@ -7,12 +7,13 @@
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
+
+use super::cache::{Cache, Lookup};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, ResourceLimiter, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -291,7 +292,7 @@ pub struct Runtime {
     fueled: Engine,
     plain_linker: Linker<HostState>,
     fueled_linker: Linker<HostState>,
-    cache_dir: Option<PathBuf>,
+    cache: Option<Cache>,
 }
 
 /// A compiled plugin, ready to instantiate.
@@ -307,8 +308,8 @@ pub struct Compiled {
 }
 
 impl Runtime {
-    /// Makes the engines and starts the epoch clock. `cache_dir` keeps compiled code.
-    pub fn new(cache_dir: Option<PathBuf>) -> Result<Arc<Runtime>, LoadError> {
+    /// Makes the engines and starts the epoch clock. `cache` keeps compiled code.
+    pub fn new(cache: Option<Cache>) -> Result<Arc<Runtime>, LoadError> {
         let make = |fuel: bool| {
             let mut config = wasmtime::Config::new();
             config.epoch_interruption(true);
@@ -355,7 +356,7 @@ impl Runtime {
             fueled_linker: linker(&fueled)?,
             plain,
             fueled,
-            cache_dir,
+            cache,
         }))
     }
 
@@ -377,25 +378,28 @@ impl Runtime {
         } else {
             (&self.plain, &self.plain_linker)
         };
-        let cached = self.cache_path(engine, &hash);
+        let name = cache_name(engine, &hash);
         let mut from_cache = false;
         let mut component = None;
-        if let Some(path) = &cached
-            && path.exists()
-        {
-            // SAFETY: the cache folder is the daemon's own; it holds only what
-            // `Component::serialize` wrote for this engine configuration (the file
-            // name carries the engine's compatibility hash), and wasmtime checks the
-            // header before it maps the code.
-            match unsafe { Component::deserialize_file(engine, path) } {
-                Ok(c) => {
-                    component = Some(c);
-                    from_cache = true;
-                    touch(path);
+        match self.cache.as_ref().map(|cache| cache.load(&name)) {
+            None | Some(Lookup::Missing) => {}
+            Some(Lookup::Found(code)) => {
+                // SAFETY: the tag proves the daemon itself wrote these bytes with
+                // `Component::serialize` (see `cache`), for this engine configuration
+                // (the name carries the engine's compatibility hash); wasmtime checks
+                // the header again before it maps the code.
+                match unsafe { Component::deserialize(engine, &code) } {
+                    Ok(c) => {
+                        component = Some(c);
+                        from_cache = true;
+                    }
+                    Err(error) => {
+                        tracing::warn!(entry = %name, error = %format!("{error:#}"), "ignoring an unreadable compiled-plugin cache entry");
+                    }
                 }
-                Err(error) => {
-                    tracing::warn!(path = %path.display(), error = %format!("{error:#}"), "ignoring an unreadable compiled-plugin cache entry");
-                }
+            }
+            Some(Lookup::Refused) => {
+                tracing::warn!(entry = %name, "refused a compiled-plugin cache entry this daemon did not write (its tag does not match); compiling afresh");
             }
         }
         let component = match component {
@@ -403,8 +407,13 @@ impl Runtime {
             None => {
                 let c = Component::new(engine, bytes)
                     .map_err(|e| LoadError::Compile(first_line(&format!("{e:#}"))))?;
-                if let Some(path) = &cached {
-                    store_cache(path, &c);
+                if let Some(cache) = &self.cache {
+                    match c.serialize() {
+                        Ok(code) => cache.store(&name, &code),
+                        Err(error) => {
+                            tracing::warn!(error = %format!("{error:#}"), "could not serialize a compiled plugin for the cache")
+                        }
+                    }
                 }
                 c
             }
@@ -431,69 +440,14 @@ impl Runtime {
             exports,
         })
     }
-
-    fn cache_path(&self, engine: &Engine, hash: &str) -> Option<PathBuf> {
-        let dir = self.cache_dir.as_ref()?;
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        engine.precompile_compatibility_hash().hash(&mut hasher);
-        Some(dir.join(format!("{hash}-{:016x}.cwasm", hasher.finish())))
-    }
 }
 
-/// Compiled plugins kept in the cache: the most recently used ones; older entries
-/// (earlier versions, other engine builds) are removed when a new one is written.
-pub const CACHE_ENTRIES: usize = 32;
-
-/// Removes all but the `keep` most recently used `.cwasm` files of `dir`; returns
-/// how many went.
-pub fn prune_cache(dir: &Path, keep: usize) -> std::io::Result<usize> {
-    let mut entries: Vec<(SystemTime, PathBuf)> = std::fs::read_dir(dir)?
-        .filter_map(|entry| entry.ok())
-        .map(|entry| entry.path())
-        .filter(|path| path.extension().is_some_and(|e| e == "cwasm"))
-        .filter_map(|path| Some((std::fs::metadata(&path).ok()?.modified().ok()?, path)))
-        .collect();
-    entries.sort_by_key(|entry| std::cmp::Reverse(entry.0));
-    let mut removed = 0;
-    for (_, path) in entries.into_iter().skip(keep) {
-        if std::fs::remove_file(&path).is_ok() {
-            removed += 1;
-        }
-    }
-    Ok(removed)
-}
-
-/// Marks a cache entry as just used, so pruning keeps it.
-fn touch(path: &Path) {
-    if let Ok(file) = std::fs::File::options().append(true).open(path) {
-        let _ = file.set_modified(SystemTime::now());
-    }
-}
-
-/// Writes a compiled component to the cache atomically; a failure only costs a
-/// recompilation at the next start, so it is logged, not returned.
-fn store_cache(path: &Path, component: &Component) {
-    let write = || -> Result<(), String> {
-        let bytes = component.serialize().map_err(|e| format!("{e:#}"))?;
-        let dir = path.parent().ok_or("no parent folder")?;
-        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| e.to_string())?;
-        std::io::Write::write_all(&mut tmp, &bytes).map_err(|e| e.to_string())?;
-        tmp.persist(path).map_err(|e| e.to_string())?;
-        Ok(())
-    };
-    if let Err(error) = write() {
-        tracing::warn!(path = %path.display(), %error, "could not cache a compiled plugin");
-    }
-    if let Some(dir) = path.parent() {
-        match prune_cache(dir, CACHE_ENTRIES) {
-            Ok(0) => {}
-            Ok(n) => tracing::debug!(removed = n, "pruned the compiled-plugin cache"),
-            Err(error) => {
-                tracing::warn!(dir = %dir.display(), %error, "could not prune the compiled-plugin cache")
-            }
-        }
-    }
+/// A cache entry's name: the file's hash and the engine's compatibility hash, so a
+/// daemon built with another wasmtime never tries another's code.
+fn cache_name(engine: &Engine, hash: &str) -> String {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    format!("{hash}-{:016x}", hasher.finish())
 }
 
 /// SHA-256 of a plugin file, hex: how the API and the cache name a version.

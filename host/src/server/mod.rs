@@ -7,10 +7,13 @@
 //! - `server.body_timeout`, kept by the API while it reads a body
 //!   (`crate::api::guard`);
 //! - `server.max_connections` ([`conn`]): at the limit, the longest-idle connection
-//!   makes way for the new one, so idle connections cannot lock publishers out.
+//!   makes way for the new one, so idle connections cannot lock publishers out;
+//! - `server.trusted_proxies` ([`proxy`]): behind them, the client's address comes
+//!   from `X-Forwarded-For`; the API (and so the audit log) sees that address.
 
 pub mod conn;
 mod io;
+mod proxy;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -49,6 +52,8 @@ pub struct ServerConfig {
     pub max_batch_events: usize,
     /// Live tails (`GET /v1/events/stream`) open at once; past it, 429.
     pub max_tails: usize,
+    /// Audit verifications (`GET /v1/audit/verify`) running at once; past it, 429.
+    pub max_verifies: usize,
     /// Connections open at once. At the limit the longest-idle one is closed to
     /// let a new one in; when none is idle, new ones wait.
     pub max_connections: usize,
@@ -62,6 +67,9 @@ pub struct ServerConfig {
     /// Longest a connection may stay silent with no request in flight.
     #[serde(with = "crate::config::duration")]
     pub idle_timeout: Duration,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (addresses or
+    /// networks); from anyone else the header is ignored.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// How long a stop may take: in-flight requests finish and committed events are
     /// dispatched within it; what is left stays in the log for the next start.
     #[serde(with = "crate::config::duration")]
@@ -75,10 +83,12 @@ impl Default for ServerConfig {
             max_body_bytes: 1024 * 1024,
             max_batch_events: 1000,
             max_tails: 64,
+            max_verifies: 2,
             max_connections: 4096,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
+            trusted_proxies: Vec::new(),
             shutdown_timeout: Duration::from_secs(30),
         }
     }
@@ -181,6 +191,7 @@ pub async fn serve(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.keep_alive(true);
     let http = Arc::new(http);
+    let trusted_proxies: Arc<[ipnet::IpNet]> = config.trusted_proxies.clone().into();
     tokio::pin!(stop);
     loop {
         let (socket, peer) = tokio::select! {
@@ -211,8 +222,10 @@ pub async fn serve(
             metrics.received.clone(),
         ));
         let router = router.clone();
+        let trusted_proxies = trusted_proxies.clone();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-            request.extensions_mut().insert(ConnectInfo(peer));
+            let client = proxy::client_address(peer, request.headers(), &trusted_proxies);
+            request.extensions_mut().insert(ConnectInfo(client));
             // Busy from here until the response body is written: the guard rides
             // inside the body and is dropped with it.
             let busy = state.begin();
