@@ -16,6 +16,7 @@ mod metrics;
 mod pg_restart;
 mod plugins;
 mod sandbox;
+mod secrets;
 mod server;
 mod shutdown;
 mod stream;

@@ -56,6 +56,14 @@ impl From<WebhookError> for ApiError {
                 )
             }
             WebhookError::Stopping => ApiError::unavailable("stopping", e.to_string(), 5),
+            WebhookError::Seal(error) => {
+                tracing::error!(error = %crate::error_chain(&error), "a webhook secret could not be opened");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "secret_key_missing",
+                    error.to_string(),
+                )
+            }
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
@@ -40,6 +40,14 @@ pub enum WebhooksCommand {
     Delivery(IdArgs),
     /// Send a finished delivery once more, now.
     Retry(IdArgs),
+    /// Replace the key that seals endpoint secrets in the database
+    /// (webhooks.secret_key_file): re-seals every secret under a new key in one
+    /// transaction and keeps the old key as <file>.previous. Works against the
+    /// database directly; running daemons pick the new key up by themselves.
+    RotateKey {
+        #[command(flatten)]
+        config: super::ConfigArg,
+    },
     /// Send an endpoint's failed deliveries again, from a time on.
     Replay {
         /// The endpoint id.
@@ -142,9 +150,29 @@ fn print_secret(endpoint: &Value, verb: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `evhost webhooks rotate-key`.
+async fn rotate_key(config: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+    let config = crate::config::Config::load(config.as_deref())?;
+    let store = crate::store::Store::connect(&config).await?;
+    store.migrate().await?;
+    let path = config.webhook_secret_key_file();
+    let rotation = crate::webhooks::seal::rotate(&store, &path).await;
+    store.close().await;
+    let rotation = rotation.with_context(|| format!("rotating the key in {}", path.display()))?;
+    println!(
+        "rotated the webhook secret key {} -> {}: {} endpoint(s) re-sealed; the old key is kept in {}.previous",
+        rotation.old_key,
+        rotation.new_key,
+        rotation.endpoints,
+        path.display()
+    );
+    Ok(())
+}
+
 pub async fn run(command: WebhooksCommand) -> anyhow::Result<()> {
     use reqwest::Method;
     match command {
+        WebhooksCommand::RotateKey { config } => rotate_key(config.config).await,
         WebhooksCommand::Add(a) => {
             let mut body = json!({ "name": a.name, "url": a.url, "events": a.events });
             if let Some(d) = a.domain {

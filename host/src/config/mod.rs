@@ -163,6 +163,11 @@ pub struct WebhooksConfig {
     /// How often retention runs.
     #[serde(with = "duration")]
     pub purge_interval: Duration,
+    /// The key that seals endpoint secrets in the database; made on first start.
+    /// `<data_dir>/webhook-secrets.key` when unset. Daemons sharing a database need
+    /// the same key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -403,6 +408,7 @@ impl Default for WebhooksConfig {
             max_backlog: 20_000,
             retention_days: 30,
             purge_interval: Duration::from_secs(3600),
+            secret_key_file: None,
         }
     }
 }
@@ -498,6 +504,15 @@ impl Config {
             .dir
             .clone()
             .unwrap_or_else(|| self.data_dir.join("plugins"))
+    }
+
+    /// The webhook secrets' key: `webhooks.secret_key_file`, or
+    /// `<data_dir>/webhook-secrets.key`.
+    pub fn webhook_secret_key_file(&self) -> PathBuf {
+        self.webhooks
+            .secret_key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("webhook-secrets.key"))
     }
 
     /// The compiled-plugin cache: `plugins.cache_dir`, or `<data_dir>/plugin-cache`.

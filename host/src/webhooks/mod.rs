@@ -30,6 +30,7 @@ mod lane;
 mod options;
 mod outbox;
 mod recorder;
+pub mod seal;
 pub mod sign;
 mod sqlite;
 mod upkeep;
@@ -74,6 +75,8 @@ pub enum WebhookError {
     Db(#[from] db::WriteError),
     #[error("evhost is shutting down")]
     Stopping,
+    #[error(transparent)]
+    Seal(#[from] seal::SealError),
 }
 
 impl From<sqlx::Error> for WebhookError {
@@ -88,6 +91,8 @@ type Routes = Vec<Arc<Lane>>;
 /// Shared by the subscriber, the writer, the lanes and the recorder.
 pub(crate) struct Shared {
     store: Store,
+    /// Seals endpoint secrets in the database, and opens them.
+    sealer: seal::Sealer,
     /// The outbox's frequent writes (new deliveries, claims, results).
     writes: db::Writes,
     options: WebhookOptions,
@@ -149,9 +154,19 @@ impl Webhooks {
             .expect("the webhook HTTP client configuration is valid");
         let (recorder_tx, recorder_rx) = mpsc::channel(options.batch_size.max(64) * 4);
         let (outbox_tx, outbox_rx) = mpsc::channel(options.max_backlog);
+        let sealer = seal::Sealer::open(&options.secret_key_file)?;
+        let resealed = db::reseal_secrets(&store, &sealer).await?;
+        if resealed > 0 {
+            tracing::info!(
+                endpoints = resealed,
+                key = %sealer.key_id(),
+                "sealed webhook secrets that were stored in clear or under an older key"
+            );
+        }
         let writes = db::Writes::open(&store)?;
         let shared = Arc::new(Shared {
             store,
+            sealer,
             writes,
             options,
             metrics,
@@ -257,7 +272,7 @@ impl Webhooks {
             previous_secret: None,
             previous_secret_until_us: None,
         };
-        db::insert_endpoint(self.store(), &endpoint).await?;
+        db::insert_endpoint(self.store(), &self.shared.sealer, &endpoint).await?;
         self.shared.reload().await?;
         self.shared
             .announce(
@@ -271,11 +286,11 @@ impl Webhooks {
     }
 
     pub async fn list(&self) -> Result<Vec<Endpoint>, WebhookError> {
-        Ok(db::list_endpoints(self.store()).await?)
+        Ok(db::list_endpoints(self.store(), &self.shared.sealer).await?)
     }
 
     pub async fn get(&self, id: &str) -> Result<Endpoint, WebhookError> {
-        db::get_endpoint(self.store(), id)
+        db::get_endpoint(self.store(), &self.shared.sealer, id)
             .await?
             .ok_or_else(|| WebhookError::NoEndpoint(id.to_string()))
     }
@@ -480,7 +495,7 @@ impl Shared {
     /// changed ones, stops removed ones, and swaps in the new routes.
     async fn reload(self: &Arc<Self>) -> Result<(), sqlx::Error> {
         let _one_at_a_time = self.reload.lock().await;
-        let endpoints = db::list_endpoints(&self.store).await?;
+        let endpoints = db::list_endpoints(&self.store, &self.sealer).await?;
         let mut routes = Vec::new();
         let mut gone = Vec::new();
         let disabled = endpoints.iter().filter(|e| !e.enabled).count();
@@ -532,7 +547,7 @@ impl Shared {
     /// service here; other daemons pick it up at their next reload.
     async fn save(self: &Arc<Self>, e: &mut Endpoint) -> Result<(), WebhookError> {
         e.updated_at = Utc::now();
-        if !db::update_endpoint(&self.store, e).await? {
+        if !db::update_endpoint(&self.store, &self.sealer, e).await? {
             return Err(WebhookError::NoEndpoint(e.id.clone()));
         }
         self.reload().await?;
@@ -567,7 +582,8 @@ impl Shared {
     /// Disables an endpoint on evhost's own account (`gone`, `failing`).
     async fn disable(self: &Arc<Self>, endpoint_id: &str, reason: &str) {
         let result = async {
-            let Some(mut e) = db::get_endpoint(&self.store, endpoint_id).await? else {
+            let Some(mut e) = db::get_endpoint(&self.store, &self.sealer, endpoint_id).await?
+            else {
                 return Ok(None);
             };
             if !e.enabled {

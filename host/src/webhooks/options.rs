@@ -22,6 +22,8 @@ pub struct WebhookOptions {
     pub purge_interval: Duration,
     /// This daemon's name on the leases it holds.
     pub owner: String,
+    /// The key file that seals endpoint secrets (`webhooks.secret_key_file`).
+    pub secret_key_file: std::path::PathBuf,
 }
 
 impl WebhookOptions {
@@ -43,6 +45,7 @@ impl WebhookOptions {
             retention_days: w.retention_days,
             purge_interval: w.purge_interval,
             owner,
+            secret_key_file: config.webhook_secret_key_file(),
         }
     }
 

@@ -16,7 +16,8 @@ use crate::store::{Durability, SqliteWriter, Store, dispatch};
 mod endpoints;
 
 pub use endpoints::{
-    delete_endpoint, get_endpoint, insert_endpoint, list_endpoints, update_endpoint,
+    delete_endpoint, get_endpoint, insert_endpoint, list_endpoints, reseal_secrets, reseal_under,
+    update_endpoint,
 };
 
 /// Delivery states, as stored.
