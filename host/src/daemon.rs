@@ -59,6 +59,8 @@ pub enum ServeError {
     TaskFailed { task: String, reason: String },
     #[error(transparent)]
     Cluster(#[from] crate::cluster::ClusterError),
+    #[error("server.tls")]
+    Tls(#[from] crate::server::tls::TlsError),
     #[error("cannot read or write {path}")]
     DataDir {
         path: std::path::PathBuf,
@@ -92,6 +94,16 @@ pub async fn serve(
         config.events.allow_custom_types,
         config.events.allow_unknown_fields,
     ));
+    // The certificate is read before anything else starts: a bad pair stops the
+    // start. Its watcher ends with the daemon.
+    let tls_watch = CancellationToken::new();
+    let _tls_watch_guard = tls_watch.clone().drop_guard();
+    let tls = config
+        .server
+        .tls
+        .clone()
+        .map(|pair| crate::server::tls::acceptor(pair, tls_watch.clone()))
+        .transpose()?;
     let listener = TcpListener::bind(config.server.listen)
         .await
         .map_err(|source| ServeError::Bind {
@@ -279,6 +291,7 @@ pub async fn serve(
         listener,
         api::router(state),
         config.server.clone(),
+        tls,
         metrics.server.clone(),
         begin_shutdown,
     );

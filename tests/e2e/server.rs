@@ -335,3 +335,117 @@ async fn verifications_past_max_verifies_get_429() {
     // Once they end, a place comes back.
     assert_eq!(d.get_json("/v1/audit/verify").await.0, 200);
 }
+
+/// A self-signed certificate for localhost: (cert PEM path, key PEM path, DER).
+fn self_signed(
+    dir: &std::path::Path,
+    name: &str,
+) -> (std::path::PathBuf, std::path::PathBuf, Vec<u8>) {
+    let cert = dir.join(format!("{name}.crt"));
+    let key = dir.join(format!("{name}.key"));
+    let status = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+        ])
+        .args([
+            "-subj",
+            &format!("/CN=localhost {name}"),
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            // A leaf, not a CA: rustls refuses a CA certificate as a server's.
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+            "-addext",
+            "extendedKeyUsage=serverAuth",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl (Debian's openssl package) makes the test certificates");
+    assert!(status.success());
+    let der = std::process::Command::new("openssl")
+        .args(["x509", "-outform", "der", "-in"])
+        .arg(&cert)
+        .output()
+        .unwrap()
+        .stdout;
+    (cert, key, der)
+}
+
+/// The certificate the daemon presents to a new connection.
+async fn presented(d: &Daemon) -> Vec<u8> {
+    let response = d.client.get(d.url("/healthz")).send().await.unwrap();
+    response
+        .extensions()
+        .get::<reqwest::tls::TlsInfo>()
+        .and_then(|info| info.peer_certificate())
+        .expect("a TLS connection")
+        .to_vec()
+}
+
+/// `server.tls` serves HTTPS from PEM files; a certificate swapped on disk is
+/// served to new connections without a restart; plain HTTP gets nothing.
+#[tokio::test]
+async fn tls_from_files_serves_and_a_swapped_certificate_is_picked_up() {
+    let certs = tempfile::tempdir().unwrap();
+    let (a_cert, a_key, a_der) = self_signed(certs.path(), "a");
+    let (b_cert, b_key, b_der) = self_signed(certs.path(), "b");
+    let (cert, key) = (certs.path().join("live.crt"), certs.path().join("live.key"));
+    std::fs::copy(&a_cert, &cert).unwrap();
+    std::fs::copy(&a_key, &key).unwrap();
+    let d = Daemon::start_with(
+        Options::default()
+            .env("EVHOST_SERVER__TLS__CERT", cert.display())
+            .env("EVHOST_SERVER__TLS__KEY", key.display())
+            .trust(&std::fs::read(&a_cert).unwrap())
+            .trust(&std::fs::read(&b_cert).unwrap()),
+    )
+    .await;
+    assert!(d.base.starts_with("https://"));
+    assert_eq!(presented(&d).await, a_der);
+    let event = json!({"type": "message.received", "data": received("example.com", false)});
+    assert_eq!(d.post_json("/v1/events", &event).await.0, 202);
+    // Plain HTTP on the same port is not served.
+    let plain = reqwest::Client::new()
+        .get(d.url("/healthz").replace("https://", "http://"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await;
+    assert!(plain.is_err() || !plain.unwrap().status().is_success());
+
+    // Renewal: the key, then the certificate, replaced on disk.
+    std::fs::copy(&b_key, &key).unwrap();
+    std::fs::copy(&b_cert, &cert).unwrap();
+    let started = Instant::now();
+    loop {
+        let fresh = d.fresh_client();
+        let response = fresh.get(d.url("/healthz")).send().await.unwrap();
+        let der = response
+            .extensions()
+            .get::<reqwest::tls::TlsInfo>()
+            .and_then(|info| info.peer_certificate())
+            .unwrap()
+            .to_vec();
+        if der == b_der {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the new certificate was not picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(d.post_json("/v1/events", &event).await.0, 202);
+    assert!(d.log().contains("TLS certificate reloaded"));
+}

@@ -57,6 +57,9 @@ pub struct Options {
     pub token: Option<String>,
     /// A YAML config file to write into the daemon's folder and pass as EVHOST_CONFIG.
     pub config_yaml: Option<String>,
+    /// The daemon serves HTTPS (`server.tls` set by the test); the client trusts
+    /// these PEM certificates and talks to `https://localhost:<port>`.
+    pub tls_roots: Vec<Vec<u8>>,
 }
 
 impl Options {
@@ -89,13 +92,35 @@ impl Options {
             .env("EVHOST_WEBHOOKS__TIMEOUT", "2s")
     }
 
+    /// Talks HTTPS to the daemon, trusting `root_pem` (a self-signed certificate).
+    pub fn trust(mut self, root_pem: &[u8]) -> Options {
+        self.tls_roots.push(root_pem.to_vec());
+        self
+    }
+
     pub fn token(mut self, token: &str) -> Options {
         self.token = Some(token.to_string());
         self
     }
 }
 
+/// An HTTP client for a daemon started with `options` (trusting its certificates).
+fn client_for(options: &Options) -> reqwest::Client {
+    let mut client = reqwest::Client::builder().timeout(Duration::from_secs(20));
+    for pem in &options.tls_roots {
+        client = client
+            .add_root_certificate(reqwest::Certificate::from_pem(pem).unwrap())
+            .tls_info(true);
+    }
+    client.build().unwrap()
+}
+
 impl Daemon {
+    /// A client like `client`, with no connection open yet.
+    pub fn fresh_client(&self) -> reqwest::Client {
+        client_for(&self.options)
+    }
+
     pub async fn start() -> Daemon {
         Daemon::start_with(Options::default()).await
     }
@@ -104,14 +129,16 @@ impl Daemon {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let child = spawn(&dir, port, &options);
+        let base = if options.tls_roots.is_empty() {
+            format!("http://127.0.0.1:{port}")
+        } else {
+            format!("https://localhost:{port}")
+        };
         let daemon = Daemon {
             child: Some(child),
-            base: format!("http://127.0.0.1:{port}"),
+            base,
             dir,
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(20))
-                .build()
-                .unwrap(),
+            client: client_for(&options),
             token: options.token.clone(),
             options,
             port,
@@ -171,14 +198,14 @@ impl Daemon {
     async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            if let Ok(r) = self.client.get(self.url("/healthz")).send().await
-                && r.status().is_success()
-            {
-                return;
-            }
+            let last = match self.client.get(self.url("/healthz")).send().await {
+                Ok(r) if r.status().is_success() => return,
+                Ok(r) => r.status().to_string(),
+                Err(e) => format!("{e:?}"),
+            };
             assert!(
                 Instant::now() < deadline,
-                "daemon did not answer /healthz within 15 s; log:\n{}",
+                "daemon did not answer /healthz within 15 s ({last}); log:\n{}",
                 self.log()
             );
             tokio::time::sleep(Duration::from_millis(25)).await;

@@ -503,9 +503,14 @@ fn serve(config_file: Option<PathBuf>) -> ExitCode {
         let _runtime = rt.enter();
         stop_signal()
     };
+    let scheme = if config.server.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let result = rt.block_on(daemon::serve(config, stop, |running| {
         eprintln!(
-            "evhost {} listening on http://{}",
+            "evhost {} listening on {scheme}://{}",
             daemon::VERSION,
             running.addr
         );

@@ -14,6 +14,7 @@
 pub mod conn;
 mod io;
 mod proxy;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -67,6 +68,10 @@ pub struct ServerConfig {
     /// Longest a connection may stay silent with no request in flight.
     #[serde(with = "crate::config::duration")]
     pub idle_timeout: Duration,
+    /// Serve HTTPS with this certificate and key (PEM files, reloaded when they
+    /// change); plain HTTP when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<tls::TlsConfig>,
     /// Reverse proxies whose `X-Forwarded-For` names the client (addresses or
     /// networks); from anyone else the header is ignored.
     pub trusted_proxies: Vec<ipnet::IpNet>,
@@ -89,6 +94,7 @@ impl Default for ServerConfig {
             body_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             trusted_proxies: Vec::new(),
+            tls: None,
             shutdown_timeout: Duration::from_secs(30),
         }
     }
@@ -176,12 +182,24 @@ impl ServerMetrics {
     }
 }
 
+/// What every connection's task shares.
+struct Shared {
+    http: hyper::server::conn::http1::Builder,
+    router: Router,
+    trusted_proxies: Vec<ipnet::IpNet>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    config: ServerConfig,
+    metrics: ServerMetrics,
+}
+
 /// Serves `router` on `listener` until `stop` resolves; then stops accepting, lets
 /// each connection finish its request in flight, and returns once all are closed.
+/// With `server.tls`, connections are TLS (the pair was loaded by [`tls::acceptor`]).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     config: ServerConfig,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     metrics: ServerMetrics,
     stop: impl Future<Output = ()> + Send + 'static,
 ) {
@@ -190,8 +208,14 @@ pub async fn serve(
     let mut connections = JoinSet::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.keep_alive(true);
-    let http = Arc::new(http);
-    let trusted_proxies: Arc<[ipnet::IpNet]> = config.trusted_proxies.clone().into();
+    let shared = Arc::new(Shared {
+        http,
+        router,
+        trusted_proxies: config.trusted_proxies.clone(),
+        tls,
+        config,
+        metrics,
+    });
     tokio::pin!(stop);
     loop {
         let (socket, peer) = tokio::select! {
@@ -213,23 +237,60 @@ pub async fn serve(
             place = registry.enter() => place,
         };
         let _ = socket.set_nodelay(true);
-        let state = place.state.clone();
-        let io = TokioIo::new(Watched::new(
-            socket,
-            state.clone(),
-            config.idle_timeout,
-            config.header_timeout,
-            metrics.received.clone(),
-        ));
-        let router = router.clone();
-        let trusted_proxies = trusted_proxies.clone();
-        let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-            let client = proxy::client_address(peer, request.headers(), &trusted_proxies);
+        let shared = shared.clone();
+        shared.metrics.open.inc();
+        connections.spawn(async move {
+            match &shared.tls {
+                None => connection(socket, peer, &place, &shared).await,
+                Some(acceptor) => {
+                    // The handshake is part of the head: it must end within
+                    // server.header_timeout.
+                    let handshake =
+                        tokio::time::timeout(shared.config.header_timeout, acceptor.accept(socket));
+                    match handshake.await {
+                        Ok(Ok(stream)) => connection(stream, peer, &place, &shared).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => shared.metrics.cut(Cut::Header),
+                    }
+                }
+            }
+            if place.state.was_evicted() {
+                shared.metrics.evicted.inc();
+            }
+            shared.metrics.open.dec();
+        });
+    }
+    drop(listener);
+    stopping.cancel();
+    while connections.join_next().await.is_some() {}
+}
+
+/// Serves one connection until it closes, is cut by a deadline, or is asked to
+/// close (evicted, or the server is stopping).
+async fn connection<S>(socket: S, peer: SocketAddr, place: &conn::Place, shared: &Arc<Shared>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let state = place.state.clone();
+    let io = TokioIo::new(Watched::new(
+        socket,
+        state.clone(),
+        shared.config.idle_timeout,
+        shared.config.header_timeout,
+        shared.metrics.received.clone(),
+    ));
+    let service = {
+        let shared = shared.clone();
+        hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+            let client = proxy::client_address(peer, request.headers(), &shared.trusted_proxies);
             request.extensions_mut().insert(ConnectInfo(client));
             // Busy from here until the response body is written: the guard rides
             // inside the body and is dropped with it.
             let busy = state.begin();
-            let response = router.clone().oneshot(request.map(axum::body::Body::new));
+            let response = shared
+                .router
+                .clone()
+                .oneshot(request.map(axum::body::Body::new));
             async move {
                 let response = response
                     .await
@@ -241,33 +302,21 @@ pub async fn serve(
                     })
                 }))
             }
-        });
-        let http = http.clone();
-        let metrics = metrics.clone();
-        metrics.open.inc();
-        connections.spawn(async move {
-            let connection = http.serve_connection(io, service);
-            tokio::pin!(connection);
-            let close = place.state.close.clone();
-            let result = tokio::select! {
-                result = connection.as_mut() => result,
-                () = close.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
-            };
-            if place.state.was_evicted() {
-                metrics.evicted.inc();
-            }
-            if let Some(cut) = place.state.cut() {
-                metrics.cut(cut);
-            } else if let Err(e) = result {
-                tracing::debug!(error = %e, "HTTP connection ended with an error");
-            }
-            metrics.open.dec();
-        });
+        })
+    };
+    let connection = shared.http.serve_connection(io, service);
+    tokio::pin!(connection);
+    let close = place.state.close.clone();
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = close.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Some(cut) = place.state.cut() {
+        shared.metrics.cut(cut);
+    } else if let Err(e) = result {
+        tracing::debug!(error = %e, "HTTP connection ended with an error");
     }
-    drop(listener);
-    stopping.cancel();
-    while connections.join_next().await.is_some() {}
 }
