@@ -119,8 +119,11 @@ async fn secrets_are_sealed_at_rest_and_keep_signing() {
         for body in &bodies {
             assert!(!format!("{all:?}").contains(body.as_str()), "{name}");
         }
-        // The key file is the daemon's own, mode 0600.
-        let key = d.dir.path().join("data/webhook-secrets.key");
+        // The key file, mode 0600: the daemon's own, or the fleet's on PostgreSQL.
+        let key = match &backend {
+            Backend::Sqlite => d.dir.path().join("data/webhook-secrets.key"),
+            Backend::Postgres { .. } => backend.secret_key_file(),
+        };
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(
             std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
@@ -160,6 +163,10 @@ async fn secrets_are_sealed_at_rest_and_keep_signing() {
                 ),
                 ("EVHOST_DATABASE__URL", url.clone()),
                 ("EVHOST_DATABASE__SCHEMA", schema.clone()),
+                (
+                    "EVHOST_WEBHOOKS__SECRET_KEY_FILE",
+                    key.display().to_string(),
+                ),
             ],
         };
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -168,12 +175,9 @@ async fn secrets_are_sealed_at_rest_and_keep_signing() {
         assert!(out.contains("1 endpoint(s) re-sealed"), "{name}: {out}");
         let (resealed, _) = stored_secrets(&d, &backend, &id).await;
         assert_ne!(resealed[..27], secret[..27], "{name}: a new key id");
-        assert!(
-            d.dir
-                .path()
-                .join("data/webhook-secrets.key.previous")
-                .exists()
-        );
+        let mut previous = key.clone().into_os_string();
+        previous.push(".previous");
+        assert!(std::path::Path::new(&previous).exists(), "{name}");
         // The endpoint is read again from the database (an update reloads routes).
         let (status, _) = d
             .request(reqwest::Method::PATCH, &format!("/v1/webhooks/{id}"))

@@ -77,9 +77,15 @@ impl Options {
     pub fn backend(self, backend: &Backend) -> Options {
         match backend {
             Backend::Sqlite => self,
+            // Daemons sharing a database share the key that seals webhook secrets,
+            // as an operator's fleet must.
             Backend::Postgres { url, schema } => self
                 .env("EVHOST_DATABASE__URL", url)
-                .env("EVHOST_DATABASE__SCHEMA", schema),
+                .env("EVHOST_DATABASE__SCHEMA", schema)
+                .env(
+                    "EVHOST_WEBHOOKS__SECRET_KEY_FILE",
+                    backend.secret_key_file().display(),
+                ),
         }
     }
 
@@ -571,6 +577,16 @@ impl Backend {
             .find(|b| matches!(b, Backend::Postgres { .. }))
     }
 
+    /// The webhook secret key file of the daemons on this backend's database.
+    pub fn secret_key_file(&self) -> PathBuf {
+        match self {
+            Backend::Sqlite => PathBuf::new(),
+            Backend::Postgres { schema, .. } => {
+                std::env::temp_dir().join(format!("{schema}-webhook-secrets.key"))
+            }
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Backend::Sqlite => "sqlite",
@@ -581,7 +597,13 @@ impl Backend {
 
 impl Drop for Backend {
     fn drop(&mut self) {
+        let key_file = self.secret_key_file();
         if let Backend::Postgres { url, schema } = self {
+            for suffix in ["", ".next", ".previous"] {
+                let mut path = key_file.clone().into_os_string();
+                path.push(suffix);
+                let _ = std::fs::remove_file(path);
+            }
             let (url, schema) = (url.clone(), schema.clone());
             // Drop runs inside the test's runtime; use a thread with its own.
             let _ = std::thread::spawn(move || {

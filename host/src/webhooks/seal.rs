@@ -76,9 +76,13 @@ impl Sealer {
             source,
         };
         if !path.exists() {
-            let mut bytes = [0u8; 32];
-            getrandom::fill(&mut bytes).map_err(|e| key_file(io::Error::other(e.to_string())))?;
-            write_key(path, &bytes).map_err(key_file)?;
+            // Daemons starting together on one shared file: the first key written
+            // wins, and the others read it.
+            match write_key_new(path, &new_key()) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(key_file(e)),
+            }
         }
         let (current, ring) = read_ring(path).map_err(key_file)?;
         Ok(Sealer {
@@ -240,14 +244,27 @@ fn read_key(path: &Path) -> io::Result<[u8; 32]> {
 
 /// Writes a key atomically, mode 0600.
 pub fn write_key(path: &Path, key: &[u8; 32]) -> io::Result<()> {
+    key_tempfile(path, key)?.persist(path)?;
+    Ok(())
+}
+
+/// Writes a key where none is yet; `AlreadyExists` if one is.
+fn write_key_new(path: &Path, key: &[u8; 32]) -> io::Result<()> {
+    key_tempfile(path, key)?
+        .persist_noclobber(path)
+        .map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// A temporary file beside `path` holding `key` (mode 0600, as NamedTempFile
+/// creates it), synced.
+fn key_tempfile(path: &Path, key: &[u8; 32]) -> io::Result<tempfile::NamedTempFile> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    // NamedTempFile is created with mode 0600, which the key keeps.
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     io::Write::write_all(&mut tmp, format!("{}\n", STANDARD.encode(key)).as_bytes())?;
     tmp.as_file().sync_all()?;
-    tmp.persist(path)?;
-    Ok(())
+    Ok(tmp)
 }
 
 /// A new random key.
