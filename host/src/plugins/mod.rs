@@ -14,6 +14,7 @@
 
 mod breaker;
 pub mod cache;
+mod limits;
 pub mod loader;
 mod log;
 pub mod manifest;

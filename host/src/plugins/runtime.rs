@@ -14,8 +14,9 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use super::cache::{Cache, Lookup};
+use super::limits::MemoryCap;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Engine, ResourceLimiter, Store};
+use wasmtime::{Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::event::Event;
@@ -247,37 +248,6 @@ impl self::evhost::plugin::host::Host for HostState {
     }
 }
 
-/// Refuses memory growth past the cap and remembers that it did, so a trap that
-/// follows is reported as the cap, not as a generic trap.
-struct MemoryCap {
-    bytes: usize,
-    hit: bool,
-}
-
-impl ResourceLimiter for MemoryCap {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        if desired > self.bytes {
-            self.hit = true;
-            return Ok(false);
-        }
-        Ok(true)
-    }
-
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        Ok(desired <= 1_000_000)
-    }
-}
-
 /// Per-instance limits.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limits {
@@ -487,10 +457,7 @@ impl Instance {
         let state = HostState {
             wasi,
             table: ResourceTable::new(),
-            memory: MemoryCap {
-                bytes: (limits.memory_mib as usize).saturating_mul(1 << 20),
-                hit: false,
-            },
+            memory: MemoryCap::new((limits.memory_mib as usize).saturating_mul(1 << 20)),
             plugin: context,
         };
         let mut store = Store::new(engine, state);
