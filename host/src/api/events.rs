@@ -85,10 +85,12 @@ pub struct EventRequest {
     #[schema(value_type = Object)]
     data: serde_json::Value,
     /// Your id for the event (1–128 of `A-Za-z0-9._:-`); a resend within the dedup window is not processed twice. A UUID v7 is made when absent.
+    #[schema(pattern = "^[A-Za-z0-9._:-]{1,128}$")]
     id: Option<String>,
     /// Where the event comes from; `/publishers/<token name>` when absent.
     source: Option<String>,
     /// RFC 3339 time (the platform plan's `timestamp` is accepted too); now when absent.
+    #[schema(format = DateTime)]
     time: Option<String>,
     /// The user a trusted publisher acts for.
     on_behalf_of: Option<String>,

@@ -92,6 +92,22 @@ impl Modify for WhatEveryRouteAnswers {
                 )
                 .build()
         };
+        // A batch holds at least one event (an empty one is refused 400 `empty_batch`).
+        if let Some(body) = openapi
+            .paths
+            .paths
+            .get_mut("/v1/events/batch")
+            .and_then(|item| item.post.as_mut())
+            .and_then(|op| op.request_body.as_mut())
+        {
+            for content in body.content.values_mut() {
+                if let Some(utoipa::openapi::RefOr::T(utoipa::openapi::Schema::Array(array))) =
+                    content.schema.as_mut()
+                {
+                    array.min_items = Some(1);
+                }
+            }
+        }
         for (path, item) in openapi.paths.paths.iter_mut() {
             let names: Vec<&str> = path
                 .split('/')
@@ -232,6 +248,13 @@ mod tests {
             }
         }
         assert!(checked >= 30, "{checked} operations");
+        // What the server refuses, the schema does not allow.
+        let batch = &paths["/v1/events/batch"]["post"]["requestBody"]["content"]["application/json"]
+            ["schema"];
+        assert_eq!(batch["minItems"], 1, "{batch}");
+        let event = &doc["components"]["schemas"]["EventRequest"]["properties"];
+        assert_eq!(event["time"]["format"], "date-time", "{event}");
+        assert!(event["id"]["pattern"].is_string(), "{event}");
         assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
     }
 }
