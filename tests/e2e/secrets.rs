@@ -8,9 +8,24 @@ use std::time::Duration;
 use evhost_e2e::receiver::Receiver;
 use evhost_e2e::*;
 
+/// Every column of every row, as text.
+fn texts<R: sqlx::Row>(rows: Vec<R>) -> Vec<Vec<Option<String>>>
+where
+    for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    usize: sqlx::ColumnIndex<R>,
+{
+    rows.iter()
+        .map(|r| {
+            (0..r.len())
+                .map(|i| r.get::<Option<String>, _>(i))
+                .collect()
+        })
+        .collect()
+}
+
 /// Runs `sql` on the daemon's main database; returns the rows' text columns.
 async fn query(d: &Daemon, backend: &Backend, sql: &str) -> Vec<Vec<Option<String>>> {
-    use sqlx::{Connection, Row};
+    use sqlx::Connection;
     match backend {
         Backend::Sqlite => {
             let url = format!("sqlite:{}", d.dir.path().join("data/evhost.db").display());
@@ -19,13 +34,7 @@ async fn query(d: &Daemon, backend: &Backend, sql: &str) -> Vec<Vec<Option<Strin
                 .fetch_all(&mut conn)
                 .await
                 .unwrap();
-            rows.iter()
-                .map(|r| {
-                    (0..r.len())
-                        .map(|i| r.get::<Option<String>, _>(i))
-                        .collect()
-                })
-                .collect()
+            texts(rows)
         }
         Backend::Postgres { url, schema } => {
             let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
@@ -39,13 +48,7 @@ async fn query(d: &Daemon, backend: &Backend, sql: &str) -> Vec<Vec<Option<Strin
                 .fetch_all(&mut conn)
                 .await
                 .unwrap();
-            rows.iter()
-                .map(|r| {
-                    (0..r.len())
-                        .map(|i| r.get::<Option<String>, _>(i))
-                        .collect()
-                })
-                .collect()
+            texts(rows)
         }
     }
 }
