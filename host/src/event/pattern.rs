@@ -133,4 +133,59 @@ mod tests {
         assert!(!is_custom_type_name("a..b"));
         assert!(!is_custom_type_name("a.b-c"));
     }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn segment() -> impl Strategy<Value = String> {
+            "[a-z0-9_]{1,8}"
+        }
+
+        fn segments(min: usize) -> impl Strategy<Value = Vec<String>> {
+            proptest::collection::vec(segment(), min..6)
+        }
+
+        proptest! {
+            /// Whatever the text, parsing does not panic, and what parses prints
+            /// back to a text that parses to the same pattern.
+            #[test]
+            fn any_text_parses_or_is_refused_and_round_trips(text in "\\PC{0,40}") {
+                if let Ok(pattern) = TypePattern::parse(&text) {
+                    let printed = pattern.to_string();
+                    prop_assert_eq!(TypePattern::parse(&printed).unwrap(), pattern);
+                }
+            }
+
+            /// A family matches exactly the types below it, at any depth, and not
+            /// the family's own name or a sibling sharing a prefix of its last segment.
+            #[test]
+            fn a_family_matches_the_types_below_it(family in segments(1), rest in segments(0), extra in segment()) {
+                let pattern = TypePattern::parse(&format!("{}.*", family.join("."))).unwrap();
+                let mut below = family.clone();
+                below.extend(rest.iter().cloned());
+                below.push(extra.clone());
+                prop_assert!(pattern.matches(&below.join(".")));
+                prop_assert!(!pattern.matches(&family.join(".")));
+                let mut sibling = family.clone();
+                let last = sibling.pop().unwrap();
+                sibling.push(format!("{last}{extra}"));
+                sibling.push(extra);
+                prop_assert!(!pattern.matches(&sibling.join(".")));
+            }
+
+            /// An exact type matches itself and nothing longer or shorter.
+            #[test]
+            fn an_exact_type_matches_only_itself(parts in segments(1), extra in segment()) {
+                let name = parts.join(".");
+                let pattern = TypePattern::parse(&name).unwrap();
+                prop_assert!(pattern.matches(&name));
+                let longer = format!("{name}.{extra}");
+                let joined = format!("{name}{extra}");
+                prop_assert!(!pattern.matches(&longer));
+                prop_assert!(!pattern.matches(&joined));
+                prop_assert_eq!(is_custom_type_name(&name), parts.len() > 1 && name.len() <= 128);
+            }
+        }
+    }
 }
