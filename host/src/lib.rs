@@ -20,6 +20,7 @@ pub mod deadletter;
 pub mod event;
 pub mod eventlog;
 pub mod ingest;
+pub mod keyfile;
 pub mod metrics;
 pub mod plugins;
 pub mod server;

@@ -19,7 +19,6 @@ use sha2::Sha256;
 type HmacSha256 = Hmac<Sha256>;
 
 const TAG: usize = 32;
-const KEY: usize = 32;
 
 /// Compiled plugins kept in the cache: the most recently used ones; older entries
 /// (earlier versions, other engine builds) are removed when a new one is written.
@@ -28,7 +27,7 @@ pub const CACHE_ENTRIES: usize = 32;
 /// The cache folder and the key that signs its entries.
 pub struct Cache {
     dir: PathBuf,
-    key: [u8; KEY],
+    key: crate::keyfile::Key,
 }
 
 /// What the cache holds for a name.
@@ -44,9 +43,13 @@ impl Cache {
     /// The cache in `dir`, signed with the key in `key_path` (made when missing or
     /// unreadable: the only cost of a new key is one recompilation of each plugin).
     pub fn open(dir: PathBuf, key_path: &Path) -> io::Result<Cache> {
-        let key = match std::fs::read(key_path) {
-            Ok(bytes) if bytes.len() == KEY => bytes.try_into().expect("checked length"),
-            _ => make_key(key_path)?,
+        let key = match crate::keyfile::read_or_create(key_path) {
+            Ok(key) => key,
+            Err(_) => {
+                let key = crate::keyfile::random();
+                crate::keyfile::write(key_path, &key)?;
+                key
+            }
         };
         Ok(Cache { dir, key })
     }
@@ -106,20 +109,6 @@ impl Cache {
             }
         }
     }
-}
-
-/// A new random key, written with mode 0600.
-fn make_key(path: &Path) -> io::Result<[u8; KEY]> {
-    let mut key = [0u8; KEY];
-    getrandom::fill(&mut key).map_err(|e| io::Error::other(e.to_string()))?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    // NamedTempFile is created 0600 on Unix; the key keeps that mode.
-    io::Write::write_all(&mut tmp, &key)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path)?;
-    Ok(key)
 }
 
 /// Removes all but the `keep` most recently used `.cwasm` files of `dir`; returns

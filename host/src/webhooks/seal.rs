@@ -24,6 +24,8 @@ use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use sha2::{Digest, Sha256};
 
+use crate::keyfile;
+
 const PREFIX: &str = "evhost:v1:";
 const NONCE: usize = 24;
 
@@ -75,15 +77,7 @@ impl Sealer {
             path: path.to_path_buf(),
             source,
         };
-        if !path.exists() {
-            // Daemons starting together on one shared file: the first key written
-            // wins, and the others read it.
-            match write_key_new(path, &new_key()) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(key_file(e)),
-            }
-        }
+        keyfile::read_or_create(path).map_err(key_file)?;
         let (current, ring) = read_ring(path).map_err(key_file)?;
         Ok(Sealer {
             path: path.to_path_buf(),
@@ -151,11 +145,6 @@ impl Sealer {
             .get(id)
             .cloned()
     }
-
-    /// The key file's path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
 }
 
 fn key_id_of(stored: &str) -> Option<&str> {
@@ -218,60 +207,15 @@ pub fn sibling(path: &Path, suffix: &str) -> PathBuf {
 
 /// The key in `path` and the ring of it, `.next` and `.previous`.
 fn read_ring(path: &Path) -> io::Result<(Key, HashMap<String, Key>)> {
-    let current = Key::new(&read_key(path)?);
+    let current = Key::new(&keyfile::read(path)?);
     let mut ring = HashMap::from([(current.id.clone(), current.clone())]);
     for suffix in ["next", "previous"] {
-        if let Ok(bytes) = read_key(&sibling(path, suffix)) {
+        if let Ok(bytes) = keyfile::read(&sibling(path, suffix)) {
             let key = Key::new(&bytes);
             ring.insert(key.id.clone(), key);
         }
     }
     Ok((current, ring))
-}
-
-fn read_key(path: &Path) -> io::Result<[u8; 32]> {
-    let text = std::fs::read_to_string(path)?;
-    let bytes = STANDARD
-        .decode(text.trim())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("not base64: {e}")))?;
-    bytes.try_into().map_err(|_| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            "not a 32-byte key (base64 of 32 bytes)",
-        )
-    })
-}
-
-/// Writes a key atomically, mode 0600.
-pub fn write_key(path: &Path, key: &[u8; 32]) -> io::Result<()> {
-    key_tempfile(path, key)?.persist(path)?;
-    Ok(())
-}
-
-/// Writes a key where none is yet; `AlreadyExists` if one is.
-fn write_key_new(path: &Path, key: &[u8; 32]) -> io::Result<()> {
-    key_tempfile(path, key)?
-        .persist_noclobber(path)
-        .map_err(|e| e.error)?;
-    Ok(())
-}
-
-/// A temporary file beside `path` holding `key` (mode 0600, as NamedTempFile
-/// creates it), synced.
-fn key_tempfile(path: &Path, key: &[u8; 32]) -> io::Result<tempfile::NamedTempFile> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    io::Write::write_all(&mut tmp, format!("{}\n", STANDARD.encode(key)).as_bytes())?;
-    tmp.as_file().sync_all()?;
-    Ok(tmp)
-}
-
-/// A new random key.
-pub fn new_key() -> [u8; 32] {
-    let mut key = [0u8; 32];
-    getrandom::fill(&mut key).expect("the system's random source works");
-    key
 }
 
 /// What a key rotation did.
@@ -294,12 +238,12 @@ pub async fn rotate(
         source,
     };
     let sealer = Sealer::open(path)?;
-    let old = read_key(path).map_err(key_file)?;
-    let new = new_key();
+    let old = keyfile::read(path).map_err(key_file)?;
+    let new = keyfile::random();
     let next = sibling(path, "next");
-    write_key(&next, &new).map_err(key_file)?;
+    keyfile::write(&next, &new).map_err(key_file)?;
     let endpoints = super::db::reseal_under(store, &sealer, &new).await?;
-    write_key(&sibling(path, "previous"), &old).map_err(key_file)?;
+    keyfile::write(&sibling(path, "previous"), &old).map_err(key_file)?;
     std::fs::rename(&next, path).map_err(key_file)?;
     Ok(Rotation {
         old_key: sealer.key_id(),
@@ -369,9 +313,9 @@ mod tests {
             Err(SealError::UnknownKey { .. })
         ));
         // A key rotated in by another process is found by reading the files again.
-        let next = new_key();
+        let next = keyfile::random();
         let under_next = seal_with_key(&next, "ep_1", "secret", "whsec_new");
-        write_key(&sibling(&path, "next"), &next).unwrap();
+        keyfile::write(&sibling(&path, "next"), &next).unwrap();
         assert_eq!(
             sealer.open_value("ep_1", "secret", &under_next).unwrap(),
             "whsec_new"
