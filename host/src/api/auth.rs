@@ -33,11 +33,15 @@ struct Entry {
 
 pub struct Auth {
     entries: Vec<Entry>,
+    /// Whether any token has a rate limit (else a request's token is not looked
+    /// up for one).
+    limited: bool,
 }
 
 impl Auth {
     pub fn new(tokens: &[TokenConfig]) -> Auth {
         Auth {
+            limited: tokens.iter().any(|t| t.rate_per_second.is_some()),
             entries: tokens
                 .iter()
                 .map(|t| {
@@ -105,6 +109,9 @@ impl Auth {
 
     /// The rate limit of the token the request bears, if it is a known token with one.
     pub fn limiter(&self, headers: &HeaderMap) -> Option<&Arc<Limiter>> {
+        if !self.limited {
+            return None;
+        }
         self.find(bearer(headers)?)?.limiter.as_ref()
     }
 

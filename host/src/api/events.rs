@@ -155,23 +155,13 @@ fn format_of(headers: &HeaderMap, batch: bool) -> Result<Format, ApiError> {
 }
 
 /// The body as UTF-8 text, within the size limit and not empty.
-fn body_text(state: &AppState, body: Result<Bytes, BytesRejection>) -> Result<String, ApiError> {
+fn body_text(body: Result<Bytes, BytesRejection>) -> Result<String, ApiError> {
+    // The body was read whole, within the size limit, by `guard::read_body`.
     let bytes = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!(
-                    "the body is larger than {} bytes (server.max_body_bytes)",
-                    state.limits.max_body_bytes
-                ),
-            )
-        } else {
-            ApiError::bad_request(
-                "bad_body",
-                format!("the body could not be read: {rejection}"),
-            )
-        }
+        ApiError::bad_request(
+            "bad_body",
+            format!("the body could not be read: {rejection}"),
+        )
     })?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request(
@@ -255,7 +245,7 @@ pub async fn publish_one(
         let principal = state.auth.authorize(&headers, Scope::Publish)?;
         let Query(query) = query.map_err(|e| ApiError::bad_request("bad_query", e.body_text()))?;
         let format = format_of(&headers, false)?;
-        let text = body_text(&state, body)?;
+        let text = body_text(body)?;
         let draft: Draft = match format {
             Format::Plain => wire::parse_plain(&text),
             Format::Structured => wire::parse_structured(&text),
@@ -318,7 +308,7 @@ pub async fn publish_batch(
     let result = async {
         let principal = state.auth.authorize(&headers, Scope::Publish)?;
         let format = format_of(&headers, true)?;
-        let text = body_text(&state, body)?;
+        let text = body_text(body)?;
         let drafts = match format {
             Format::Plain => wire::parse_plain_batch(&text),
             Format::StructuredBatch => wire::parse_structured_batch(&text),

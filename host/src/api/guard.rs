@@ -30,36 +30,42 @@ pub(super) async fn admit(
     if !request.uri().path().starts_with("/v1/") {
         return next.run(request).await;
     }
-    if state.auth.is_open() {
-        return match open_mode(&request) {
-            Ok(()) => next.run(request).await,
-            Err(refused) if is_publish(&request) => state.refuse(refused, 1).into_response(),
-            Err(refused) => refused.into_response(),
-        };
-    }
-    if let Some(limiter) = state.auth.limiter(request.headers())
-        && let Err(refused) = limiter.take(1, &state.metrics.server)
-    {
-        return if is_publish(&request) {
+    // A refused publish counts as one refused event, as the handlers count a
+    // request whose body they have not parsed.
+    let publish = is_publish(&request);
+    let refuse = |refused: ApiError| {
+        if publish {
             state.refuse(refused, 1).into_response()
         } else {
             refused.into_response()
+        }
+    };
+    if state.auth.is_open() {
+        return match open_mode(&request) {
+            Ok(()) => next.run(request).await,
+            Err(refused) => refuse(refused),
         };
     }
     if !is_write(&request) {
+        // The handler checks the token; only its rate is taken here.
+        if let Some(limiter) = state.auth.limiter(request.headers())
+            && let Err(refused) = limiter.take(1, &state.metrics.server)
+        {
+            return refuse(refused);
+        }
         return next.run(request).await;
     }
-    let scope = if is_publish(&request) {
+    let scope = if publish {
         Scope::Publish
     } else {
         Scope::Admin
     };
     match state.auth.authorize(request.headers(), scope) {
-        Ok(_) => next.run(request).await,
-        // A refused publish counts as one refused event, as the handlers count a
-        // request whose body they have not parsed.
-        Err(refused) if scope == Scope::Publish => state.refuse(refused, 1).into_response(),
-        Err(refused) => refused.into_response(),
+        Ok(principal) => match principal.limiter.map(|l| l.take(1, &state.metrics.server)) {
+            Some(Err(refused)) => refuse(refused),
+            _ => next.run(request).await,
+        },
+        Err(refused) => refuse(refused),
     }
 }
 

@@ -186,7 +186,6 @@ impl ServerMetrics {
 struct Shared {
     http: hyper::server::conn::http1::Builder,
     router: Router,
-    trusted_proxies: Vec<ipnet::IpNet>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     config: ServerConfig,
     metrics: ServerMetrics,
@@ -211,7 +210,6 @@ pub async fn serve(
     let shared = Arc::new(Shared {
         http,
         router,
-        trusted_proxies: config.trusted_proxies.clone(),
         tls,
         config,
         metrics,
@@ -282,7 +280,8 @@ where
     let service = {
         let shared = shared.clone();
         hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-            let client = proxy::client_address(peer, request.headers(), &shared.trusted_proxies);
+            let client =
+                proxy::client_address(peer, request.headers(), &shared.config.trusted_proxies);
             request.extensions_mut().insert(ConnectInfo(client));
             // Busy from here until the response body is written: the guard rides
             // inside the body and is dropped with it.
