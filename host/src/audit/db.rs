@@ -119,6 +119,23 @@ impl Placed {
         self.rows.iter().map(|row| row.entry.clone()).collect()
     }
 
+    /// The rows as they will be stored in `chain` (for tests that verify them).
+    #[cfg(test)]
+    pub(super) fn records(&self, chain: &str) -> Vec<super::Record> {
+        self.rows
+            .iter()
+            .map(|row| super::Record {
+                seq: 0,
+                chain: chain.to_string(),
+                chain_seq: row.chain_seq,
+                entry: row.entry.clone(),
+                recorded_us: self.recorded_us,
+                prev_hash: row.prev_hash.clone(),
+                hash: row.hash.clone(),
+            })
+            .collect()
+    }
+
     /// Each row's event id and place in the chain.
     pub fn seqs(&self) -> impl Iterator<Item = (&str, i64)> {
         self.rows

@@ -604,6 +604,9 @@ impl RefusalLimiter {
 }
 
 #[cfg(test)]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -6,7 +6,7 @@
 use serde::Serialize;
 
 use super::db;
-use super::record::GENESIS;
+use super::record::{GENESIS, Record};
 use crate::store::Store;
 
 /// Rows read per page while verifying.
@@ -43,32 +43,16 @@ pub async fn verify(store: &Store) -> Result<Report, sqlx::Error> {
     let chains = db::chains(store).await?;
     let mut rows = 0u64;
     for chain in &chains {
-        let (start_seq, start_hash) = match db::anchor(store, chain).await? {
-            Some((seq, hash)) => (seq, hash),
-            None => (0, hex::encode(GENESIS)),
-        };
-        let mut expected_seq = start_seq + 1;
-        let mut prev_hash = start_hash;
+        let mut walk = Walk::from(db::anchor(store, chain).await?);
         loop {
-            let page = db::chain_page(store, chain, expected_seq - 1, PAGE).await?;
+            let page = db::chain_page(store, chain, walk.after(), PAGE).await?;
             if page.is_empty() {
                 break;
             }
             let full = page.len() as i64 == PAGE;
             for record in &page {
-                let problem = if record.chain_seq != expected_seq {
-                    Some(format!(
-                        "row {expected_seq} of the chain is missing (found {} instead)",
-                        record.chain_seq
-                    ))
-                } else if record.prev_hash != prev_hash {
-                    Some("does not link to the row before it (a row was removed, inserted or reordered)".into())
-                } else if hex::encode(record.compute_hash()) != record.hash {
-                    Some("its contents do not match its hash (the row was changed)".into())
-                } else {
-                    None
-                };
-                if let Some(reason) = problem {
+                let expected_seq = walk.after() + 1;
+                if let Err(reason) = walk.step(record) {
                     return Ok(broken(
                         rows,
                         chains.len(),
@@ -79,8 +63,6 @@ pub async fn verify(store: &Store) -> Result<Report, sqlx::Error> {
                     ));
                 }
                 rows += 1;
-                prev_hash = record.hash.clone();
-                expected_seq += 1;
             }
             if !full {
                 break;
@@ -95,12 +77,58 @@ pub async fn verify(store: &Store) -> Result<Report, sqlx::Error> {
     })
 }
 
+/// One chain's rows checked in order, from its anchor (the last purged row's place
+/// and hash) or from genesis. Pure, so that any sequence of rows can be walked.
+#[derive(Debug, Clone)]
+pub struct Walk {
+    /// The place of the last row accepted (or of the anchor).
+    after: i64,
+    prev_hash: String,
+}
+
+impl From<Option<(i64, String)>> for Walk {
+    fn from(anchor: Option<(i64, String)>) -> Walk {
+        let (after, prev_hash) = anchor.unwrap_or_else(|| (0, hex::encode(GENESIS)));
+        Walk { after, prev_hash }
+    }
+}
+
+impl Walk {
+    /// The place of the last row accepted: the next must be one past it.
+    pub fn after(&self) -> i64 {
+        self.after
+    }
+
+    /// Accepts `record` as the chain's next row, or says why it is not.
+    pub fn step(&mut self, record: &Record) -> Result<(), String> {
+        let expected_seq = self.after.saturating_add(1);
+        if record.chain_seq != expected_seq {
+            return Err(format!(
+                "row {expected_seq} of the chain is missing (found {} instead)",
+                record.chain_seq
+            ));
+        }
+        if record.prev_hash != self.prev_hash {
+            return Err(
+                "does not link to the row before it (a row was removed, inserted or reordered)"
+                    .into(),
+            );
+        }
+        if hex::encode(record.compute_hash()) != record.hash {
+            return Err("its contents do not match its hash (the row was changed)".into());
+        }
+        self.after = expected_seq;
+        self.prev_hash.clone_from(&record.hash);
+        Ok(())
+    }
+}
+
 fn broken(
     rows: u64,
     chains: usize,
     chain: &str,
     chain_seq: i64,
-    record: Option<&super::record::Record>,
+    record: Option<&Record>,
     reason: String,
 ) -> Report {
     Report {

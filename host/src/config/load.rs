@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::ConfigError;
+use super::{API_TOKEN_ENV, Config, ConfigError, ENV_PREFIX, Scope, TokenConfig};
 
 pub(super) fn mask(secret: &str) -> String {
     let shown: String = secret.chars().take(4).collect();
@@ -31,10 +31,15 @@ pub(super) fn read_yaml_file(path: &Path) -> Result<Value, ConfigError> {
         path: path.to_path_buf(),
         source,
     })?;
+    parse_yaml(&text, path)
+}
+
+/// The YAML text of a config file (named `path` in errors) as a tree of keys.
+pub(super) fn parse_yaml(text: &str, path: &Path) -> Result<Value, ConfigError> {
     if text.trim().is_empty() {
         return Ok(Value::Object(Default::default()));
     }
-    let value: Value = serde_saphyr::from_str(&text).map_err(|e| ConfigError::Syntax {
+    let value: Value = serde_saphyr::from_str(text).map_err(|e| ConfigError::Syntax {
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
@@ -48,8 +53,59 @@ pub(super) fn read_yaml_file(path: &Path) -> Result<Value, ConfigError> {
     }
 }
 
+/// The configuration a file's tree and the environment give, checked.
+pub(super) fn build(
+    mut tree: Value,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigError> {
+    hoist_seed_sections(&mut tree)?;
+    let mut api_token = None;
+    for (var, raw) in env {
+        if var == API_TOKEN_ENV {
+            api_token = Some(raw);
+            continue;
+        }
+        let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        if !rest.contains("__") && rest != "DATA_DIR" {
+            // EVHOST_CONFIG, EVHOST_URL, EVHOST_TOKEN and the like belong to the CLI.
+            continue;
+        }
+        let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+        let value: Value = parse_env_value(&raw).map_err(|message| ConfigError::Env {
+            var: var.clone(),
+            message,
+        })?;
+        set_path(&mut tree, &path, value).map_err(|message| ConfigError::Env {
+            var: var.clone(),
+            message,
+        })?;
+    }
+    let mut config: Config =
+        serde_path_to_error::deserialize(&tree).map_err(|e| ConfigError::Invalid {
+            key: path_to_key(e.path()),
+            message: explain(e.inner().to_string(), lookup(&tree, e.path())),
+        })?;
+    if let Some(token) = api_token {
+        config.auth.tokens.push(TokenConfig {
+            name: "env".into(),
+            token,
+            scopes: [Scope::Publish, Scope::Read, Scope::Admin].into(),
+            trusted: true,
+            rate_per_second: None,
+            burst: None,
+        });
+    }
+    config.check()?;
+    if let Some(queue_size) = config.events.queue_size.take() {
+        config.events.max_lag = queue_size;
+    }
+    Ok(config)
+}
+
 /// Moves the plan's `events.audit` and `events.webhooks` to the top level.
-pub(super) fn hoist_seed_sections(tree: &mut Value) -> Result<(), ConfigError> {
+fn hoist_seed_sections(tree: &mut Value) -> Result<(), ConfigError> {
     for section in ["audit", "webhooks"] {
         let nested = tree
             .get_mut("events")
@@ -73,7 +129,7 @@ pub(super) fn hoist_seed_sections(tree: &mut Value) -> Result<(), ConfigError> {
 
 /// Reads an environment value as YAML, so `8`, `true` and `[1s, 5s]` get their types;
 /// anything YAML cannot read is taken as a plain string.
-pub(super) fn parse_env_value(raw: &str) -> Result<Value, String> {
+fn parse_env_value(raw: &str) -> Result<Value, String> {
     if raw.trim().is_empty() {
         return Ok(Value::String(String::new()));
     }
@@ -85,7 +141,7 @@ pub(super) fn parse_env_value(raw: &str) -> Result<Value, String> {
     }
 }
 
-pub(super) fn set_path(tree: &mut Value, path: &[String], value: Value) -> Result<(), String> {
+fn set_path(tree: &mut Value, path: &[String], value: Value) -> Result<(), String> {
     let mut node = tree;
     for (i, part) in path.iter().enumerate() {
         if part.is_empty() {
@@ -105,7 +161,7 @@ pub(super) fn set_path(tree: &mut Value, path: &[String], value: Value) -> Resul
     Ok(())
 }
 
-pub(super) fn path_to_key(path: &serde_path_to_error::Path) -> String {
+fn path_to_key(path: &serde_path_to_error::Path) -> String {
     use serde_path_to_error::Segment;
     let mut key = String::new();
     for segment in path.iter() {
@@ -127,7 +183,7 @@ pub(super) fn path_to_key(path: &serde_path_to_error::Path) -> String {
     }
 }
 
-pub(super) fn lookup<'a>(tree: &'a Value, path: &serde_path_to_error::Path) -> Option<&'a Value> {
+fn lookup<'a>(tree: &'a Value, path: &serde_path_to_error::Path) -> Option<&'a Value> {
     use serde_path_to_error::Segment;
     let mut node = tree;
     for segment in path.iter() {
@@ -141,7 +197,7 @@ pub(super) fn lookup<'a>(tree: &'a Value, path: &serde_path_to_error::Path) -> O
 }
 
 /// Adds the offending value to serde's message.
-pub(super) fn explain(message: String, value: Option<&Value>) -> String {
+fn explain(message: String, value: Option<&Value>) -> String {
     match value {
         Some(v) if !v.is_object() => format!("value {v} is not allowed: {message}"),
         _ => message,

@@ -22,10 +22,7 @@ pub use crate::server::ServerConfig;
 mod check;
 mod load;
 
-use load::{
-    explain, hoist_seed_sections, lookup, mask, mask_url, parse_env_value, path_to_key,
-    read_yaml_file, set_path,
-};
+use load::{mask, mask_url};
 
 /// Why a configuration could not be loaded. Each variant names the key, the value and
 /// what is allowed, so an operator can fix it without reading the source.
@@ -448,54 +445,20 @@ impl Config {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let mut tree = match file {
-            Some(path) => read_yaml_file(path)?,
+        let tree = match file {
+            Some(path) => load::read_yaml_file(path)?,
             None => Value::Object(Default::default()),
         };
-        hoist_seed_sections(&mut tree)?;
-        let mut api_token = None;
-        for (var, raw) in env {
-            if var == API_TOKEN_ENV {
-                api_token = Some(raw);
-                continue;
-            }
-            let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
-                continue;
-            };
-            if !rest.contains("__") && rest != "DATA_DIR" {
-                // EVHOST_CONFIG, EVHOST_URL, EVHOST_TOKEN and the like belong to the CLI.
-                continue;
-            }
-            let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
-            let value: Value = parse_env_value(&raw).map_err(|message| ConfigError::Env {
-                var: var.clone(),
-                message,
-            })?;
-            set_path(&mut tree, &path, value).map_err(|message| ConfigError::Env {
-                var: var.clone(),
-                message,
-            })?;
-        }
-        let mut config: Config =
-            serde_path_to_error::deserialize(&tree).map_err(|e| ConfigError::Invalid {
-                key: path_to_key(e.path()),
-                message: explain(e.inner().to_string(), lookup(&tree, e.path())),
-            })?;
-        if let Some(token) = api_token {
-            config.auth.tokens.push(TokenConfig {
-                name: "env".into(),
-                token,
-                scopes: [Scope::Publish, Scope::Read, Scope::Admin].into(),
-                trusted: true,
-                rate_per_second: None,
-                burst: None,
-            });
-        }
-        config.check()?;
-        if let Some(queue_size) = config.events.queue_size.take() {
-            config.events.max_lag = queue_size;
-        }
-        Ok(config)
+        load::build(tree, env)
+    }
+
+    /// [`Config::load_from`] with the file's text at hand; errors name it `path`.
+    pub fn parse(
+        text: &str,
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        load::build(load::parse_yaml(text, path)?, env)
     }
 
     /// The plugin folder: `plugins.dir`, or `<data_dir>/plugins`.

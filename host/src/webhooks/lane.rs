@@ -504,7 +504,7 @@ async fn send(
         .headers()
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(parse_retry_after);
+        .and_then(|v| super::parse_retry_after(v, Utc::now()));
     // Read no more than the excerpt; the rest is never buffered.
     let mut excerpt = Vec::new();
     let mut stream = response.bytes_stream();
@@ -555,16 +555,6 @@ fn is_refused(error: &reqwest::Error) -> bool {
         source = e.source();
     }
     false
-}
-
-/// `Retry-After`: delay-seconds or an HTTP date.
-fn parse_retry_after(value: &str) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let when = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-    (when.with_timezone(&Utc) - Utc::now()).to_std().ok()
 }
 
 /// Writes and sends a `webhook.test` ping to one endpoint (enabled or not), waits
@@ -649,17 +639,5 @@ mod tests {
         second.send(2);
         let (_, ahead) = reserve(&tx).unwrap();
         assert_eq!(ahead, 2, "one sent on, one queued, one reserved");
-    }
-
-    #[test]
-    fn retry_after_takes_seconds_or_a_date() {
-        assert_eq!(parse_retry_after("7"), Some(Duration::from_secs(7)));
-        let later = (Utc::now() + chrono::Duration::seconds(120)).to_rfc2822();
-        let d = parse_retry_after(&later).unwrap();
-        assert!(
-            d > Duration::from_secs(100) && d <= Duration::from_secs(120),
-            "{d:?}"
-        );
-        assert_eq!(parse_retry_after("soon"), None);
     }
 }

@@ -48,7 +48,7 @@ use tokio_util::sync::CancellationToken;
 pub use db::{AttemptRow, DeliveryRow};
 pub use egress::Egress;
 pub use endpoint::{Endpoint, EndpointPatch, FieldError, Format, NewEndpoint};
-pub use options::WebhookOptions;
+pub use options::{WebhookOptions, parse_retry_after};
 
 use crate::bus::Subscriber;
 use crate::event::{Actor, Catalog, Event};

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+
 use super::Egress;
 
 /// Webhook settings (from `webhooks.*`).
@@ -97,6 +99,18 @@ impl WebhookOptions {
     }
 }
 
+/// A receiver's `Retry-After` at `now`: delay-seconds or an HTTP date (RFC 2822
+/// form, which covers the IMF-fixdate HTTP sends). A date in the past, or anything
+/// else, is no wish at all.
+pub fn parse_retry_after(value: &str, now: DateTime<Utc>) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let when = DateTime::parse_from_rfc2822(value).ok()?;
+    (when.with_timezone(&Utc) - now).to_std().ok()
+}
+
 fn random_fraction() -> f64 {
     let mut bytes = [0u8; 8];
     getrandom::fill(&mut bytes).expect("the operating system's random source works");
@@ -123,5 +137,29 @@ mod tests {
         // The last place of a full memory queue: 31 rounds before it there.
         assert_eq!(options.memory_queue(), 1024);
         assert_eq!(secs(1023), 37 * 30 + 30);
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_or_a_date() {
+        // Whole seconds: a date on the wire has no fraction.
+        let now = DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap();
+        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after(" 7 ", now), Some(Duration::from_secs(7)));
+        let later = (now + chrono::Duration::seconds(120)).to_rfc2822();
+        assert_eq!(
+            parse_retry_after(&later, now),
+            Some(Duration::from_secs(120))
+        );
+        let http_date = (now + chrono::Duration::seconds(60))
+            .format("%a, %d %b %Y %H:%M:%S GMT")
+            .to_string();
+        assert_eq!(
+            parse_retry_after(&http_date, now),
+            Some(Duration::from_secs(60))
+        );
+        let earlier = (now - chrono::Duration::seconds(5)).to_rfc2822();
+        assert_eq!(parse_retry_after(&earlier, now), None);
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-1", now), None);
     }
 }
