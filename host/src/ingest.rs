@@ -19,8 +19,14 @@ use crate::eventlog::{LagFull, Log, LogError};
 
 /// Deepest nesting of arrays and objects accepted in `data`.
 pub const MAX_DATA_DEPTH: usize = 64;
+/// Characters, as the OpenAPI document's `maxLength` counts them.
 const MAX_SOURCE_LEN: usize = 256;
 const MAX_USER_LEN: usize = 256;
+
+/// 1 to `max` characters, none of them a control character.
+fn printable(text: &str, max: usize) -> bool {
+    !text.is_empty() && text.chars().count() <= max && !text.chars().any(char::is_control)
+}
 
 /// Who is publishing, as the API authenticated them.
 #[derive(Debug, Clone, Default)]
@@ -211,12 +217,17 @@ impl Ingest {
                 .map_err(|e| invalid(e.to_string(), Some("id".into())))?,
             None => new_event_id(),
         };
-        self.catalog
-            .validate(&draft.kind, &draft.data)
+        let fixed = self
+            .catalog
+            .validate_or_fix(&draft.kind, &draft.data)
             .map_err(|e: ValidationError| {
                 let field = e.field().map(|f| format!("data.{f}"));
                 invalid(e.to_string(), field)
             })?;
+        let mut draft = draft;
+        if let Some(data) = fixed {
+            draft.data = data;
+        }
         if json_depth(draft.data.get()) > MAX_DATA_DEPTH {
             return Err(invalid(
                 format!("`data` is nested deeper than {MAX_DATA_DEPTH} levels"),
@@ -224,9 +235,7 @@ impl Ingest {
             ));
         }
         let source: Arc<str> = match draft.source {
-            Some(s)
-                if s.is_empty() || s.len() > MAX_SOURCE_LEN || s.chars().any(char::is_control) =>
-            {
+            Some(s) if !printable(&s, MAX_SOURCE_LEN) => {
                 return Err(invalid(
                     format!("`source` must be 1 to {MAX_SOURCE_LEN} printable characters"),
                     Some("source".into()),
@@ -243,7 +252,7 @@ impl Ingest {
             if !origin.trusted {
                 return Err(IngestError::NotTrusted);
             }
-            if user.is_empty() || user.len() > MAX_USER_LEN || user.chars().any(char::is_control) {
+            if !printable(user, MAX_USER_LEN) {
                 return Err(invalid(
                     format!("`on_behalf_of` must be 1 to {MAX_USER_LEN} printable characters"),
                     Some("on_behalf_of".into()),

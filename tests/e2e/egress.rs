@@ -25,7 +25,8 @@ async fn https_and_ports_hold_when_stored_and_at_each_send() {
             &json!({"name": "new", "url": rx.url("/"), "events": ["egress.*"]}),
         )
         .await;
-    assert_eq!(status, 400, "{body}");
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["code"], "url_not_allowed", "{body}");
     assert!(
         body["error"]["message"].as_str().unwrap().contains("https"),
         "{body}"
@@ -36,7 +37,8 @@ async fn https_and_ports_hold_when_stored_and_at_each_send() {
             &json!({"name": "port", "url": "https://127.0.0.1:9443/", "events": ["egress.*"]}),
         )
         .await;
-    assert_eq!(status, 400, "{body}");
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["code"], "url_not_allowed", "{body}");
     assert!(
         body["error"]["message"]
             .as_str()

@@ -22,6 +22,7 @@ use crate::event::Actor;
 use crate::ingest::IngestError;
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DeadLetterQuery {
     /// `event`, `record` or `delivery`.
@@ -123,8 +124,8 @@ pub async fn list(
     let before = match query.cursor.as_deref() {
         None => None,
         Some(c) => Some(
-            c.parse::<i64>()
-                .map_err(|_| ApiError::bad_query(format!("`cursor` {c:?} is not a cursor")))?,
+            super::decimal_cursor(c)
+                .ok_or_else(|| ApiError::bad_query(format!("`cursor` {c:?} is not a cursor")))?,
         ),
     };
     let rows = dead_letters(&state)?
@@ -148,9 +149,10 @@ pub async fn list(
 pub async fn get(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Path(id): Path<i64>,
+    Path(id): Path<String>,
 ) -> Result<Json<DeadLetterView>, ApiError> {
     state.auth.authorize(&headers, Scope::Read)?;
+    let id = letter_id(&id)?;
     match dead_letters(&state)?.get(id).await.map_err(db_error)? {
         Some(d) => Ok(Json(DeadLetterView::of(d))),
         None => Err(ApiError::not_found(format!("no dead letter has id {id}"))),
@@ -169,8 +171,9 @@ pub async fn get(
 pub async fn retry(
     State(state): State<Arc<AppState>>,
     Admin(actor): Admin,
-    Path(id): Path<i64>,
+    Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    let id = letter_id(&id)?;
     let store = dead_letters(&state)?;
     let result = retry_letter(&store, state.ingest.log(), state.webhooks.as_deref(), id).await;
     let outcome = match &result {
@@ -217,8 +220,9 @@ pub async fn retry(
 pub async fn discard(
     State(state): State<Arc<AppState>>,
     Admin(actor): Admin,
-    Path(id): Path<i64>,
+    Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    let id = letter_id(&id)?;
     if !dead_letters(&state)?.remove(id).await.map_err(db_error)? {
         return Err(ApiError::not_found(format!("no dead letter has id {id}")));
     }
@@ -241,4 +245,15 @@ async fn record(state: &AppState, actor: &Actor, kind: &str, id: i64, outcome: &
             details,
         ))
         .await;
+}
+
+/// A dead letter's id from the path: a 64-bit integer, else 400 `bad_path` with the
+/// usual error body.
+fn letter_id(text: &str) -> Result<i64, ApiError> {
+    text.parse().map_err(|_| {
+        ApiError::bad_request(
+            "bad_path",
+            format!("dead letter id {text:?} is not a 64-bit integer"),
+        )
+    })
 }

@@ -24,6 +24,7 @@ use crate::ingest::Origin;
 pub const ON_BEHALF_OF: &str = "x-esp-on-behalf-of";
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct WaitQuery {
     /// Answer only once every subscriber has handled the event.
     #[serde(default)]
@@ -31,6 +32,7 @@ pub struct WaitQuery {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct StreamQuery {
     /// Comma-separated type patterns (`message.*,user.login`); all events when absent.
     #[serde(default)]

@@ -52,6 +52,13 @@ fn page_limit(value: Option<&str>) -> Result<i64, ApiError> {
     }
 }
 
+/// A page cursor that is a row's number: 1 to 18 ASCII digits (what the OpenAPI
+/// document allows; no sign, no spaces).
+fn decimal_cursor(text: &str) -> Option<i64> {
+    let digits = (1..=18).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_digit());
+    digits.then(|| text.parse().ok()).flatten()
+}
+
 /// A stored time (microseconds since the epoch) as the API shows times.
 fn rfc3339_us(us: i64) -> String {
     chrono::DateTime::from_timestamp_micros(us)

@@ -32,19 +32,32 @@ impl From<WebhookError> for ApiError {
             WebhookError::StillPending(_) => {
                 ApiError::new(StatusCode::CONFLICT, "delivery_pending", e.to_string())
             }
+            // 400 for what the OpenAPI document's schema refuses too, 422 for a
+            // well-formed value that is refused for what it names.
             WebhookError::Invalid(f) => ApiError {
                 field: Some(f.field.to_string()),
-                ..ApiError::bad_request("invalid_webhook", f.message)
+                ..if f.unknown {
+                    ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "unknown_event_type",
+                        f.message,
+                    )
+                } else {
+                    ApiError::bad_request("invalid_webhook", f.message)
+                }
             },
             WebhookError::Url(u) => {
-                let code = match u {
-                    UrlError::Invalid(_) => "invalid_url",
-                    UrlError::Refused(_) => "refused_address",
-                    UrlError::Unresolvable { .. } => "unresolvable_url",
+                let (status, code) = match u {
+                    UrlError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_url"),
+                    UrlError::Refused(_) => (StatusCode::UNPROCESSABLE_ENTITY, "refused_address"),
+                    UrlError::Policy(_) => (StatusCode::UNPROCESSABLE_ENTITY, "url_not_allowed"),
+                    UrlError::Unresolvable { .. } => {
+                        (StatusCode::UNPROCESSABLE_ENTITY, "unresolvable_url")
+                    }
                 };
                 ApiError {
                     field: Some("url".into()),
-                    ..ApiError::bad_request(code, u.to_string())
+                    ..ApiError::new(status, code, u.to_string())
                 }
             }
             WebhookError::Db(error) => {
@@ -132,7 +145,8 @@ pub struct EndpointList {
 /// Adds a webhook endpoint.
 #[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = NewEndpoint,
     responses((status = 201, description = "Created; the secret is shown only now", body = EndpointWithSecret),
-              (status = 400, description = "Bad name, URL, event pattern or domain, or a refused address")),
+              (status = 400, description = "Bad name, URL, event pattern or domain"),
+              (status = 422, description = "Well formed but refused: `refused_address`, `unresolvable_url`, `url_not_allowed` (webhooks.require_https, allowed_ports) or `unknown_event_type`")),
     security(("bearer" = ["admin"])))]
 pub async fn create(
     State(state): State<Arc<AppState>>,
@@ -176,7 +190,8 @@ pub async fn get(
 
 /// Changes an endpoint's fields.
 #[utoipa::path(patch, path = "/v1/webhooks/{id}", tag = "webhooks", request_body = EndpointPatch,
-    responses((status = 200, body = Endpoint), (status = 400, description = "Bad field"), (status = 404, description = "No such endpoint")),
+    responses((status = 200, body = Endpoint), (status = 400, description = "Bad field"), (status = 404, description = "No such endpoint"),
+              (status = 422, description = "Well formed but refused: `refused_address`, `unresolvable_url`, `url_not_allowed` or `unknown_event_type`")),
     security(("bearer" = ["admin"])))]
 pub async fn update(
     State(state): State<Arc<AppState>>,
@@ -336,6 +351,7 @@ impl DeliveryView {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveriesQuery {
     /// `pending`, `succeeded` or `failed`.
@@ -424,6 +440,7 @@ pub async fn retry(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayQuery {
     /// Failed deliveries created at or after this RFC 3339 time are sent again.

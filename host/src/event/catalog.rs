@@ -99,6 +99,57 @@ impl Catalog {
             None => Ok(()),
         }
     }
+
+    /// [`Catalog::validate`], and when a catalog type's payload fails it only for
+    /// numbers such as `276.0` where an integer is due (JSON Schema, and so the
+    /// OpenAPI document, counts them as integers), the payload with those written
+    /// as integers. The number is the same; the typed payload can now be read.
+    pub fn validate_or_fix(
+        &self,
+        kind: &str,
+        data: &RawValue,
+    ) -> Result<Option<Box<RawValue>>, ValidationError> {
+        let error = match self.validate(kind, data) {
+            Ok(()) => return Ok(None),
+            Err(e) => e,
+        };
+        if !matches!(error, ValidationError::Field { .. }) || !data.get().contains('.') {
+            return Err(error);
+        }
+        let Ok(mut value) = serde_json::from_str::<Value>(data.get()) else {
+            return Err(error);
+        };
+        if !integral_floats_to_integers(&mut value) {
+            return Err(error);
+        }
+        let fixed = serde_json::value::to_raw_value(&value).map_err(|_| error)?;
+        self.validate(kind, &fixed)?;
+        Ok(Some(fixed))
+    }
+}
+
+/// Rewrites every float with no fraction and below 2^53 as an integer; whether any
+/// was.
+fn integral_floats_to_integers(value: &mut Value) -> bool {
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            // Only where the float is exact: past 2^53 it may be a rounded integer
+            // that was out of range as written.
+            let fits = f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0;
+            if fits {
+                *n = (f as i64).into();
+            }
+            fits
+        }
+        Value::Array(items) => items
+            .iter_mut()
+            .fold(false, |any, v| integral_floats_to_integers(v) | any),
+        Value::Object(map) => map
+            .values_mut()
+            .fold(false, |any, v| integral_floats_to_integers(v) | any),
+        _ => false,
+    }
 }
 
 /// Deserializes `data` into the payload type, naming the first field that does not
@@ -206,6 +257,27 @@ mod tests {
     }
 
     const RECEIVED: &str = r#"{"message_id":"m1","from":"a@x.org","to":["b@example.com"],"subject":"hi","size":12,"domain":"example.com","user":"b@example.com","mailbox":"INBOX","is_spam":false}"#;
+
+    #[test]
+    fn an_integer_written_as_a_float_is_read_as_the_integer() {
+        let c = Catalog::new(true, false);
+        let data = raw(&RECEIVED.replace(r#""size":12"#, r#""size":12.0"#));
+        let fixed = c
+            .validate_or_fix("message.received", &data)
+            .unwrap()
+            .unwrap();
+        assert!(fixed.get().contains(r#""size":12,"#), "{}", fixed.get());
+        assert!(
+            c.validate_or_fix("message.received", &raw(RECEIVED))
+                .unwrap()
+                .is_none()
+        );
+        let fraction = raw(&RECEIVED.replace(r#""size":12"#, r#""size":12.5"#));
+        assert!(c.validate_or_fix("message.received", &fraction).is_err());
+        // Past 2^53 a float is not exact: -9223372036854775809 must not become i64::MIN.
+        let huge = raw(&RECEIVED.replace(r#""size":12"#, r#""size":-9223372036854775809"#));
+        assert!(c.validate_or_fix("message.received", &huge).is_err());
+    }
 
     #[test]
     fn lists_every_type_with_a_schema() {

@@ -37,6 +37,9 @@ pub enum UrlError {
     Invalid(String),
     #[error(transparent)]
     Refused(#[from] Refused),
+    /// Against `webhooks.require_https` or `webhooks.allowed_ports`.
+    #[error("{0}")]
+    Policy(String),
     #[error("cannot resolve {host}: {message}")]
     Unresolvable { host: String, message: String },
 }
@@ -74,14 +77,14 @@ impl Egress {
     /// (the configuration may have changed since).
     pub fn check_rules(&self, url: &Url) -> Result<(), UrlError> {
         if self.require_https && url.scheme() != "https" {
-            return Err(UrlError::Invalid(format!(
+            return Err(UrlError::Policy(format!(
                 "the URL must use https (webhooks.require_https); it uses {}",
                 url.scheme()
             )));
         }
         let port = url.port_or_known_default().unwrap_or(0);
         if !self.ports.is_empty() && !self.ports.contains(&port) {
-            return Err(UrlError::Invalid(format!(
+            return Err(UrlError::Policy(format!(
                 "port {port} is not one of webhooks.allowed_ports {:?}",
                 self.ports
             )));

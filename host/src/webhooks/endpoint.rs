@@ -146,12 +146,16 @@ fn double_option<'de, D: serde::Deserializer<'de>>(
 pub struct FieldError {
     pub field: &'static str,
     pub message: String,
+    /// The value is well formed but names nothing that can arrive (a pattern that
+    /// matches no type): a refusal no schema can state, which the API answers 422.
+    pub unknown: bool,
 }
 
 fn field_error(field: &'static str, message: impl Into<String>) -> FieldError {
     FieldError {
         field,
         message: message.into(),
+        unknown: false,
     }
 }
 
@@ -208,12 +212,15 @@ pub fn check_events(events: &[String], catalog: &Catalog) -> Result<Vec<String>,
                     Some(s) if typo => format!("; did you mean {s:?}?"),
                     _ => format!("; known families: {}", families.join(", ")),
                 };
-                return Err(field_error(
-                    "events",
-                    format!(
-                        "{text:?} matches no event type{hint} (GET /v1/event-types lists every type)"
-                    ),
-                ));
+                return Err(FieldError {
+                    unknown: true,
+                    ..field_error(
+                        "events",
+                        format!(
+                            "{text:?} matches no event type{hint} (GET /v1/event-types lists every type)"
+                        ),
+                    )
+                });
             }
         }
         let text = pattern.to_string();

@@ -1,6 +1,12 @@
-//! The OpenAPI document, generated from the handlers' annotations.
+//! The OpenAPI document, generated from the handlers' annotations and made exact
+//! for the running daemon ([`exact`]).
+
+mod exact;
+
+use std::sync::Arc;
 
 use axum::Json;
+use axum::extract::State;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
@@ -143,12 +149,19 @@ impl Modify for WhatEveryRouteAnswers {
                 if parameters.is_empty() {
                     operation.parameters = None;
                 }
+                let has_parameters = operation.parameters.is_some();
                 let responses = &mut operation.responses.responses;
                 let mut add = |status: &str, description: &str| {
                     responses
                         .entry(status.to_string())
                         .or_insert_with(|| error(description).into());
                 };
+                if has_parameters {
+                    add(
+                        "400",
+                        "`bad_query` or `bad_path`: a parameter is not what this document allows",
+                    );
+                }
                 if operation.security.is_some() {
                     add("401", "`unauthorized`: no token, or not a valid one");
                     add(
@@ -195,8 +208,15 @@ fn error_body_schema() -> utoipa::openapi::Schema {
 }
 
 /// The OpenAPI 3.1 document of this API.
-pub async fn document() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+pub async fn document(State(state): State<Arc<super::AppState>>) -> Json<serde_json::Value> {
+    Json(of(state.ingest.catalog(), state.limits.max_batch_events))
+}
+
+/// The document for a daemon with this catalog and batch limit.
+pub fn of(catalog: &crate::event::Catalog, max_batch_events: usize) -> serde_json::Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the document is JSON");
+    exact::tighten(&mut doc, catalog, max_batch_events);
+    doc
 }
 
 #[cfg(test)]
@@ -205,7 +225,7 @@ mod tests {
 
     #[test]
     fn every_path_parameter_is_declared_and_every_guarded_route_documents_its_refusals() {
-        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let doc = of(&crate::event::Catalog::new(true, false), 1000);
         let paths = doc["paths"].as_object().unwrap();
         let mut checked = 0;
         for (path, item) in paths {
@@ -252,9 +272,35 @@ mod tests {
         let batch = &paths["/v1/events/batch"]["post"]["requestBody"]["content"]["application/json"]
             ["schema"];
         assert_eq!(batch["minItems"], 1, "{batch}");
-        let event = &doc["components"]["schemas"]["EventRequest"]["properties"];
-        assert_eq!(event["time"]["format"], "date-time", "{event}");
-        assert!(event["id"]["pattern"].is_string(), "{event}");
+        assert_eq!(batch["maxItems"], 1000, "{batch}");
+        let branches = doc["components"]["schemas"]["EventRequest"]["oneOf"]
+            .as_array()
+            .unwrap();
+        assert_eq!(
+            branches.len(),
+            evhost_catalog::COUNT + 1,
+            "one per type, and custom"
+        );
+        assert_eq!(
+            branches[0]["$ref"],
+            "#/components/schemas/MessageReceivedEvent"
+        );
+        let received = &doc["components"]["schemas"]["MessageReceivedEvent"]["properties"];
+        assert_eq!(received["type"]["const"], "message.received");
+        assert_eq!(
+            doc["components"]["schemas"]["MessageReceived"]["properties"]["size"]["maximum"],
+            i64::MAX
+        );
+        assert_eq!(received["time"]["format"], "date-time", "{received}");
+        assert!(received["id"]["pattern"].is_string(), "{received}");
+        let limit = &paths["/v1/audit"]["get"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "limit")
+            .unwrap();
+        assert_eq!(limit["in"], "query");
+        assert_eq!(limit["schema"]["maximum"], 1000);
         assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
     }
 }
