@@ -1,6 +1,7 @@
 //! Where webhooks may go, black-box: `webhooks.require_https` and
 //! `webhooks.allowed_ports` refuse URLs when they are stored, and hold for endpoints
-//! stored before they were set (checked again before each send).
+//! stored before they were set (checked again before each send); a name rebound to
+//! loopback after it was saved is refused when a delivery is sent.
 
 use std::time::Duration;
 
@@ -59,4 +60,54 @@ async fn https_and_ports_hold_when_stored_and_at_each_send() {
         "{failed:?}"
     );
     assert_eq!(rx.count(), 0, "nothing went to the plain http endpoint");
+}
+
+/// DNS rebinding: a name that resolved to a public address when the endpoint was
+/// saved and to 127.0.0.1 when a delivery is sent is refused at send time, and the
+/// receiver on 127.0.0.1 hears nothing. The daemon reads a private /etc/hosts that
+/// the test rewrites between the two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_rebound_to_loopback_after_it_was_saved_is_refused_at_send() {
+    if !evhost_e2e::private_hosts_supported() {
+        eprintln!("SKIPPED: this machine gives no private /etc/hosts (unshare --mount)");
+        return;
+    }
+    let rx = Receiver::start().await;
+    let hosts = tempfile::NamedTempFile::new().unwrap();
+    // 93.184.216.34 is public; nothing connects to it (the name moves first).
+    std::fs::write(
+        hosts.path(),
+        "127.0.0.1 localhost\n93.184.216.34 rebind.evhost.test\n",
+    )
+    .unwrap();
+    let d = Daemon::start_with(
+        Options::default()
+            .hosts_file(hosts.path())
+            .env("EVHOST_WEBHOOKS__POLL_INTERVAL", "100ms")
+            .env("EVHOST_WEBHOOKS__RETRY_DELAYS", "[100ms]")
+            .env("EVHOST_WEBHOOKS__MAX_RETRIES", "1")
+            .env("EVHOST_WEBHOOKS__TIMEOUT", "2s"),
+    )
+    .await;
+    let url = rx.url("/hook").replace("127.0.0.1", "rebind.evhost.test");
+    let (id, _) = d
+        .add_webhook(&json!({"name": "rebind", "url": url, "events": ["rebind.*"]}))
+        .await;
+
+    // Written in place: the daemon's /etc/hosts is this file's inode.
+    std::fs::write(
+        hosts.path(),
+        "127.0.0.1 localhost\n127.0.0.1 rebind.evhost.test\n",
+    )
+    .unwrap();
+    d.publish("rebind.test", &json!({})).await;
+    let failed = d
+        .wait_deliveries(&id, "failed", 1, Duration::from_secs(20))
+        .await;
+    let error = failed[0]["last_error"].as_str().unwrap_or("");
+    assert!(
+        error.contains("loopback") && error.contains("allowed_networks"),
+        "{failed:?}"
+    );
+    assert_eq!(rx.count(), 0, "nothing reached the receiver on 127.0.0.1");
 }

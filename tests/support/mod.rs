@@ -60,6 +60,9 @@ pub struct Options {
     /// The daemon serves HTTPS (`server.tls` set by the test); the client trusts
     /// these PEM certificates and talks to `https://localhost:<port>`.
     pub tls_roots: Vec<Vec<u8>>,
+    /// The daemon sees this file as its `/etc/hosts` (a mount namespace of its own;
+    /// see [`private_hosts_supported`]). The test may rewrite it in place.
+    pub hosts_file: Option<std::path::PathBuf>,
 }
 
 impl Options {
@@ -101,6 +104,13 @@ impl Options {
     /// Talks HTTPS to the daemon, trusting `root_pem` (a self-signed certificate).
     pub fn trust(mut self, root_pem: &[u8]) -> Options {
         self.tls_roots.push(root_pem.to_vec());
+        self
+    }
+
+    /// Runs the daemon with `path` as its `/etc/hosts`, so a test decides what names
+    /// resolve to, and when.
+    pub fn hosts_file(mut self, path: &std::path::Path) -> Options {
+        self.hosts_file = Some(path.to_path_buf());
         self
     }
 
@@ -177,7 +187,18 @@ fn spawn(dir: &tempfile::TempDir, port: u16, options: &Options) -> Child {
             .append(true)
             .open(dir.path().join("daemon.log"))
             .unwrap();
-        let mut command = Command::new(evhost_bin());
+        let mut command = match &options.hosts_file {
+            None => Command::new(evhost_bin()),
+            Some(hosts) => {
+                // unshare execs the shell, which execs evhost: the child is the daemon.
+                let mut command = unshare_mount();
+                command
+                    .args(["sh", "-c", r#"mount --bind "$0" /etc/hosts && exec "$@""#])
+                    .arg(hosts)
+                    .arg(evhost_bin());
+                command
+            }
+        };
         command
             .arg("serve")
             .env_remove("EVHOST_CONFIG")
@@ -198,6 +219,27 @@ fn spawn(dir: &tempfile::TempDir, port: u16, options: &Options) -> Child {
         }
         command.spawn().expect("start evhost")
     }
+}
+
+/// `unshare --mount`, as root, or in a user namespace of its own otherwise.
+fn unshare_mount() -> Command {
+    let mut command = Command::new("unshare");
+    command.arg("--mount");
+    if !nix::unistd::geteuid().is_root() {
+        command.arg("--map-root-user");
+    }
+    command
+}
+
+/// Whether this machine lets a process have a private `/etc/hosts` (a mount
+/// namespace with a bind mount), which [`Options::hosts_file`] needs.
+pub fn private_hosts_supported() -> bool {
+    unshare_mount()
+        .args(["sh", "-c", "mount --bind /etc/hosts /etc/hosts"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
 }
 
 impl Daemon {
