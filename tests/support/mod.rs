@@ -537,7 +537,7 @@ pub fn signal(pid: i32, signal: nix::sys::signal::Signal) {
 pub async fn status_json(response: reqwest::Response) -> (u16, Value) {
     let status = response.status().as_u16();
     let text = response.text().await.unwrap();
-    let json = serde_json::from_str(&text).unwrap_or_else(|_| Value::String(text));
+    let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
     (status, json)
 }
 
