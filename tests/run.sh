@@ -38,6 +38,17 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$log"
 
+# Coverage-guided fuzzing of the parsers (fuzz/README.md): a short fixed run of each
+# target; any crash fails the suite.
+tools=$(realpath -m "${EVHOST_TOOLS_DIR:-${CARGO_TARGET_DIR:-target}/tools}")
+step "fuzz targets, 15 s each"
+CARGO_TARGET_DIR="${EVHOST_FUZZ_TARGET_DIR:-${CARGO_TARGET_DIR:-$PWD/target}/fuzz}" \
+  bash fuzz/run.sh 15 "$tools"
+
+# The API against its own OpenAPI document: schemathesis, and a generated client.
+step "API: schemathesis and a generated client against /openapi.json"
+bash tests/api/run.sh "${CARGO_TARGET_DIR:-target}/debug/evhost" "$tools"
+
 # One closing line for the whole run: cargo prints a result per test binary, and the
 # last of those is often a crate with no doc tests.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
