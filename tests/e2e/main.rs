@@ -19,6 +19,7 @@ mod sandbox;
 mod secrets;
 mod server;
 mod shutdown;
+mod signatures;
 mod stream;
 mod supervision;
 mod webhook_durability;

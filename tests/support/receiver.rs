@@ -89,6 +89,45 @@ impl Request {
             .map_err(|e| e.to_string())
     }
 
+    /// Checks the `v1a` entries of `webhook-signature` against `public_key`
+    /// (`whpk_<base64>`), per the Standard Webhooks specification: an Ed25519
+    /// signature of `{webhook-id}.{webhook-timestamp}.{body}`. Ok when one verifies.
+    pub fn verify_asymmetric(&self, public_key: &str) -> Result<(), String> {
+        use base64::Engine;
+        use base64::engine::general_purpose::STANDARD;
+        let key = public_key
+            .strip_prefix("whpk_")
+            .ok_or("the public key does not start with whpk_")?;
+        let key: [u8; 32] = STANDARD
+            .decode(key)
+            .map_err(|e| e.to_string())?
+            .try_into()
+            .map_err(|_| "the public key is not 32 bytes")?;
+        let key = ed25519_dalek::VerifyingKey::from_bytes(&key).map_err(|e| e.to_string())?;
+        let mut content = format!(
+            "{}.{}.",
+            self.header("webhook-id"),
+            self.header("webhook-timestamp")
+        )
+        .into_bytes();
+        content.extend_from_slice(&self.body);
+        let entries: Vec<&str> = self
+            .header("webhook-signature")
+            .split(' ')
+            .filter_map(|entry| entry.strip_prefix("v1a,"))
+            .collect();
+        for entry in &entries {
+            let Ok(Ok(signature)) = STANDARD.decode(entry).map(<[u8; 64]>::try_from) else {
+                continue;
+            };
+            let signature = ed25519_dalek::Signature::from_bytes(&signature);
+            if ed25519_dalek::Verifier::verify(&key, &content, &signature).is_ok() {
+                return Ok(());
+            }
+        }
+        Err(format!("none of {} v1a signatures verifies", entries.len()))
+    }
+
     /// Checks `X-ESP-Signature` (or the given header): `sha256=` and the hex
     /// HMAC-SHA256 of the body keyed with the secret string as shown.
     pub fn verify_esp(&self, secret: &str, header: &str) -> Result<(), String> {

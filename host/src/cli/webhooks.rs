@@ -87,6 +87,9 @@ pub struct AddArgs {
     /// Create it disabled.
     #[arg(long)]
     disabled: bool,
+    /// Also sign with Ed25519 (Standard Webhooks `v1a`); prints the public key.
+    #[arg(long)]
+    asymmetric: bool,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -108,6 +111,9 @@ pub struct UpdateArgs {
     no_domain: bool,
     #[arg(long)]
     format: Option<String>,
+    /// Turn Ed25519 (`v1a`) signatures on (true) or off (false).
+    #[arg(long)]
+    asymmetric: Option<bool>,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -146,6 +152,9 @@ fn print_secret(endpoint: &Value, verb: &str) -> anyhow::Result<()> {
         "secret: {}",
         endpoint["secret"].as_str().unwrap_or("?")
     )?;
+    if let Some(key) = endpoint["public_key"].as_str() {
+        writeln!(out, "public key: {key}")?;
+    }
     eprintln!("Store the secret now: it is not shown again.");
     Ok(())
 }
@@ -183,6 +192,9 @@ pub async fn run(command: WebhooksCommand) -> anyhow::Result<()> {
             }
             if a.disabled {
                 body["enabled"] = false.into();
+            }
+            if a.asymmetric {
+                body["asymmetric"] = true.into();
             }
             let e = a
                 .client
@@ -244,9 +256,12 @@ pub async fn run(command: WebhooksCommand) -> anyhow::Result<()> {
             if let Some(v) = a.format {
                 body["format"] = v.into();
             }
+            if let Some(v) = a.asymmetric {
+                body["asymmetric"] = v.into();
+            }
             if body.as_object().is_some_and(|o| o.is_empty()) {
                 bail!(
-                    "nothing to change: give --name, --endpoint-url, --events, --domain, --no-domain or --format"
+                    "nothing to change: give --name, --endpoint-url, --events, --domain, --no-domain, --format or --asymmetric"
                 );
             }
             let path = format!("/v1/webhooks/{}", a.id);

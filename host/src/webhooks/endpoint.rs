@@ -60,6 +60,11 @@ pub struct Endpoint {
     pub updated_at: DateTime<Utc>,
     /// True while a rotated-out secret still signs beside the current one.
     pub rotating: bool,
+    /// Requests also carry a `v1a` (Ed25519) signature, checked with `public_key`.
+    pub asymmetric: bool,
+    /// `whpk_…`: the key receivers check `v1a` signatures with (when `asymmetric`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
     #[serde(skip)]
     pub secret: String,
     #[serde(skip)]
@@ -75,6 +80,13 @@ impl Endpoint {
             .iter()
             .filter_map(|p| TypePattern::parse(p).ok())
             .collect()
+    }
+
+    /// Sets `public_key` from the secret and `asymmetric`; call after either changes.
+    pub fn derive_public_key(&mut self) {
+        self.public_key = self
+            .asymmetric
+            .then(|| super::sign::public_key(&self.secret));
     }
 
     /// The secrets that sign now: the current one, then the rotated-out one while its
@@ -117,6 +129,9 @@ pub struct NewEndpoint {
     pub format: Option<Format>,
     #[serde(default)]
     pub enabled: Option<bool>,
+    /// Also sign with Ed25519 (`v1a`); the answer carries the public key.
+    #[serde(default)]
+    pub asymmetric: Option<bool>,
 }
 
 /// `PATCH /v1/webhooks/{id}`: the fields to change. `"domain": null` removes the
@@ -132,6 +147,7 @@ pub struct EndpointPatch {
     pub domain: Option<Option<String>>,
     pub format: Option<Format>,
     pub enabled: Option<bool>,
+    pub asymmetric: Option<bool>,
 }
 
 fn double_option<'de, D: serde::Deserializer<'de>>(
@@ -328,6 +344,8 @@ mod tests {
             created_at: Utc::now(),
             updated_at: Utc::now(),
             rotating: true,
+            asymmetric: false,
+            public_key: None,
             secret: "new".into(),
             previous_secret: Some("old".into()),
             previous_secret_until_us: Some(now + 1),

@@ -467,10 +467,17 @@ async fn send(
     }
     let secrets = endpoint.signing_secrets(now.timestamp_micros());
     let timestamp = now.timestamp();
-    let standard: Vec<String> = secrets
+    let mut standard: Vec<String> = secrets
         .iter()
         .map(|s| sign::standard_signature(s, &job.delivery_id, timestamp, &job.body))
         .collect();
+    if endpoint.asymmetric {
+        standard.extend(
+            secrets
+                .iter()
+                .map(|s| sign::asymmetric_signature(s, &job.delivery_id, timestamp, &job.body)),
+        );
+    }
     let content_type = match endpoint.format {
         Format::Esp => "application/json",
         Format::Cloudevents => "application/cloudevents+json",

@@ -254,7 +254,7 @@ impl Webhooks {
         let url = self.shared.options.egress.check_url(new.url.trim()).await?;
         let now = Utc::now();
         let enabled = new.enabled.unwrap_or(true);
-        let endpoint = Endpoint {
+        let mut endpoint = Endpoint {
             id: format!("wh_{}", uuid::Uuid::now_v7().simple()),
             name,
             url: url.to_string(),
@@ -268,10 +268,13 @@ impl Webhooks {
             created_at: now,
             updated_at: now,
             rotating: false,
+            asymmetric: new.asymmetric.unwrap_or(false),
+            public_key: None,
             secret: sign::new_secret(),
             previous_secret: None,
             previous_secret_until_us: None,
         };
+        endpoint.derive_public_key();
         db::insert_endpoint(self.store(), &self.shared.sealer, &endpoint).await?;
         self.shared.reload().await?;
         self.shared
@@ -328,6 +331,10 @@ impl Webhooks {
         if let Some(enabled) = patch.enabled {
             set_enabled(&mut e, enabled, "operator");
         }
+        if let Some(asymmetric) = patch.asymmetric {
+            e.asymmetric = asymmetric;
+            e.derive_public_key();
+        }
         self.shared.save(&mut e).await?;
         let kind = match (was_enabled, e.enabled) {
             (false, true) => evhost_catalog::types::WEBHOOK_ENABLED,
@@ -361,6 +368,7 @@ impl Webhooks {
         e.previous_secret = Some(std::mem::replace(&mut e.secret, sign::new_secret()));
         e.previous_secret_until_us = Some((now + overlap).timestamp_micros());
         e.rotating = !self.shared.options.secret_overlap.is_zero();
+        e.derive_public_key();
         self.shared.save(&mut e).await?;
         self.shared
             .announce(

@@ -6,9 +6,15 @@
 //! - Standard Webhooks (<https://www.standardwebhooks.com>): `webhook-signature:
 //!   v1,<base64>` over `{webhook-id}.{webhook-timestamp}.{body}`, keyed with the
 //!   base64-decoded part after `whsec_`. The timestamp lets receivers reject replays.
+//! - for an endpoint with `asymmetric` on, also Standard Webhooks' `v1a,<base64>`: an
+//!   Ed25519 signature of the same content, checked with the endpoint's public key
+//!   (`whpk_…`), so a receiver that holds only that key cannot sign. The key pair is
+//!   derived from the endpoint's secret (HMAC-SHA256 of a fixed label), so it is
+//!   sealed at rest with it and rotates with it.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use ed25519_dalek::{Signer, SigningKey};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
@@ -40,16 +46,49 @@ pub fn esp_signature(secret: &str, body: &[u8]) -> String {
 /// One `webhook-signature` entry, `v1,<base64>`. Secrets evhost made always decode;
 /// a secret that does not (never stored by evhost) signs with its raw bytes.
 pub fn standard_signature(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> String {
-    let encoded = secret.strip_prefix(SECRET_PREFIX).unwrap_or(secret);
-    let key = STANDARD
-        .decode(encoded)
-        .unwrap_or_else(|_| encoded.as_bytes().to_vec());
+    let key = key_of(secret);
     let timestamp = timestamp.to_string();
     let mac = hmac(
         &key,
         &[id.as_bytes(), b".", timestamp.as_bytes(), b".", body],
     );
     format!("v1,{}", STANDARD.encode(mac))
+}
+
+/// The prefix of a public key, as in Standard Webhooks.
+pub const PUBLIC_KEY_PREFIX: &str = "whpk_";
+
+/// The bytes a secret keys with: the base64 after `whsec_` (raw bytes for a secret
+/// evhost did not make).
+fn key_of(secret: &str) -> Vec<u8> {
+    let encoded = secret.strip_prefix(SECRET_PREFIX).unwrap_or(secret);
+    STANDARD
+        .decode(encoded)
+        .unwrap_or_else(|_| encoded.as_bytes().to_vec())
+}
+
+/// The Ed25519 key pair of an endpoint, derived from its secret.
+fn signing_key(secret: &str) -> SigningKey {
+    SigningKey::from_bytes(&hmac(&key_of(secret), &[b"evhost webhook v1a ed25519"]))
+}
+
+/// The public key receivers check `v1a` signatures with: `whpk_<base64>`.
+pub fn public_key(secret: &str) -> String {
+    let key = signing_key(secret).verifying_key();
+    format!("{PUBLIC_KEY_PREFIX}{}", STANDARD.encode(key.as_bytes()))
+}
+
+/// One asymmetric `webhook-signature` entry, `v1a,<base64 Ed25519 signature>` over
+/// `{webhook-id}.{webhook-timestamp}.{body}`.
+pub fn asymmetric_signature(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> String {
+    let mut content = Vec::with_capacity(id.len() + body.len() + 24);
+    content.extend_from_slice(id.as_bytes());
+    content.push(b'.');
+    content.extend_from_slice(timestamp.to_string().as_bytes());
+    content.push(b'.');
+    content.extend_from_slice(body);
+    let signature = signing_key(secret).sign(&content);
+    format!("v1a,{}", STANDARD.encode(signature.to_bytes()))
 }
 
 #[cfg(test)]
@@ -85,5 +124,29 @@ mod tests {
             standard_signature(secret, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body),
             "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
         );
+    }
+
+    #[test]
+    fn asymmetric_signatures_verify_with_the_public_key_only() {
+        use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+        let secret = new_secret();
+        let public = public_key(&secret);
+        let key: [u8; 32] = STANDARD
+            .decode(public.strip_prefix(PUBLIC_KEY_PREFIX).unwrap())
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let key = VerifyingKey::from_bytes(&key).unwrap();
+        let entry = asymmetric_signature(&secret, "msg_1", 1614265330, b"{}");
+        let signature: [u8; 64] = STANDARD
+            .decode(entry.strip_prefix("v1a,").unwrap())
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let signature = Signature::from_bytes(&signature);
+        assert!(key.verify(b"msg_1.1614265330.{}", &signature).is_ok());
+        assert!(key.verify(b"msg_1.1614265331.{}", &signature).is_err());
+        // Another secret, another key.
+        assert_ne!(public_key(&new_secret()), public);
     }
 }

@@ -8,7 +8,8 @@ use super::super::seal::{SealError, Sealer};
 use crate::store::{Store, dispatch};
 
 const ENDPOINT_COLUMNS: &str = "id, name, url, events, domain, format, enabled, disabled_reason, secret, \
-     previous_secret, previous_secret_until_us, failure_count, last_triggered_us, created_us, updated_us";
+     previous_secret, previous_secret_until_us, failure_count, last_triggered_us, created_us, updated_us, \
+     asymmetric_signing";
 
 type EndpointRow = (
     String,
@@ -26,6 +27,7 @@ type EndpointRow = (
     Option<i64>,
     i64,
     i64,
+    bool,
 );
 
 fn time_of(us: i64) -> DateTime<Utc> {
@@ -46,7 +48,7 @@ fn endpoint_of(sealer: &Sealer, mut r: EndpointRow) -> Result<Endpoint, sqlx::Er
         r.9.map(|old| sealer.open_value(&r.0, "previous_secret", &old))
             .transpose()
             .map_err(unsealable)?;
-    Ok(Endpoint {
+    let mut endpoint = Endpoint {
         id: r.0,
         name: r.1,
         url: r.2,
@@ -63,7 +65,11 @@ fn endpoint_of(sealer: &Sealer, mut r: EndpointRow) -> Result<Endpoint, sqlx::Er
         last_triggered_at: r.12.map(time_of),
         created_at: time_of(r.13),
         updated_at: time_of(r.14),
-    })
+        asymmetric: r.15,
+        public_key: None,
+    };
+    endpoint.derive_public_key();
+    Ok(endpoint)
 }
 
 /// An endpoint's two secret columns, sealed.
@@ -86,7 +92,7 @@ pub async fn insert_endpoint(
     dispatch!(store, |pool| {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "INSERT INTO webhook_endpoints ({ENDPOINT_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
         )))
         .bind(&e.id)
         .bind(&e.name)
@@ -103,6 +109,7 @@ pub async fn insert_endpoint(
         .bind(e.last_triggered_at.map(|t| t.timestamp_micros()))
         .bind(e.created_at.timestamp_micros())
         .bind(e.updated_at.timestamp_micros())
+        .bind(e.asymmetric)
         .execute(pool)
         .await?;
     });
@@ -121,7 +128,8 @@ pub async fn update_endpoint(
         sqlx::query(
             "UPDATE webhook_endpoints SET name = $2, url = $3, events = $4, domain = $5, format = $6, \
              enabled = $7, disabled_reason = $8, secret = $9, previous_secret = $10, \
-             previous_secret_until_us = $11, failure_count = $12, updated_us = $13 WHERE id = $1",
+             previous_secret_until_us = $11, failure_count = $12, updated_us = $13, \
+             asymmetric_signing = $14 WHERE id = $1",
         )
         .bind(&e.id)
         .bind(&e.name)
@@ -136,6 +144,7 @@ pub async fn update_endpoint(
         .bind(e.previous_secret_until_us)
         .bind(e.failure_count)
         .bind(e.updated_at.timestamp_micros())
+        .bind(e.asymmetric)
         .execute(pool)
         .await?
         .rows_affected()
