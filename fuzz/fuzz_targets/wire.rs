@@ -7,6 +7,17 @@ use evhost::event::wire::{self, Draft};
 use evhost::event::{Catalog, check_event_id};
 use libfuzzer_sys::fuzz_target;
 
+/// The four catalogs (custom types on or off, unknown fields on or off), made once:
+/// making one builds every type's JSON Schema.
+fn catalog(mode: u8) -> &'static Catalog {
+    static CATALOGS: std::sync::OnceLock<[Catalog; 4]> = std::sync::OnceLock::new();
+    let all = CATALOGS.get_or_init(|| {
+        [(false, false), (false, true), (true, false), (true, true)]
+            .map(|(custom, unknown)| Catalog::new(custom, unknown))
+    });
+    &all[usize::from((mode >> 4) & 3)]
+}
+
 fuzz_target!(|input: &[u8]| {
     let Some((&mode, rest)) = input.split_first() else {
         return;
@@ -14,21 +25,21 @@ fuzz_target!(|input: &[u8]| {
     let Ok(text) = std::str::from_utf8(rest) else {
         return;
     };
-    let catalog = Catalog::new(mode & 0x10 != 0, mode & 0x20 != 0);
+    let catalog = catalog(mode);
     match mode % 3 {
         0 => {
             let single = wire::parse_plain(text);
             let batch = wire::parse_plain_batch(&format!("[{text}]"));
             agree(&single, &batch, text);
-            single.iter().for_each(|d| admit(&catalog, d));
+            single.iter().for_each(|d| admit(catalog, d));
         }
         1 => {
             let single = wire::parse_structured(text);
             let batch = wire::parse_structured_batch(&format!("[{text}]"));
             agree(&single, &batch, text);
-            single.iter().for_each(|d| admit(&catalog, d));
+            single.iter().for_each(|d| admit(catalog, d));
             for draft in wire::parse_plain_batch(text).iter().flatten() {
-                admit(&catalog, draft);
+                admit(catalog, draft);
             }
         }
         _ => {
@@ -50,7 +61,7 @@ fuzz_target!(|input: &[u8]| {
             if wire::is_binary_mode(&headers)
                 && let Ok(draft) = wire::parse_binary(&headers, body)
             {
-                admit(&catalog, &draft);
+                admit(catalog, &draft);
             }
             let _ = wire::is_json_media_type(head);
         }
@@ -72,6 +83,8 @@ fn admit(catalog: &Catalog, draft: &Draft) {
     if let Some(id) = &draft.id {
         let _ = check_event_id(id);
     }
-    // The data is kept as it came: it must still be one JSON value.
-    serde_json::from_str::<serde_json::Value>(draft.data.get()).expect("data is JSON");
+    // Data ingest keeps (as it came) is one JSON value any reader can read.
+    if evhost::ingest::data_problem(draft.data.get()).is_none() {
+        serde_json::from_str::<serde_json::Value>(draft.data.get()).expect("data is JSON");
+    }
 }

@@ -228,11 +228,8 @@ impl Ingest {
         if let Some(data) = fixed {
             draft.data = data;
         }
-        if json_depth(draft.data.get()) > MAX_DATA_DEPTH {
-            return Err(invalid(
-                format!("`data` is nested deeper than {MAX_DATA_DEPTH} levels"),
-                Some("data".into()),
-            ));
+        if let Some(problem) = data_problem(draft.data.get()) {
+            return Err(invalid(problem, Some("data".into())));
         }
         let source: Arc<str> = match draft.source {
             Some(s) if !printable(&s, MAX_SOURCE_LEN) => {
@@ -275,10 +272,38 @@ impl Ingest {
     }
 }
 
-/// Nesting depth of a JSON text already known to be valid (strings skipped).
-fn json_depth(text: &str) -> usize {
+/// Why a payload (well-formed JSON) is refused whatever its type: nested deeper than
+/// [`MAX_DATA_DEPTH`], or a number no 64-bit float holds.
+pub fn data_problem(data: &str) -> Option<String> {
+    let scanned = scan(data);
+    if scanned.depth > MAX_DATA_DEPTH {
+        return Some(format!(
+            "`data` is nested deeper than {MAX_DATA_DEPTH} levels"
+        ));
+    }
+    scanned.number_out_of_range.then(|| {
+        "`data` holds a number beyond the range of a 64-bit float (such as 1e400)".to_string()
+    })
+}
+
+/// What one pass over a JSON text already known to be well formed finds (strings
+/// skipped): its nesting depth, and whether a number lies beyond an `f64` (such as
+/// `1e400`), which JSON's grammar allows but serde_json, the plugin SDK and many
+/// receivers refuse to read.
+#[derive(Debug, PartialEq)]
+struct Scan {
+    depth: usize,
+    number_out_of_range: bool,
+}
+
+fn scan(text: &str) -> Scan {
     let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
-    for b in text.bytes() {
+    let mut number_out_of_range = false;
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        i += 1;
         if in_string {
             match b {
                 _ if escaped => escaped = false,
@@ -295,10 +320,28 @@ fn json_depth(text: &str) -> usize {
                 deepest = deepest.max(depth);
             }
             b']' | b'}' => depth = depth.saturating_sub(1),
+            b'-' | b'0'..=b'9' => {
+                let start = i - 1;
+                while i < bytes.len()
+                    && matches!(bytes[i], b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-')
+                {
+                    i += 1;
+                }
+                let number = &text[start..i];
+                // Short integers always fit; only the rest are parsed.
+                let plain =
+                    number.len() <= 18 && number.bytes().all(|b| b.is_ascii_digit() || b == b'-');
+                if !plain && !number.parse::<f64>().is_ok_and(f64::is_finite) {
+                    number_out_of_range = true;
+                }
+            }
             _ => {}
         }
     }
-    deepest
+    Scan {
+        depth: deepest,
+        number_out_of_range,
+    }
 }
 
 #[cfg(test)]
@@ -307,8 +350,22 @@ mod tests {
 
     #[test]
     fn depth_counts_nesting_outside_strings() {
-        assert_eq!(json_depth("{}"), 1);
-        assert_eq!(json_depth(r#"{"a":[{"b":1}]}"#), 3);
-        assert_eq!(json_depth(r#"{"a":"[[[[{{{\"]]]"}"#), 1);
+        assert_eq!(scan("{}").depth, 1);
+        assert_eq!(scan(r#"{"a":[{"b":1}]}"#).depth, 3);
+        assert_eq!(scan(r#"{"a":"[[[[{{{\"]]]"}"#).depth, 1);
+    }
+
+    /// Found by the `wire` fuzz target: `{"type": …, "data": 3e506}` was kept, and no
+    /// JSON reader downstream could read its data.
+    #[test]
+    fn numbers_beyond_a_float_are_found_outside_strings() {
+        let out = |text: &str| scan(text).number_out_of_range;
+        assert!(out("3e506"));
+        assert!(out(r#"{"a":[1,-1e400]}"#));
+        assert!(out(&format!("[{}]", "9".repeat(400))));
+        assert!(!out(
+            r#"{"a":"3e506","b":1e300,"c":-12345678901234567890,"d":1e-400}"#
+        ));
+        assert!(!out("[0,-0.5,123456789012345678]"));
     }
 }

@@ -114,6 +114,16 @@ async fn bad_inputs_are_refused_and_nothing_is_accepted() {
     ] {
         assert_error(&d.post_json("/v1/events", &bad).await, 400, "invalid_event");
     }
+    // Found by the `wire` fuzz target: a number no reader can hold is refused, not kept.
+    let answer = raw(
+        &d,
+        "/v1/events",
+        Some("application/json"),
+        br#"{"type": "a.b", "data": {"n": 3e506}}"#.to_vec(),
+    )
+    .await;
+    assert_error(&answer, 400, "invalid_event");
+    assert_eq!(answer.1["error"]["field"], "data", "{}", answer.1);
 
     // Size limits.
     let big = json!({"type": "a.b", "data": {"blob": "x".repeat(5000)}});
