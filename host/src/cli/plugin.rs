@@ -347,17 +347,7 @@ fn new(name: &str, dir: Option<PathBuf>, sdk: Option<PathBuf>) -> anyhow::Result
 
 /// `my-plugin` → `MyPlugin`.
 fn type_name(name: &str) -> String {
-    let camel: String = name
-        .split(['-', '_'])
-        .filter(|part| !part.is_empty())
-        .map(|part| {
-            let mut chars = part.chars();
-            chars
-                .next()
-                .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str())
-                .unwrap_or_default()
-        })
-        .collect();
+    let camel = heck::ToUpperCamelCase::to_upper_camel_case(name);
     if camel.starts_with(|c: char| c.is_ascii_digit()) || camel.is_empty() {
         format!("P{camel}")
     } else {
@@ -469,4 +459,16 @@ with an optional `{name}.toml` beside it:
     [config]
     word = "unsubscribe"
 "#;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::type_name;
+
+    #[test]
+    fn type_names_are_upper_camel_case_and_start_with_a_letter() {
+        assert_eq!(type_name("spam-router"), "SpamRouter");
+        assert_eq!(type_name("vip_router"), "VipRouter");
+        assert_eq!(type_name("9lives"), "P9lives");
+    }
 }

@@ -159,15 +159,7 @@ fn event_request(schemas: &mut Value, catalog: &Catalog) -> Value {
 
 /// `message.received` → `MessageReceived`.
 fn pascal(name: &str) -> String {
-    name.split(['.', '_'])
-        .map(|part| {
-            let mut chars = part.chars();
-            chars
-                .next()
-                .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str())
-                .unwrap_or_default()
-        })
-        .collect()
+    heck::ToUpperCamelCase::to_upper_camel_case(name)
 }
 
 fn event_branch(title: &str, kind: Value, data: Value) -> Value {
