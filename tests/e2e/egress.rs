@@ -1,4 +1,4 @@
-//! Where webhooks may go, black-box: `webhooks.require_https` and
+//! Where webhooks may go, black-box: `webhooks.https_only` and
 //! `webhooks.allowed_ports` refuse URLs when they are stored, and hold for endpoints
 //! stored before they were set (checked again before each send); a name rebound to
 //! loopback after it was saved is refused when a delivery is sent.
@@ -16,7 +16,7 @@ async fn https_and_ports_hold_when_stored_and_at_each_send() {
         .add_webhook(&json!({"name": "plain", "url": rx.url("/"), "events": ["egress.*"]}))
         .await;
     d.terminate().await;
-    d.set_env("EVHOST_WEBHOOKS__REQUIRE_HTTPS", Some("true"));
+    d.set_env("EVHOST_WEBHOOKS__HTTPS_ONLY", Some("true"));
     d.set_env("EVHOST_WEBHOOKS__ALLOWED_PORTS", Some("[443]"));
     d.restart().await;
 

@@ -146,7 +146,7 @@ pub struct EndpointList {
 #[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = NewEndpoint,
     responses((status = 201, description = "Created; the secret is shown only now", body = EndpointWithSecret),
               (status = 400, description = "Bad name, URL, event pattern or domain"),
-              (status = 422, description = "Well formed but refused: `refused_address`, `unresolvable_url`, `url_not_allowed` (webhooks.require_https, allowed_ports) or `unknown_event_type`")),
+              (status = 422, description = "Well formed but refused: `refused_address`, `unresolvable_url`, `url_not_allowed` (webhooks.https_only, allowed_ports) or `unknown_event_type`")),
     security(("bearer" = ["admin"])))]
 pub async fn create(
     State(state): State<Arc<AppState>>,

@@ -136,7 +136,9 @@ pub struct WebhooksConfig {
     /// private, link-local or otherwise refused, such as `10.1.0.0/16`.
     pub allowed_networks: Vec<ipnet::IpNet>,
     /// Only `https` endpoint URLs (checked when stored and before each send).
-    pub require_https: bool,
+    /// `require_https` is the name earlier builds read.
+    #[serde(alias = "require_https")]
+    pub https_only: bool,
     /// The ports endpoint URLs may use; empty: any.
     pub allowed_ports: Vec<u16>,
     /// Attempts in flight at once to one endpoint.
@@ -395,7 +397,7 @@ impl Default for WebhooksConfig {
                 .map(Duration::from_secs)
                 .collect(),
             allowed_networks: Vec::new(),
-            require_https: false,
+            https_only: false,
             allowed_ports: Vec::new(),
             concurrency: 32,
             disable_after_failures: 10,

@@ -234,3 +234,22 @@ fn server_limits_and_token_rates_are_checked() {
     let ok = Config::load_from(Some(f.path()), env(&[])).unwrap();
     assert_eq!(ok.auth.tokens[0].rate_per_second, Some(0.5));
 }
+
+#[test]
+fn https_only_is_read_by_its_name_and_by_its_earlier_name() {
+    assert!(
+        !Config::load_from(None, env(&[]))
+            .unwrap()
+            .webhooks
+            .https_only
+    );
+    let c = Config::load_from(None, env(&[("EVHOST_WEBHOOKS__HTTPS_ONLY", "true")])).unwrap();
+    assert!(c.webhooks.https_only);
+    let f = file("webhooks:\n  https_only: true\n  allowed_ports: [443]\n");
+    let c = Config::load_from(Some(f.path()), env(&[])).unwrap();
+    assert!(c.webhooks.https_only);
+    assert_eq!(c.webhooks.allowed_ports, [443]);
+    let f = file("webhooks:\n  require_https: true\n");
+    let c = Config::load_from(Some(f.path()), env(&[])).unwrap();
+    assert!(c.webhooks.https_only, "require_https is the earlier name");
+}

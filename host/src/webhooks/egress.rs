@@ -6,7 +6,7 @@
 //! forms that embed an IPv4 address (mapped, compatible, NAT64, 6to4) are judged by
 //! that address, and an allow-listed IPv4 network does not open its IPv6 disguises;
 //! Teredo and local-use NAT64, whose IPv4 side cannot be judged here, are refused.
-//! Optionally only `https` and some ports are allowed (`webhooks.require_https`,
+//! Optionally only `https` and some ports are allowed (`webhooks.https_only`,
 //! `webhooks.allowed_ports`).
 //!
 //! The check runs on the address actually connected to: evhost's HTTP client
@@ -37,7 +37,7 @@ pub enum UrlError {
     Invalid(String),
     #[error(transparent)]
     Refused(#[from] Refused),
-    /// Against `webhooks.require_https` or `webhooks.allowed_ports`.
+    /// Against `webhooks.https_only` or `webhooks.allowed_ports`.
     #[error("{0}")]
     Policy(String),
     #[error("cannot resolve {host}: {message}")]
@@ -49,7 +49,7 @@ pub enum UrlError {
 #[derive(Debug, Clone, Default)]
 pub struct Egress {
     allowed: Arc<Vec<IpNet>>,
-    require_https: bool,
+    https_only: bool,
     /// Empty: any port.
     ports: Arc<Vec<u16>>,
 }
@@ -65,10 +65,10 @@ impl Egress {
         }
     }
 
-    /// Only `https` URLs (`webhooks.require_https`), and only to `ports` if any are
+    /// Only `https` URLs (`webhooks.https_only`), and only to `ports` if any are
     /// given (`webhooks.allowed_ports`).
-    pub fn with_rules(mut self, require_https: bool, ports: Vec<u16>) -> Egress {
-        self.require_https = require_https;
+    pub fn with_rules(mut self, https_only: bool, ports: Vec<u16>) -> Egress {
+        self.https_only = https_only;
         self.ports = Arc::new(ports);
         self
     }
@@ -76,9 +76,9 @@ impl Egress {
     /// The scheme and port rules, checked when a URL is stored and before each send
     /// (the configuration may have changed since).
     pub fn check_rules(&self, url: &Url) -> Result<(), UrlError> {
-        if self.require_https && url.scheme() != "https" {
+        if self.https_only && url.scheme() != "https" {
             return Err(UrlError::Policy(format!(
-                "the URL must use https (webhooks.require_https); it uses {}",
+                "the URL must use https (webhooks.https_only); it uses {}",
                 url.scheme()
             )));
         }

@@ -43,7 +43,7 @@ impl WebhookOptions {
             batch_size: w.batch_size,
             max_backlog: w.max_backlog,
             egress: Egress::new(w.allowed_networks.clone())
-                .with_rules(w.require_https, w.allowed_ports.clone()),
+                .with_rules(w.https_only, w.allowed_ports.clone()),
             retention_days: w.retention_days,
             purge_interval: w.purge_interval,
             owner,
