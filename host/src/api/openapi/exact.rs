@@ -46,6 +46,9 @@ pub fn tighten(doc: &mut Value, catalog: &Catalog, max_batch_events: usize) {
     if let Some(batch) = doc
         .pointer_mut("/paths/~1v1~1events~1batch/post/requestBody/content/application~1json/schema")
     {
+        // At least one event (an empty batch is refused 400 `empty_batch`), at most
+        // `events.max_batch_events`.
+        batch["minItems"] = json!(1);
         batch["maxItems"] = json!(max_batch_events);
     }
     if let Some(paths) = doc["paths"].as_object_mut() {

@@ -98,22 +98,6 @@ impl Modify for WhatEveryRouteAnswers {
                 )
                 .build()
         };
-        // A batch holds at least one event (an empty one is refused 400 `empty_batch`).
-        if let Some(body) = openapi
-            .paths
-            .paths
-            .get_mut("/v1/events/batch")
-            .and_then(|item| item.post.as_mut())
-            .and_then(|op| op.request_body.as_mut())
-        {
-            for content in body.content.values_mut() {
-                if let Some(utoipa::openapi::RefOr::T(utoipa::openapi::Schema::Array(array))) =
-                    content.schema.as_mut()
-                {
-                    array.min_items = Some(1);
-                }
-            }
-        }
         for (path, item) in openapi.paths.paths.iter_mut() {
             let names: Vec<&str> = path
                 .split('/')
