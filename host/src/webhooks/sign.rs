@@ -46,13 +46,19 @@ pub fn esp_signature(secret: &str, body: &[u8]) -> String {
 /// One `webhook-signature` entry, `v1,<base64>`. Secrets evhost made always decode;
 /// a secret that does not (never stored by evhost) signs with its raw bytes.
 pub fn standard_signature(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> String {
-    let key = key_of(secret);
-    let timestamp = timestamp.to_string();
-    let mac = hmac(
-        &key,
-        &[id.as_bytes(), b".", timestamp.as_bytes(), b".", body],
-    );
+    let mac = hmac(&key_of(secret), &[&signed_content(id, timestamp, body)]);
     format!("v1,{}", STANDARD.encode(mac))
+}
+
+/// What both Standard Webhooks signatures cover: `{webhook-id}.{webhook-timestamp}.{body}`.
+fn signed_content(id: &str, timestamp: i64, body: &[u8]) -> Vec<u8> {
+    let mut content = Vec::with_capacity(id.len() + body.len() + 24);
+    content.extend_from_slice(id.as_bytes());
+    content.push(b'.');
+    content.extend_from_slice(timestamp.to_string().as_bytes());
+    content.push(b'.');
+    content.extend_from_slice(body);
+    content
 }
 
 /// The prefix of a public key, as in Standard Webhooks.
@@ -81,13 +87,7 @@ pub fn public_key(secret: &str) -> String {
 /// One asymmetric `webhook-signature` entry, `v1a,<base64 Ed25519 signature>` over
 /// `{webhook-id}.{webhook-timestamp}.{body}`.
 pub fn asymmetric_signature(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> String {
-    let mut content = Vec::with_capacity(id.len() + body.len() + 24);
-    content.extend_from_slice(id.as_bytes());
-    content.push(b'.');
-    content.extend_from_slice(timestamp.to_string().as_bytes());
-    content.push(b'.');
-    content.extend_from_slice(body);
-    let signature = signing_key(secret).sign(&content);
+    let signature = signing_key(secret).sign(&signed_content(id, timestamp, body));
     format!("v1a,{}", STANDARD.encode(signature.to_bytes()))
 }
 
