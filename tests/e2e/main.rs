@@ -10,6 +10,7 @@ mod egress;
 mod errors;
 mod faults;
 mod fleet;
+mod idle;
 mod ingest;
 mod kept;
 mod metrics;

@@ -14,6 +14,7 @@
 
 mod breaker;
 pub mod cache;
+mod clock;
 mod limits;
 pub mod loader;
 mod log;

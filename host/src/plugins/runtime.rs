@@ -14,6 +14,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use super::cache::{Cache, Lookup};
+use super::clock::{self, Clock};
 use super::limits::MemoryCap;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, Store};
@@ -31,9 +32,6 @@ pub use self::evhost::plugin::types::{Action, Info, Level, NewEvent};
 
 /// The least deadline of instantiation and `init`.
 pub const INIT_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// The clock of call deadlines: the engine's epoch advances once per tick.
-const TICK: Duration = Duration::from_millis(1);
 
 /// Why a plugin could not be compiled or instantiated.
 #[derive(Debug, thiserror::Error)]
@@ -263,12 +261,15 @@ pub struct Runtime {
     plain_linker: Linker<HostState>,
     fueled_linker: Linker<HostState>,
     cache: Option<Cache>,
+    /// Advances the engines' epochs while a call runs; it holds them only weakly.
+    clock: Arc<Clock>,
 }
 
 /// A compiled plugin, ready to instantiate.
 #[derive(Clone)]
 pub struct Compiled {
     pre: PluginPre<HostState>,
+    clock: Arc<Clock>,
     /// SHA-256 of the file, hex.
     pub hash: String,
     pub from_cache: bool,
@@ -300,28 +301,10 @@ impl Runtime {
                 .map_err(|e| LoadError::Compile(format!("linker: {e:#}")))?;
             Ok(linker)
         };
-        {
-            // The clock runs while anything (a runtime, a compiled plugin, a store)
-            // still holds an engine; it holds them only weakly.
-            let engines = [plain.weak(), fueled.weak()];
-            std::thread::Builder::new()
-                .name("evhost-plugin-clock".into())
-                .spawn(move || {
-                    loop {
-                        std::thread::sleep(TICK);
-                        let mut alive = false;
-                        for engine in engines.iter().filter_map(|e| e.upgrade()) {
-                            engine.increment_epoch();
-                            alive = true;
-                        }
-                        if !alive {
-                            break;
-                        }
-                    }
-                })
-                .map_err(|e| LoadError::Compile(format!("clock thread: {e}")))?;
-        }
+        let clock = Clock::start(&[&plain, &fueled])
+            .map_err(|e| LoadError::Compile(format!("clock thread: {e}")))?;
         Ok(Arc::new(Runtime {
+            clock,
             plain_linker: linker(&plain)?,
             fueled_linker: linker(&fueled)?,
             plain,
@@ -404,6 +387,7 @@ impl Runtime {
             PluginPre::new(instance_pre).map_err(|e| LoadError::Contract(format!("{e:#}")))?;
         Ok(Compiled {
             pre,
+            clock: self.clock.clone(),
             hash,
             from_cache,
             imports,
@@ -435,6 +419,7 @@ pub struct Instance {
     store: Store<HostState>,
     bindings: Plugin,
     limits: Limits,
+    clock: Arc<Clock>,
 }
 
 impl Instance {
@@ -467,21 +452,26 @@ impl Instance {
             ..limits
         };
         arm(&mut store, &starting);
+        let running = compiled.clock.call();
         let bindings = compiled
             .pre
             .instantiate(&mut store)
             .map_err(|e| classify(e, &store, &limits))?;
+        drop(running);
         let mut instance = Instance {
             store,
             bindings,
             limits,
+            clock: compiled.clock.clone(),
         };
         arm(&mut instance.store, &starting);
         instance.store.data_mut().memory.hit = false;
+        let running = instance.clock.call();
         let result = instance
             .bindings
             .evhost_plugin_subscriber()
             .call_init(&mut instance.store, config);
+        drop(running);
         let info = instance.finish(result)?;
         Ok((instance, info))
     }
@@ -504,10 +494,12 @@ impl Instance {
             data: event.data.get().to_string(),
         };
         self.arm();
+        let running = self.clock.call();
         let result = self
             .bindings
             .evhost_plugin_subscriber()
             .call_handle(&mut self.store, &wit_event);
+        drop(running);
         self.finish(result)
     }
 
@@ -527,8 +519,7 @@ impl Instance {
 
 /// Sets the deadline (and fuel) for the next call.
 fn arm(store: &mut Store<HostState>, limits: &Limits) {
-    let ticks = limits.timeout.as_micros().div_ceil(TICK.as_micros()).max(1) as u64;
-    store.set_epoch_deadline(ticks);
+    store.set_epoch_deadline(clock::ticks_of(limits.timeout));
     store.epoch_deadline_trap();
     if let Some(fuel) = limits.fuel {
         // Only the fueled engine counts; setting it there cannot fail.
