@@ -16,6 +16,7 @@ mod kept;
 mod metrics;
 mod pg_restart;
 mod plugins;
+mod replay;
 mod sandbox;
 mod secrets;
 mod server;

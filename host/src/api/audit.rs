@@ -31,9 +31,13 @@ pub struct AuditQuery {
     since: Option<String>,
     /// Event time until (exclusive), RFC 3339.
     until: Option<String>,
+    /// Only the row of this event.
+    event_id: Option<String>,
+    /// `newest` first (the default) or `oldest` first.
+    order: Option<String>,
     /// Rows per page, 1 to 1000 (default 100).
     limit: Option<String>,
-    /// `next_cursor` of the previous page.
+    /// `next_cursor` of the previous page (of the same order).
     cursor: Option<String>,
 }
 
@@ -91,7 +95,8 @@ impl From<Record> for AuditRow {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AuditPage {
     rows: Vec<AuditRow>,
-    /// Pass as `cursor` for the next (older) page; null on the last page.
+    /// Pass as `cursor` for the next page (older, or newer with `order=oldest`); null
+    /// on the last page.
     next_cursor: Option<String>,
 }
 
@@ -132,6 +137,16 @@ impl AuditQuery {
         // A window that holds no time (`until` not after `since`) matches no row: an
         // empty page, as any filter that matches nothing.
         let until_us = parse_time("until", &self.until)?;
+        let oldest_first = match self.order.as_deref() {
+            None | Some("newest") => false,
+            Some("oldest") => true,
+            Some(other) => {
+                return Err(bad(format!(
+                    "`order` is `newest` or `oldest`, not {other:?}"
+                )));
+            }
+        };
+        let cursor = self.cursor.as_deref().map(decode_cursor).transpose()?;
         Ok(Filter {
             types: TypePattern::parse_list(self.types.as_deref().unwrap_or(""))
                 .map_err(|e| bad(e.to_string()))?,
@@ -143,7 +158,10 @@ impl AuditQuery {
                 .map(crate::audit::record::resource_key),
             since_us,
             until_us,
-            before_seq: self.cursor.as_deref().map(decode_cursor).transpose()?,
+            event_id: self.event_id.clone(),
+            before_seq: cursor.filter(|_| !oldest_first),
+            after_seq: cursor.filter(|_| oldest_first),
+            oldest_first,
             limit,
         })
     }
@@ -169,7 +187,7 @@ fn db_error(e: sqlx::Error) -> ApiError {
     )
 }
 
-/// Audit rows, newest first, filtered and paginated.
+/// Audit rows, newest first (or oldest first), filtered and paginated.
 #[utoipa::path(get, path = "/v1/audit", tag = "audit", params(AuditQuery),
     responses((status = 200, description = "A page of rows", body = AuditPage),
               (status = 400, description = "Bad filter, time, limit or cursor")),

@@ -60,7 +60,7 @@ fn decimal_cursor(text: &str) -> Option<i64> {
 }
 
 /// A stored time (microseconds since the epoch) as the API shows times.
-fn rfc3339_us(us: i64) -> String {
+pub(crate) fn rfc3339_us(us: i64) -> String {
     chrono::DateTime::from_timestamp_micros(us)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
         .unwrap_or_default()

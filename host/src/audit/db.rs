@@ -428,12 +428,18 @@ pub struct Filter {
     pub since_us: Option<i64>,
     /// Event time until (exclusive), microseconds.
     pub until_us: Option<i64>,
-    /// Only rows with `seq` below this (the cursor of the previous page).
+    /// Only the row of this event (event ids are unique in the log).
+    pub event_id: Option<String>,
+    /// Only rows with `seq` below this (the cursor of the previous newest-first page).
     pub before_seq: Option<i64>,
+    /// Only rows with `seq` above this (the cursor of the previous oldest-first page).
+    pub after_seq: Option<i64>,
+    /// Oldest first (in `seq` order) instead of newest first.
+    pub oldest_first: bool,
     pub limit: i64,
 }
 
-/// Rows matching `filter`, newest first.
+/// Rows matching `filter`, newest first (or oldest first).
 pub async fn query(store: &Store, filter: &Filter) -> Result<Vec<Record>, sqlx::Error> {
     dispatch!(store, |pool| {
         let mut q = QueryBuilder::new(format!("SELECT {COLUMNS} FROM audit_log WHERE 1 = 1"));
@@ -482,10 +488,21 @@ pub async fn query(store: &Store, filter: &Filter) -> Result<Vec<Record>, sqlx::
         if let Some(until) = filter.until_us {
             q.push(" AND time_us < ").push_bind(until);
         }
+        if let Some(id) = &filter.event_id {
+            q.push(" AND event_id = ").push_bind(id.clone());
+        }
         if let Some(before) = filter.before_seq {
             q.push(" AND seq < ").push_bind(before);
         }
-        q.push(" ORDER BY seq DESC LIMIT ").push_bind(filter.limit);
+        if let Some(after) = filter.after_seq {
+            q.push(" AND seq > ").push_bind(after);
+        }
+        q.push(if filter.oldest_first {
+            " ORDER BY seq ASC LIMIT "
+        } else {
+            " ORDER BY seq DESC LIMIT "
+        })
+        .push_bind(filter.limit);
         let rows: Vec<Row> = q.build_query_as().fetch_all(pool).await?;
         Ok(rows.into_iter().map(from_row).collect())
     })

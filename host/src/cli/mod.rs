@@ -15,6 +15,7 @@ use futures_util::StreamExt;
 mod deadletters;
 mod nodes;
 mod plugin;
+mod replay;
 mod webhooks;
 
 use crate::config::{Config, LogFormat};

@@ -55,6 +55,9 @@ pub enum PluginCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Run a .wasm file offline over events the log already holds (a data
+    /// directory's or a running daemon's) and compare it with the version serving.
+    Replay(Box<super::replay::ReplayArgs>),
     /// List the plugins of a running daemon.
     List {
         /// One JSON object per line.
@@ -79,7 +82,7 @@ pub struct SidecarArgs {
 }
 
 impl SidecarArgs {
-    fn manifest(&self, wasm: &Path) -> anyhow::Result<Manifest> {
+    pub(super) fn manifest(&self, wasm: &Path) -> anyhow::Result<Manifest> {
         let path = self
             .sidecar
             .clone()
@@ -131,6 +134,7 @@ pub async fn run(command: PluginCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        PluginCommand::Replay(args) => super::replay::run(*args).await,
         PluginCommand::List { json, client } => {
             let answer = client.call(Method::GET, "/v1/plugins", None).await?;
             let rows = answer["plugins"].as_array().cloned().unwrap_or_default();

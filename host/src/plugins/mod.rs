@@ -21,6 +21,7 @@ mod log;
 pub mod manifest;
 pub mod offline;
 pub mod pipeline;
+pub mod replay;
 pub mod runtime;
 mod tap;
 

@@ -13,7 +13,7 @@ use super::Manifest;
 use super::loader::{PluginError, read_plugin, subscriptions};
 use super::pipeline::{Rules, decide};
 use super::runtime::{Action, CallError, Instance, Level, Limits, LogSink, PluginContext, Runtime};
-use crate::event::{Catalog, Event};
+use crate::event::{Catalog, Event, TypePattern};
 
 /// What `evhost plugin check` reports.
 #[derive(Debug, Serialize)]
@@ -64,55 +64,58 @@ pub struct LogLine {
 /// The contract a plugin must match.
 pub const CONTRACT: &str = "evhost:plugin@0.1.0";
 
-struct Prepared {
+/// A plugin file loaded outside the daemon, ready to be called event by event.
+pub struct Runner {
     compiled: super::runtime::Compiled,
     limits: Limits,
     instance: Instance,
     context: Arc<PluginContext>,
+    config: Vec<(String, String)>,
+    subscriptions: Vec<TypePattern>,
+    catalog: Catalog,
+    options: crate::config::PluginsConfig,
     check: CheckReport,
 }
 
-fn prepare(path: &Path, manifest: &Manifest) -> Result<Prepared, PluginError> {
-    let bytes = read_plugin(path)?;
-    let runtime = Runtime::new(None).map_err(|e| PluginError::Runtime(e.to_string()))?;
-    let started = Instant::now();
-    let compiled = runtime.compile(&bytes, manifest.fuel.is_some())?;
-    let compile_ms = started.elapsed().as_millis() as u64;
-    let limits = Limits {
-        memory_mib: manifest.memory_mib,
-        timeout: manifest.timeout,
-        fuel: manifest.fuel,
-    };
-    let name = path
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("plugin")
-        .to_string();
-    let context = PluginContext::new(
-        &name,
-        &manifest.config,
-        u32::MAX,
-        LogSink::Capture(Default::default()),
-        None,
-    );
-    let started = Instant::now();
-    let (instance, info) = Instance::start(&compiled, context.clone(), limits, &manifest.config)
-        .map_err(PluginError::Init)?;
-    let init_ms = started.elapsed().as_millis() as u64;
-    let patterns = subscriptions(&info, manifest)?;
-    Ok(Prepared {
-        compiled: compiled.clone(),
-        limits,
-        instance,
-        context,
-        check: CheckReport {
+impl Runner {
+    /// Compiles the file, matches it against the contract and calls `init`.
+    pub fn open(path: &Path, manifest: &Manifest) -> Result<Runner, PluginError> {
+        let bytes = read_plugin(path)?;
+        let runtime = Runtime::new(None).map_err(|e| PluginError::Runtime(e.to_string()))?;
+        let started = Instant::now();
+        let compiled = runtime.compile(&bytes, manifest.fuel.is_some())?;
+        let compile_ms = started.elapsed().as_millis() as u64;
+        let limits = Limits {
+            memory_mib: manifest.memory_mib,
+            timeout: manifest.timeout,
+            fuel: manifest.fuel,
+        };
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("plugin")
+            .to_string();
+        let context = PluginContext::new(
+            &name,
+            &manifest.config,
+            u32::MAX,
+            LogSink::Capture(Default::default()),
+            None,
+        );
+        let started = Instant::now();
+        let (instance, info) =
+            Instance::start(&compiled, context.clone(), limits, &manifest.config)
+                .map_err(PluginError::Init)?;
+        let init_ms = started.elapsed().as_millis() as u64;
+        let subscriptions = subscriptions(&info, manifest)?;
+        let check = CheckReport {
             file: path.display().to_string(),
             size: bytes.len() as u64,
             hash: compiled.hash.clone(),
             contract: CONTRACT,
             name: info.name,
             version: info.version,
-            subscriptions: patterns.iter().map(|p| p.to_string()).collect(),
+            subscriptions: subscriptions.iter().map(|p| p.to_string()).collect(),
             imports: compiled.imports.clone(),
             exports: compiled.exports.clone(),
             memory_mib: limits.memory_mib,
@@ -120,44 +123,43 @@ fn prepare(path: &Path, manifest: &Manifest) -> Result<Prepared, PluginError> {
             fuel: limits.fuel,
             compile_ms,
             init_ms,
-        },
-    })
-}
+        };
+        Ok(Runner {
+            compiled,
+            limits,
+            instance,
+            context,
+            config: manifest.config.clone(),
+            subscriptions,
+            catalog: Catalog::new(true, false),
+            options: crate::config::PluginsConfig::default(),
+            check,
+        })
+    }
 
-/// Compiles the file, matches it against the contract and calls `init`.
-pub fn check(path: &Path, manifest: &Manifest) -> Result<CheckReport, PluginError> {
-    prepare(path, manifest).map(|p| p.check)
-}
+    pub fn check(&self) -> &CheckReport {
+        &self.check
+    }
 
-/// Checks the file, then calls `handle` with each event in turn.
-pub fn run(
-    path: &Path,
-    manifest: &Manifest,
-    events: &[Arc<Event>],
-) -> Result<RunReport, PluginError> {
-    let Prepared {
-        compiled,
-        limits,
-        mut instance,
-        context,
-        check,
-    } = prepare(path, manifest)?;
-    let catalog = Catalog::new(true, false);
-    let options = crate::config::PluginsConfig::default();
-    let mut calls = Vec::new();
-    for event in events {
+    /// Whether the daemon would call the plugin with events of this type.
+    pub fn subscribes_to(&self, kind: &str) -> bool {
+        self.subscriptions.iter().any(|p| p.matches(kind))
+    }
+
+    /// Calls `handle` with one event and applies the daemon's checks (schema,
+    /// limits) to what it returns: a refused result is shown with its actions and
+    /// the reason.
+    pub fn call(&mut self, event: &Arc<Event>) -> Result<CallReport, PluginError> {
         let started = Instant::now();
-        let result = instance.handle(event);
+        let result = self.instance.handle(event);
         let duration_us = started.elapsed().as_micros() as u64;
         let (actions, error) = match result {
-            // The daemon's checks too (schema, limits): a refused result is shown
-            // with its actions and the reason.
             Ok(actions) => {
                 let shown = actions.iter().map(action_json).collect();
                 let rules = Rules {
-                    catalog: &catalog,
-                    options: &options,
-                    plugin: &check.name,
+                    catalog: &self.catalog,
+                    options: &self.options,
+                    plugin: &self.check.name,
                     series: None,
                     metrics: None,
                 };
@@ -167,36 +169,65 @@ pub fn run(
         };
         if error.as_ref().is_some_and(CallError::poisons) {
             // Like the daemon: a fresh instance for the next event.
-            instance = Instance::start(&compiled, context.clone(), limits, &manifest.config)
-                .map_err(PluginError::Init)?
-                .0;
+            self.instance = Instance::start(
+                &self.compiled,
+                self.context.clone(),
+                self.limits,
+                &self.config,
+            )
+            .map_err(PluginError::Init)?
+            .0;
         }
-        calls.push(CallReport {
+        Ok(CallReport {
             event_id: event.id.to_string(),
             event_type: event.kind.to_string(),
             duration_us,
             actions,
             error_kind: error.as_ref().map(CallError::kind),
             error: error.map(|e| e.to_string()),
-        });
+        })
     }
-    let logs = match &context.sink {
-        LogSink::Capture(lines) => lines
-            .lock()
-            .expect("not poisoned")
-            .iter()
-            .map(|(level, message)| LogLine {
-                level: level_name(*level),
-                message: message.clone(),
-            })
-            .collect(),
-        LogSink::Tracing => Vec::new(),
-    };
+
+    /// The log lines and counters captured so far.
+    pub fn captured(&self) -> (Vec<LogLine>, Vec<(String, u64)>) {
+        let logs = match &self.context.sink {
+            LogSink::Capture(lines) => lines
+                .lock()
+                .expect("not poisoned")
+                .iter()
+                .map(|(level, message)| LogLine {
+                    level: level_name(*level),
+                    message: message.clone(),
+                })
+                .collect(),
+            LogSink::Tracing => Vec::new(),
+        };
+        (logs, self.context.captured_counters())
+    }
+}
+
+/// Compiles the file, matches it against the contract and calls `init`.
+pub fn check(path: &Path, manifest: &Manifest) -> Result<CheckReport, PluginError> {
+    Runner::open(path, manifest).map(|r| r.check)
+}
+
+/// Checks the file, then calls `handle` with each event in turn.
+pub fn run(
+    path: &Path,
+    manifest: &Manifest,
+    events: &[Arc<Event>],
+) -> Result<RunReport, PluginError> {
+    let mut runner = Runner::open(path, manifest)?;
+    let calls = events
+        .iter()
+        .map(|event| runner.call(event))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (logs, counters) = runner.captured();
     Ok(RunReport {
-        check,
+        check: runner.check,
         calls,
         logs,
-        counters: context.captured_counters(),
+        counters,
     })
 }
 

@@ -262,6 +262,7 @@ fn parameter_schema(path: &str, parameter: &mut Value) {
         (Some("query"), "kind") => {
             json!({ "type": "string", "enum": ["event", "record", "delivery"] })
         }
+        (Some("query"), "order") => json!({ "type": "string", "enum": ["newest", "oldest"] }),
         (Some("query"), "status") => {
             json!({ "type": "string", "enum": ["pending", "succeeded", "failed"] })
         }
