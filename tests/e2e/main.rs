@@ -20,6 +20,7 @@ mod replay;
 mod sandbox;
 mod secrets;
 mod server;
+mod shadow;
 mod shutdown;
 mod signatures;
 mod stream;

@@ -138,6 +138,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/plugins", get(plugins::list))
         .route("/v1/plugins/{name}", get(plugins::get))
         .route("/v1/plugins/{name}/reload", post(plugins::reload))
+        .route("/v1/plugins/{name}/shadow", get(plugins::shadow))
+        .route("/v1/plugins/{name}/promote", post(plugins::promote))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

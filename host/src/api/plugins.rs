@@ -1,5 +1,6 @@
-//! `/v1/plugins…`: what is loaded from the plugin folder (read scope) and reloading
-//! one plugin from its file (admin scope, recorded in the audit log).
+//! `/v1/plugins…`: what is loaded from the plugin folder and how a shadow compares
+//! (read scope); reloading a plugin from its file and promoting a shadow (admin
+//! scope, recorded in the audit log).
 
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ use super::webhooks::Admin;
 use crate::config::Scope;
 use crate::plugins::PluginStatus;
 use crate::plugins::loader::{PluginError, Plugins};
+use crate::plugins::shadow::ShadowReport;
 
 /// Every plugin that is serving, or whose file failed to load.
 #[derive(Serialize, ToSchema)]
@@ -99,6 +101,81 @@ pub async fn reload(
     match result {
         Ok(status) => Ok(Json(status).into_response()),
         Err(e @ (PluginError::BadName(_) | PluginError::NotFound(_))) => {
+            Err(ApiError::not_found(e.to_string()))
+        }
+        Err(e) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "plugin_not_loaded",
+            e.to_string(),
+        )),
+    }
+}
+
+/// How a shadow compares with the version it runs beside: events, agreement, its
+/// errors, skipped events, the time of each, the latest differing events. `name` is
+/// the shadow's or the serving plugin's.
+#[utoipa::path(get, path = "/v1/plugins/{name}/shadow", tag = "plugins",
+    params(("name" = String, Path, description = "The shadow's name, or the plugin it runs beside")),
+    responses((status = 200, description = "The comparison so far", body = ShadowReport),
+              (status = 404, description = "No such shadow")),
+    security(("bearer" = ["read"])))]
+pub async fn shadow(
+    State(state): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<ShadowReport>, ApiError> {
+    state.auth.authorize(&headers, Scope::Read)?;
+    plugins(&state)?
+        .shadow_report(&name)
+        .map(Json)
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "no shadow named {name:?} or beside a plugin of that name"
+            ))
+        })
+}
+
+/// Makes a shadow the serving version of the plugin it runs beside, in one swap: its
+/// file and sidecar become that plugin's (the shadow's files go), recorded in the
+/// audit log like any load.
+#[utoipa::path(post, path = "/v1/plugins/{name}/promote", tag = "plugins",
+    params(("name" = String, Path, description = "The shadow's name, or the plugin it runs beside")),
+    responses((status = 200, description = "Promoted: the plugin it ran beside, now serving it", body = PluginStatus),
+              (status = 404, description = "No such shadow"),
+              (status = 422, description = "The promoted version did not load; the previous version keeps serving and its files are put back")),
+    security(("bearer" = ["admin"])))]
+pub async fn promote(
+    State(state): State<Arc<AppState>>,
+    Admin(actor): Admin,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let plugins = plugins(&state)?;
+    let result = plugins.promote(&name).await;
+    if let Some(audit) = &state.audit
+        && !matches!(
+            result,
+            Err(PluginError::BadName(_) | PluginError::NoShadow(_))
+        )
+    {
+        let outcome = match &result {
+            Ok(status) => serde_json::json!({
+                "ok": true, "plugin": status.name, "version": status.version, "file_hash": status.file_hash,
+            }),
+            Err(e) => serde_json::json!({"ok": false, "error": e.to_string()}),
+        };
+        audit
+            .record_action(crate::audit::Entry::of_action(
+                "plugin.promote",
+                &actor,
+                "plugin",
+                &name,
+                outcome,
+            ))
+            .await;
+    }
+    match result {
+        Ok(status) => Ok(Json(status).into_response()),
+        Err(e @ (PluginError::BadName(_) | PluginError::NoShadow(_))) => {
             Err(ApiError::not_found(e.to_string()))
         }
         Err(e) => Err(ApiError::new(

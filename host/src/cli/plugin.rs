@@ -72,6 +72,22 @@ pub enum PluginCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// How a shadow compares with the version it runs beside (NAME: the shadow's
+    /// or that plugin's).
+    Shadow {
+        name: String,
+        /// The report as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Make a shadow the serving version of the plugin it runs beside.
+    Promote {
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Args)]
@@ -135,6 +151,29 @@ pub async fn run(command: PluginCommand) -> anyhow::Result<()> {
             Ok(())
         }
         PluginCommand::Replay(args) => super::replay::run(*args).await,
+        PluginCommand::Shadow { name, json, client } => {
+            let path = format!("/v1/plugins/{}/shadow", super::urlencode(&name));
+            let report = client.call(Method::GET, &path, None).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_shadow(&report);
+            }
+            Ok(())
+        }
+        PluginCommand::Promote { name, client } => {
+            let path = format!("/v1/plugins/{}/promote", super::urlencode(&name));
+            let answer = client.call(Method::POST, &path, None).await?;
+            println!(
+                "promoted {name}: {} serves version {} ({})",
+                answer["name"].as_str().unwrap_or("?"),
+                answer["version"].as_str().unwrap_or("?"),
+                answer["file_hash"]
+                    .as_str()
+                    .map_or("?", |h| &h[..12.min(h.len())])
+            );
+            Ok(())
+        }
         PluginCommand::List { json, client } => {
             let answer = client.call(Method::GET, "/v1/plugins", None).await?;
             let rows = answer["plugins"].as_array().cloned().unwrap_or_default();
@@ -173,6 +212,61 @@ pub async fn run(command: PluginCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
+    }
+}
+
+fn print_shadow(r: &serde_json::Value) {
+    let n = |key: &str| r[key].as_u64().unwrap_or(0);
+    let events = n("events");
+    let share = |part: u64| {
+        if events == 0 {
+            "-".to_string()
+        } else {
+            format!("{:.1} %", part as f64 * 100.0 / events as f64)
+        }
+    };
+    println!(
+        "shadow {} {} beside {} {}",
+        r["name"].as_str().unwrap_or("?"),
+        r["shadow_version"].as_str().unwrap_or("?"),
+        r["shadow_of"].as_str().unwrap_or("?"),
+        r["serving_version"].as_str().unwrap_or("(not loaded)"),
+    );
+    println!("  since      {}", r["since"].as_str().unwrap_or("?"));
+    println!(
+        "  events     {events}: {} same ({}), {} different ({})",
+        n("same"),
+        share(n("same")),
+        n("different"),
+        share(n("different"))
+    );
+    let errors: Vec<String> = r["errors"]
+        .as_object()
+        .map(|m| m.iter().map(|(k, v)| format!("{k} {v}")).collect())
+        .unwrap_or_default();
+    println!(
+        "  errors     {}",
+        if errors.is_empty() {
+            "none".to_string()
+        } else {
+            errors.join(", ")
+        }
+    );
+    println!("  skipped    {} (the shadow was behind)", n("skipped"));
+    println!(
+        "  per call   serving {} µs, shadow {} µs",
+        n("serving_mean_us"),
+        n("shadow_mean_us")
+    );
+    for d in r["latest_differences"].as_array().into_iter().flatten() {
+        println!(
+            "  {} {} ({})\n    serving: {}\n    shadow:  {}",
+            d["at"].as_str().unwrap_or(""),
+            d["event_id"].as_str().unwrap_or(""),
+            d["event_type"].as_str().unwrap_or(""),
+            d["serving"],
+            d["shadow"]
+        );
     }
 }
 

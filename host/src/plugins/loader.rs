@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::pipeline::PluginPipeline;
 use super::runtime::{Instance, Limits, LogSink, PluginContext, Runtime};
-use super::{Loaded, Manifest, Mode, PluginSet, PluginStatus, Registry, tap};
+use super::{Loaded, Manifest, Mode, PluginSet, PluginStatus, Registry, shadow, tap};
 use crate::config::PluginsConfig;
 use crate::event::{Catalog, TypePattern};
 use crate::metrics::Metrics;
@@ -53,15 +53,18 @@ pub enum PluginError {
     Info(String),
     #[error("the plugin runtime could not start: {0}")]
     Runtime(String),
+    #[error("no shadow named {0:?} or running beside a plugin of that name")]
+    NoShadow(String),
 }
 
 /// The daemon's plugins: the registry, the runtime and the folder watcher.
 #[derive(Clone)]
 pub struct Plugins {
-    registry: Arc<Registry>,
-    runtime: Arc<Runtime>,
-    /// One load at a time (watcher and API), so two loads of one name cannot race.
-    loading: Arc<tokio::sync::Mutex<()>>,
+    pub(super) registry: Arc<Registry>,
+    pub(super) runtime: Arc<Runtime>,
+    /// One load at a time (watcher, API, promotion), so two loads of one name
+    /// cannot race.
+    pub(super) loading: Arc<tokio::sync::Mutex<()>>,
     stop: CancellationToken,
     /// Where loads, failed loads and unloads are recorded, when the audit log is on.
     audit: Arc<std::sync::OnceLock<Arc<crate::audit::Audit>>>,
@@ -165,7 +168,7 @@ impl Plugins {
         let _ = self.audit.set(audit);
     }
 
-    async fn record(&self, name: &str, action: &str, details: serde_json::Value) {
+    pub(super) async fn record(&self, name: &str, action: &str, details: serde_json::Value) {
         let Some(audit) = self.audit.get() else {
             return;
         };
@@ -365,14 +368,14 @@ fn stamp(path: &Path) -> Option<(u64, SystemTime)> {
     Some((meta.len(), meta.modified().ok()?))
 }
 
-enum Fresh {
+pub(super) enum Fresh {
     Loaded(Arc<Loaded>),
     /// The serving version has this very file and sidecar.
     Unchanged(Arc<Loaded>),
 }
 
 /// Reads, compiles and initialises one version (blocking).
-fn load_version(
+pub(super) fn load_version(
     registry: &Arc<Registry>,
     runtime: &Runtime,
     name: &str,
@@ -419,7 +422,30 @@ fn load_version(
             )
             .map_err(|e| PluginError::Runtime(format!("tap thread: {e}")))?,
         ),
-        Mode::Inline => None,
+        Mode::Inline | Mode::Shadow => None,
+    };
+    let shadow = match manifest.mode {
+        Mode::Shadow => {
+            if manifest.shadow_of.as_deref() == Some(name) {
+                return Err(PluginError::Info(
+                    "shadow_of names the plugin itself; name the plugin it runs beside".into(),
+                ));
+            }
+            Some(
+                shadow::ShadowQueue::start(shadow::ShadowParts {
+                    name: name.to_string(),
+                    compiled: compiled.clone(),
+                    context: context.clone(),
+                    limits,
+                    config: manifest.config.clone(),
+                    slot: slot.clone(),
+                    catalog: registry.catalog.clone(),
+                    options: registry.options.clone(),
+                })
+                .map_err(|e| PluginError::Runtime(format!("shadow thread: {e}")))?,
+            )
+        }
+        Mode::Inline | Mode::Tap => None,
     };
     Ok(Fresh::Loaded(Arc::new(Loaded {
         name: name.to_string(),
@@ -434,6 +460,7 @@ fn load_version(
         limits,
         slot,
         tap,
+        shadow,
     })))
 }
 

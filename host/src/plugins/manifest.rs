@@ -2,7 +2,10 @@
 //!
 //! ```toml
 //! priority = 10          # inline plugins run in ascending priority (default 100)
-//! mode = "inline"        # or "tap": observe asynchronously, never hold an event
+//! mode = "inline"        # or "tap": observe asynchronously, never hold an event;
+//!                        # or "shadow" beside `shadow_of`: run on the events that
+//!                        # plugin sees, compare, apply nothing
+//! shadow_of = "spam-router"
 //! subscriptions = ["message.received"]   # instead of what the plugin asks for
 //! on_error = "pass"      # or "drop": what a failed call does to the event
 //! memory_mib = 64        # memory cap of one instance
@@ -20,13 +23,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::PluginsConfig;
 
-/// Whether a plugin holds the event (inline) or watches it go by (tap).
+/// Whether a plugin holds the event (inline), watches it go by (tap), or runs beside
+/// another plugin on the same events to be compared with it (shadow).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     #[default]
     Inline,
     Tap,
+    Shadow,
 }
 
 /// What a failed call (trap, timeout, memory cap, error result, refused action)
@@ -46,6 +51,7 @@ pub enum OnError {
 struct Sidecar {
     priority: Option<i32>,
     mode: Option<Mode>,
+    shadow_of: Option<String>,
     subscriptions: Option<Vec<String>>,
     on_error: Option<OnError>,
     memory_mib: Option<u64>,
@@ -61,6 +67,8 @@ struct Sidecar {
 pub struct Manifest {
     pub priority: i32,
     pub mode: Mode,
+    /// The plugin a shadow runs beside (with `mode = "shadow"`).
+    pub shadow_of: Option<String>,
     pub subscriptions: Option<Vec<String>>,
     pub on_error: OnError,
     pub memory_mib: u64,
@@ -94,6 +102,7 @@ impl Manifest {
         Manifest {
             priority: 100,
             mode: Mode::Inline,
+            shadow_of: None,
             subscriptions: None,
             on_error: OnError::Pass,
             memory_mib: options.memory_mib,
@@ -161,6 +170,24 @@ impl Manifest {
             (Some(asked), _) => Some(asked),
             (None, max) => max,
         };
+        let mode = sidecar.mode.unwrap_or_default();
+        match (mode, &sidecar.shadow_of) {
+            (Mode::Shadow, None) => {
+                return Err(
+                    "mode = \"shadow\" needs shadow_of = \"NAME\": the plugin it runs beside"
+                        .into(),
+                );
+            }
+            (Mode::Shadow, Some(name)) if !super::loader::valid_name(name) => {
+                return Err(format!(
+                    "shadow_of = {name:?}: plugin names are 1 to 64 characters from a-z 0-9 - _"
+                ));
+            }
+            (Mode::Inline | Mode::Tap, Some(_)) => {
+                return Err("shadow_of is only for mode = \"shadow\"".into());
+            }
+            _ => {}
+        }
         if let Some(patterns) = &sidecar.subscriptions {
             for p in patterns {
                 crate::event::TypePattern::parse(p)
@@ -193,7 +220,8 @@ impl Manifest {
         }
         Ok(Manifest {
             priority: sidecar.priority.unwrap_or(defaults.priority),
-            mode: sidecar.mode.unwrap_or_default(),
+            mode,
+            shadow_of: sidecar.shadow_of,
             subscriptions: sidecar.subscriptions,
             on_error: sidecar.on_error.unwrap_or_default(),
             memory_mib,
@@ -261,6 +289,13 @@ mod tests {
     }
 
     #[test]
+    fn a_shadow_names_the_plugin_it_runs_beside() {
+        let m = parse("mode = \"shadow\"\nshadow_of = \"spam-router\"\n").unwrap();
+        assert_eq!(m.mode, Mode::Shadow);
+        assert_eq!(m.shadow_of.as_deref(), Some("spam-router"));
+    }
+
+    #[test]
     fn bad_sidecars_say_what_is_wrong() {
         for (text, expect) in [
             ("mode = \"sideways\"", "mode"),
@@ -271,6 +306,9 @@ mod tests {
             ("fuel = 0", "fuel"),
             ("subscriptions = [\"Message!\"]", "Message!"),
             ("[config]\nnested = { a = 1 }", "config.nested"),
+            ("mode = \"shadow\"", "shadow_of"),
+            ("mode = \"shadow\"\nshadow_of = \"Bad Name\"", "Bad Name"),
+            ("shadow_of = \"spam-router\"", "only for mode"),
         ] {
             let err = parse(text).unwrap_err();
             assert!(err.contains(expect), "{text:?} → {err}");

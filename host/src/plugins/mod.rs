@@ -7,6 +7,8 @@
 //! - [`pipeline`]: what each bus worker runs per event (inline plugins), and the
 //!   validation of their actions.
 //! - [`tap`]: plugins that observe on their own thread.
+//! - [`shadow`]: new versions compared with the serving one on live events.
+//! - [`offline`], [`replay`]: running a plugin file outside the daemon.
 //!
 //! The live set is an [`ArcSwap`]: a bus worker takes a snapshot per event, so an
 //! event in flight finishes on the versions it started with and later events see the
@@ -21,8 +23,10 @@ mod log;
 pub mod manifest;
 pub mod offline;
 pub mod pipeline;
+mod promote;
 pub mod replay;
 pub mod runtime;
+pub mod shadow;
 mod tap;
 
 use std::collections::BTreeMap;
@@ -59,6 +63,8 @@ pub struct Loaded {
     slot: Arc<Slot>,
     /// A tap plugin's queue (its thread ends when this version is dropped).
     tap: Option<tap::TapQueue>,
+    /// A shadow's queue and figures (its thread ends when this version is dropped).
+    shadow: Option<shadow::ShadowQueue>,
 }
 
 impl Loaded {
@@ -100,6 +106,7 @@ pub struct PluginSet {
     /// In ascending priority, then name.
     inline: Vec<Arc<Loaded>>,
     tap: Vec<Arc<Loaded>>,
+    shadow: Vec<Arc<Loaded>>,
 }
 
 impl PluginSet {
@@ -110,11 +117,13 @@ impl PluginSet {
         let mut set = PluginSet {
             inline: keep(&self.inline),
             tap: keep(&self.tap),
+            shadow: keep(&self.shadow),
         };
         if let Some(loaded) = loaded {
             match loaded.manifest.mode {
                 Mode::Inline => set.inline.push(loaded),
                 Mode::Tap => set.tap.push(loaded),
+                Mode::Shadow => set.shadow.push(loaded),
             }
         }
         set.inline
@@ -123,7 +132,18 @@ impl PluginSet {
     }
 
     fn len(&self) -> usize {
-        self.inline.len() + self.tap.len()
+        self.inline.len() + self.tap.len() + self.shadow.len()
+    }
+
+    fn all(&self) -> impl Iterator<Item = &Arc<Loaded>> {
+        self.inline.iter().chain(&self.tap).chain(&self.shadow)
+    }
+
+    /// The shadow running beside the plugin `name`, if any.
+    fn shadow_for(&self, name: &str) -> Option<&Arc<Loaded>> {
+        self.shadow
+            .iter()
+            .find(|s| s.manifest.shadow_of.as_deref() == Some(name))
     }
 }
 
@@ -132,7 +152,8 @@ impl PluginSet {
 pub struct PluginStatus {
     /// The file's stem.
     pub name: String,
-    /// `serving`, `breaker_open` or `failed` (never loaded; see `last_error`).
+    /// `serving`, `breaker_open`, `shadow` (runs beside `shadow_of`, applies
+    /// nothing) or `failed` (never loaded; see `last_error`).
     pub state: &'static str,
     /// What the plugin calls itself, and its version (from `init`).
     pub plugin_name: Option<String>,
@@ -142,6 +163,9 @@ pub struct PluginStatus {
     pub file_hash: Option<String>,
     pub loaded_at: Option<DateTime<Utc>>,
     pub mode: Option<Mode>,
+    /// For a shadow: the plugin it runs beside.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow_of: Option<String>,
     pub priority: Option<i32>,
     pub subscriptions: Vec<String>,
     pub on_error: Option<OnError>,
@@ -209,7 +233,7 @@ impl Registry {
     fn remove(&self, name: &str) -> bool {
         let mut found = false;
         self.set.rcu(|set| {
-            found = set.inline.iter().chain(&set.tap).any(|p| p.name == name);
+            found = set.all().any(|p| p.name == name);
             Arc::new(set.with(None, name))
         });
         self.load_errors.lock().expect("not poisoned").remove(name);
@@ -234,13 +258,48 @@ impl Registry {
             .insert(name.to_string(), (Utc::now(), error));
     }
 
+    /// The loaded version of `name` (serving, or a shadow).
     fn serving(&self, name: &str) -> Option<Arc<Loaded>> {
+        self.set.load().all().find(|p| p.name == name).cloned()
+    }
+
+    /// The shadow named `name`, or the one running beside the plugin `name`.
+    fn shadow(&self, name: &str) -> Option<Arc<Loaded>> {
         let set = self.set.load();
-        set.inline
+        set.shadow
             .iter()
-            .chain(&set.tap)
-            .find(|p| p.name == name)
+            .find(|s| s.name == name)
+            .or_else(|| set.shadow_for(name))
             .cloned()
+    }
+
+    /// How the shadow `name` (or the one beside the plugin `name`) compares.
+    pub fn shadow_report(&self, name: &str) -> Option<shadow::ShadowReport> {
+        let loaded = self.shadow(name)?;
+        let queue = loaded.shadow.as_ref()?;
+        let of = loaded.manifest.shadow_of.clone().unwrap_or_default();
+        let serving = self.serving(&of).map(|p| p.info.version.clone());
+        Some(queue.report(
+            &loaded.name,
+            &of,
+            &loaded.info.version,
+            serving,
+            loaded.loaded_at,
+        ))
+    }
+
+    /// Swaps `loaded` in for its name and takes the shadow `shadow` out, in one step.
+    fn promote(&self, loaded: Arc<Loaded>, shadow: &str) {
+        let name = loaded.name.clone();
+        self.set.rcu(|set| {
+            let promoted = set.with(Some(loaded.clone()), &name);
+            Arc::new(promoted.with(None, shadow))
+        });
+        self.load_errors.lock().expect("not poisoned").remove(&name);
+        self.metrics
+            .plugins
+            .loaded
+            .set(self.set.load().len() as i64);
     }
 
     /// Every plugin that is serving or failed to load, by name.
@@ -248,9 +307,7 @@ impl Registry {
         let set = self.set.load();
         let load_errors = self.load_errors.lock().expect("not poisoned").clone();
         let mut names: Vec<String> = set
-            .inline
-            .iter()
-            .chain(&set.tap)
+            .all()
             .map(|p| p.name.clone())
             .chain(load_errors.keys().cloned())
             .collect();
@@ -284,6 +341,7 @@ impl Registry {
         };
         let state = match &loaded {
             None => "failed",
+            Some(l) if l.manifest.mode == Mode::Shadow => "shadow",
             Some(_) if slot.breaker.is_open() => "breaker_open",
             Some(_) => "serving",
         };
@@ -296,6 +354,7 @@ impl Registry {
             file_hash: loaded.as_ref().map(|l| l.hash.clone()),
             loaded_at: loaded.as_ref().map(|l| l.loaded_at),
             mode: loaded.as_ref().map(|l| l.manifest.mode),
+            shadow_of: loaded.as_ref().and_then(|l| l.manifest.shadow_of.clone()),
             priority: loaded.as_ref().map(|l| l.manifest.priority),
             subscriptions: loaded
                 .as_ref()

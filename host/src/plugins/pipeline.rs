@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use serde_json::value::RawValue;
 
+use super::offline::action_json;
+use super::replay::Outcome as Compared;
 use super::runtime::{Action, CallError, Instance, NewEvent};
 use super::{Loaded, OnError, PluginSet, Registry};
 use crate::bus::{Dropped, Outcome, Pipeline, PipelineWorker, Pipelined};
@@ -56,6 +58,8 @@ pub(super) struct Decision {
     emitted: Vec<Event>,
     delivered: Vec<Delivery>,
     drop: Option<String>,
+    /// The actions as returned, as JSON, when a shadow compares with this call.
+    shown: Option<Vec<serde_json::Value>>,
 }
 
 impl PipelineWorker for Worker {
@@ -146,7 +150,20 @@ impl Worker {
                 }
                 continue;
             }
-            match self.call(plugin, &current) {
+            let shadow = set.shadow_for(&plugin.name).and_then(|s| s.shadow.as_ref());
+            let started = std::time::Instant::now();
+            let result = self.call(plugin, &current, shadow.is_some());
+            if let Some(shadow) = shadow {
+                let serving = match &result {
+                    Ok(decision) => Compared::Actions(decision.shown.clone().unwrap_or_default()),
+                    Err(error) => Compared::Failed {
+                        kind: error.kind().to_string(),
+                        error: error.to_string(),
+                    },
+                };
+                shadow.offer(&current, serving, started.elapsed());
+            }
+            match result {
                 Ok(decision) => {
                     if slot.breaker.success() {
                         tracing::info!(plugin = %plugin.name, "plugin circuit breaker closed");
@@ -218,8 +235,14 @@ impl Worker {
     /// faults are traps) fails this call like any plugin error, handled per the
     /// plugin's `on_error`, and the instance goes; the worker and the other events
     /// carry on.
-    fn call(&mut self, plugin: &Arc<Loaded>, event: &Arc<Event>) -> Result<Decision, CallError> {
-        let call = std::panic::AssertUnwindSafe(|| self.call_unguarded(plugin, event));
+    /// With `observe`, the decision keeps the actions as returned, for a shadow.
+    fn call(
+        &mut self,
+        plugin: &Arc<Loaded>,
+        event: &Arc<Event>,
+        observe: bool,
+    ) -> Result<Decision, CallError> {
+        let call = std::panic::AssertUnwindSafe(|| self.call_unguarded(plugin, event, observe));
         std::panic::catch_unwind(call).unwrap_or_else(|panic| {
             self.instances.remove(&plugin.generation);
             Err(CallError::Panic(crate::supervise::panic_message(&panic)))
@@ -230,6 +253,7 @@ impl Worker {
         &mut self,
         plugin: &Arc<Loaded>,
         event: &Arc<Event>,
+        observe: bool,
     ) -> Result<Decision, CallError> {
         if crate::supervise::panic_injected("plugin-call") {
             panic!("panic injected in a plugin call (EVHOST_TEST_PANIC)");
@@ -250,6 +274,7 @@ impl Worker {
         let result = slot.call(|| instance.handle(event));
         match result {
             Ok(actions) => {
+                let shown = observe.then(|| actions.iter().map(action_json).collect());
                 let rules = Rules {
                     catalog: &self.registry.catalog,
                     options: &self.registry.options,
@@ -257,7 +282,7 @@ impl Worker {
                     series: Some(&slot.series),
                     metrics: Some(&self.registry.metrics),
                 };
-                decide(&rules, event, actions)
+                decide(&rules, event, actions).map(|decision| Decision { shown, ..decision })
             }
             Err(error) => {
                 if error.poisons() {
@@ -322,6 +347,7 @@ pub(super) fn decide(
         emitted: Vec::new(),
         delivered: Vec::new(),
         drop: None,
+        shown: None,
     };
     let count = |i: usize| {
         if let Some(series) = rules.series {

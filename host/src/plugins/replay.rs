@@ -195,7 +195,7 @@ impl Replay {
 
 /// Two outcomes agree when the actions are equal, or both failed the same way (the
 /// messages may name versions or times).
-fn same(a: &Outcome, b: &Outcome) -> bool {
+pub(super) fn same(a: &Outcome, b: &Outcome) -> bool {
     match (a, b) {
         (Outcome::Failed { kind: x, .. }, Outcome::Failed { kind: y, .. }) => x == y,
         _ => a == b,

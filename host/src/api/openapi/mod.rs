@@ -43,6 +43,8 @@ use super::events;
         super::plugins::list,
         super::plugins::get,
         super::plugins::reload,
+        super::plugins::shadow,
+        super::plugins::promote,
         super::healthz,
         super::readyz,
         super::metrics,
@@ -51,7 +53,8 @@ use super::events;
         crate::webhooks::NewEndpoint, crate::webhooks::EndpointPatch, crate::webhooks::Endpoint, crate::webhooks::Format,
         super::webhooks::EndpointWithSecret, super::webhooks::EndpointList, super::webhooks::DeliveryView,
         super::webhooks::AttemptView, super::webhooks::DeliveryPage, super::webhooks::Replayed,
-        super::plugins::PluginList, crate::plugins::PluginStatus, crate::plugins::Mode, crate::plugins::OnError)),
+        super::plugins::PluginList, crate::plugins::PluginStatus, crate::plugins::Mode, crate::plugins::OnError,
+        crate::plugins::shadow::ShadowReport, crate::plugins::shadow::ShadowDifference)),
     modifiers(&BearerAuth, &WhatEveryRouteAnswers),
 )]
 struct ApiDoc;
