@@ -12,6 +12,7 @@ use anyhow::{Context, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 use futures_util::StreamExt;
 
+mod catalog;
 mod deadletters;
 mod nodes;
 mod plugin;
@@ -47,6 +48,8 @@ enum Command {
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// The event types this build knows, with their JSON Schemas (--json).
+    Catalog(catalog::CatalogArgs),
     /// Measure the bus and HTTP ingest on this machine and print a report.
     Bench(crate::bench::BenchArgs),
     /// Apply the database migrations (the daemon also does at start-up).
@@ -273,6 +276,7 @@ pub fn main() -> ExitCode {
         Command::Publish(args) => runtime().and_then(|rt| rt.block_on(publish(args))),
         Command::Tail(args) => runtime().and_then(|rt| rt.block_on(tail(args))),
         Command::Bench(args) => crate::bench::run(args),
+        Command::Catalog(args) => catalog::run(args),
         Command::Migrate { config } => {
             return with_config(config.config, |c| runtime()?.block_on(migrate(c)));
         }
