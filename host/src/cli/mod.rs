@@ -17,6 +17,7 @@ mod deadletters;
 mod nodes;
 mod plugin;
 mod replay;
+mod scaffold;
 mod webhooks;
 
 use crate::config::{Config, LogFormat};
