@@ -27,6 +27,25 @@ step "build the plugins for wasm32-wasip2"
 cargo build --locked --profile plugin --target wasm32-wasip2 \
   -p spam-router -p pii-redactor -p vip-router -p hostile
 
+# Language tools the tests install (cargo-fuzz, componentize-py, schemathesis) live here.
+tools=$(realpath -m "${EVHOST_TOOLS_DIR:-${CARGO_TARGET_DIR:-target}/tools}")
+export EVHOST_TOOLS_DIR="$tools"
+evhost="${CARGO_TARGET_DIR:-target}/debug/evhost"
+
+# The Python SDK and examples: the SDK's payload types are those of the daemon's
+# catalog; each example passes its tests under pytest and builds with componentize-py
+# (installed by `plugin build` into the tools folder on first use).
+step "Python plugins: SDK types, pytest, componentize-py builds"
+"$evhost" catalog --json | python3 plugins/sdk-python/gen_types.py --check
+for example in spam-router pii-redactor vip-router; do
+  "$evhost" plugin build "plugins/examples/$example/python" >/dev/null
+done
+python=$(ls -d "$tools"/componentize-py-*/bin/python | tail -n 1)
+for example in spam-router pii-redactor vip-router; do
+  (cd "plugins/examples/$example/python" && PYTHONPATH="$OLDPWD/plugins/sdk-python" "$python" -m pytest -q)
+done
+export EVHOST_TEST_PYTHON_PLUGINS=1
+
 if [ -n "${EVHOST_TEST_POSTGRES_URL:-}" ]; then
   step "PostgreSQL tests will use \$EVHOST_TEST_POSTGRES_URL"
 else
@@ -40,7 +59,6 @@ cargo test --workspace --locked 2>&1 | tee "$log"
 
 # Coverage-guided fuzzing of the parsers (fuzz/README.md): a short fixed run of each
 # target; any crash fails the suite.
-tools=$(realpath -m "${EVHOST_TOOLS_DIR:-${CARGO_TARGET_DIR:-target}/tools}")
 step "fuzz targets, 15 s each"
 CARGO_TARGET_DIR="${EVHOST_FUZZ_TARGET_DIR:-${CARGO_TARGET_DIR:-$PWD/target}/fuzz}" \
   bash fuzz/run.sh 15 "$tools"

@@ -8,6 +8,7 @@ mod deadletters;
 mod disk;
 mod egress;
 mod errors;
+mod examples;
 mod faults;
 mod fleet;
 mod idle;

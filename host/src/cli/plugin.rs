@@ -16,20 +16,25 @@ use crate::plugins::offline;
 
 #[derive(Subcommand)]
 pub enum PluginCommand {
-    /// Create a plugin crate that builds and passes its test out of the box.
+    /// Create a plugin project that builds and passes its test out of the box.
     New {
-        /// The plugin's name (a-z 0-9 - _), also the crate's folder.
+        /// The plugin's name (a-z 0-9 - _), also the project's folder.
         name: String,
+        /// The language it is written in.
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: scaffold::Lang,
         /// Where to create it (default: ./NAME).
         #[arg(long)]
         dir: Option<PathBuf>,
-        /// The evhost plugin SDK (plugins/sdk of the evhost sources).
+        /// The SDK of that language (plugins/sdk or plugins/sdk-python of the evhost
+        /// sources; found there by default).
         #[arg(long, env = "EVHOST_PLUGIN_SDK")]
         sdk: Option<PathBuf>,
     },
-    /// Build a plugin crate for wasm32-wasip2 and print the .wasm file's path.
+    /// Build a plugin project (Rust or Python) into a component and print the .wasm
+    /// file's path.
     Build {
-        /// The crate's folder (default: the current one).
+        /// The project's folder (default: the current one).
         #[arg(default_value = ".")]
         path: PathBuf,
     },
@@ -112,7 +117,12 @@ impl SidecarArgs {
 
 pub async fn run(command: PluginCommand) -> anyhow::Result<()> {
     match command {
-        PluginCommand::New { name, dir, sdk } => scaffold::new(&name, dir, sdk),
+        PluginCommand::New {
+            name,
+            lang,
+            dir,
+            sdk,
+        } => scaffold::new(&name, lang, dir, sdk),
         PluginCommand::Build { path } => scaffold::build(&path),
         PluginCommand::Check {
             file,

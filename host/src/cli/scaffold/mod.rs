@@ -1,59 +1,96 @@
 //! `evhost plugin new` and `evhost plugin build`: a plugin project that builds and
-//! passes its own tests out of the box, and its build into a component.
+//! passes its own tests out of the box, in Rust or Python, and its build into a
+//! component.
+//!
+//! A Python project is marked by `evhost-plugin.toml` (its language, name and SDK);
+//! a Rust one by its `Cargo.toml`. The language tools a build needs and cannot
+//! assume (componentize-py) are installed into a local environment under the tools
+//! folder: `$EVHOST_TOOLS_DIR`, else `~/.cache/evhost/tools`.
+
+mod python;
+mod rust;
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use clap::ValueEnum;
+use serde::{Deserialize, Serialize};
 
-/// `cargo build --release --target wasm32-wasip2` in the crate, then the .wasm path.
+/// The languages a plugin can be written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Lang {
+    Rust,
+    Python,
+}
+
+/// `evhost-plugin.toml`: what `plugin build` needs to know about a non-Rust project.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Project {
+    lang: Lang,
+    /// The plugin's name: the built file is `build/NAME.wasm`.
+    name: String,
+    /// The SDK's folder, absolute or relative to the project.
+    sdk: PathBuf,
+}
+
+const PROJECT_FILE: &str = "evhost-plugin.toml";
+
+impl Project {
+    fn read(dir: &Path) -> anyhow::Result<Option<Project>> {
+        let path = dir.join(PROJECT_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(
+                toml::from_str(&text).with_context(|| format!("{}", path.display()))?,
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+
+    fn write(&self, dir: &Path) -> anyhow::Result<()> {
+        std::fs::write(dir.join(PROJECT_FILE), toml::to_string(self)?)?;
+        Ok(())
+    }
+
+    /// The SDK's folder, resolved against the project's.
+    fn sdk_dir(&self, dir: &Path) -> anyhow::Result<PathBuf> {
+        let sdk = dir.join(&self.sdk);
+        sdk.canonicalize().with_context(|| {
+            format!(
+                "the SDK {} named in {} is not there",
+                sdk.display(),
+                dir.join(PROJECT_FILE).display()
+            )
+        })
+    }
+}
+
+/// Builds the project in `path` (any language) and prints the .wasm file's path.
 pub fn build(path: &Path) -> anyhow::Result<()> {
-    let manifest = path.join("Cargo.toml");
-    let text = std::fs::read_to_string(&manifest)
-        .with_context(|| format!("{} is not a plugin crate", path.display()))?;
-    let parsed: toml::Table = toml::from_str(&text)
-        .with_context(|| format!("{} is not valid TOML", manifest.display()))?;
-    let name = parsed
-        .get("package")
-        .and_then(|p| p.get("name"))
-        .and_then(|n| n.as_str())
-        .map(|n| n.replace('-', "_"))
-        .with_context(|| format!("no [package] name in {}", manifest.display()))?;
-    let status = std::process::Command::new("cargo")
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-            "--manifest-path",
-        ])
-        .arg(&manifest)
-        .status()
-        .context("cannot run cargo")?;
-    if !status.success() {
-        bail!(
-            "cargo build failed ({status}); is the target installed? rustup target add wasm32-wasip2"
-        );
+    if path.join("Cargo.toml").exists() {
+        return rust::build(path);
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| path.join("target"));
-    let wasm = target.join(format!("wasm32-wasip2/release/{name}.wasm"));
-    if !wasm.exists() {
-        bail!("cargo succeeded but {} is missing", wasm.display());
+    match Project::read(path)? {
+        Some(project) => match project.lang {
+            Lang::Python => python::build(path, &project),
+            Lang::Rust => rust::build(path),
+        },
+        None => bail!(
+            "{} is not a plugin project (no Cargo.toml or {PROJECT_FILE}); `evhost plugin new NAME --lang rust|python` makes one",
+            path.display()
+        ),
     }
-    println!("{}", wasm.display());
-    Ok(())
 }
 
-/// The SDK of the sources this binary was built from, when they are still there.
-fn default_sdk() -> Option<PathBuf> {
-    let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/sdk");
-    sdk.join("Cargo.toml")
-        .exists()
-        .then(|| sdk.canonicalize().ok())?
-}
-
-pub fn new(name: &str, dir: Option<PathBuf>, sdk: Option<PathBuf>) -> anyhow::Result<()> {
+/// Creates a project for plugin `name` in `dir` (default ./NAME).
+pub fn new(
+    name: &str,
+    lang: Lang,
+    dir: Option<PathBuf>,
+    sdk: Option<PathBuf>,
+) -> anyhow::Result<()> {
     if !crate::plugins::loader::valid_name(name) {
         bail!("plugin names are 1 to 64 characters from a-z 0-9 - _ (got {name:?})");
     }
@@ -61,170 +98,53 @@ pub fn new(name: &str, dir: Option<PathBuf>, sdk: Option<PathBuf>) -> anyhow::Re
     if dir.exists() && std::fs::read_dir(&dir)?.next().is_some() {
         bail!("{} exists and is not empty", dir.display());
     }
-    let sdk = match sdk.or_else(default_sdk) {
-        Some(sdk) => sdk
-            .canonicalize()
-            .with_context(|| format!("no SDK at {}", sdk.display()))?,
-        None => bail!("where is the plugin SDK? pass --sdk PATH/TO/evhost/plugins/sdk"),
-    };
-    if !sdk.join("Cargo.toml").exists() {
-        bail!("{} is not the plugin SDK (no Cargo.toml)", sdk.display());
+    match lang {
+        Lang::Rust => rust::new(name, dir, sdk),
+        Lang::Python => python::new(name, dir, sdk),
     }
-    let sdk_text = sdk.display().to_string();
-    std::fs::create_dir_all(dir.join("src"))?;
-    let files = [
-        (
-            "Cargo.toml",
-            template::CARGO
-                .replace("{name}", name)
-                .replace("{sdk}", &sdk_text),
-        ),
-        (
-            "src/lib.rs",
-            template::LIB
-                .replace("{name}", name)
-                .replace("{type}", &type_name(name)),
-        ),
-        ("README.md", template::README.replace("{name}", name)),
-        (".gitignore", "/target\n".to_string()),
-    ];
-    for (file, text) in files {
-        std::fs::write(dir.join(file), text)?;
+}
+
+/// The SDK of the sources this binary was built from (`plugins/<folder>`), when they
+/// are still there.
+fn sources_sdk(folder: &str, marker: &str) -> Option<PathBuf> {
+    let sdk = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../plugins")
+        .join(folder);
+    sdk.join(marker).exists().then(|| sdk.canonicalize().ok())?
+}
+
+/// Where language tools are installed: `$EVHOST_TOOLS_DIR`, else
+/// `~/.cache/evhost/tools`.
+fn tools_dir() -> anyhow::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("EVHOST_TOOLS_DIR").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(dir));
     }
-    println!("created {} (plugin {name})", dir.display());
-    println!("  cargo test                          # the plugin's logic, natively");
-    println!(
-        "  evhost plugin build {}   # → the .wasm file",
-        dir.display()
-    );
-    println!("  cp <that file> <plugins.dir>/{name}.wasm   # live within a second");
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .context("set EVHOST_TOOLS_DIR (or HOME) for the plugin build tools")?;
+    Ok(cache.join("evhost/tools"))
+}
+
+/// Writes the plugin contract (`wit/plugin.wit`, as this binary was built with) into
+/// `dir`, for tools that generate bindings from it.
+fn write_wit(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(
+        dir.join("plugin.wit"),
+        include_str!("../../../../wit/plugin.wit"),
+    )?;
     Ok(())
 }
 
-/// `my-plugin` → `MyPlugin`.
-fn type_name(name: &str) -> String {
-    let camel = heck::ToUpperCamelCase::to_upper_camel_case(name);
-    if camel.starts_with(|c: char| c.is_ascii_digit()) || camel.is_empty() {
-        format!("P{camel}")
-    } else {
-        camel
+/// Runs `command`, failing with `what` and its exit status.
+fn run(command: &mut std::process::Command, what: &str) -> anyhow::Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("cannot run {what}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
     }
-}
-
-mod template {
-    pub const CARGO: &str = r#"[package]
-name = "{name}"
-version = "0.1.0"
-edition = "2024"
-publish = false
-
-[lib]
-crate-type = ["cdylib", "rlib"]
-
-[dependencies]
-evhost-plugin-sdk = { path = "{sdk}" }
-
-# Small plugins: no debug info, optimised for size.
-[profile.release]
-debug = false
-strip = true
-opt-level = "s"
-
-# A crate of its own, not part of an enclosing workspace.
-[workspace]
-"#;
-
-    pub const LIB: &str = r#"//! {name}: an evhost plugin.
-
-use evhost_plugin::prelude::*;
-
-pub struct {type} {
-    /// Events whose subject contains this word are dropped.
-    word: String,
-}
-
-impl Plugin for {type} {
-    fn init(config: &Config) -> Result<(Info, Self), String> {
-        let word = config.get("word").unwrap_or("unsubscribe").to_lowercase();
-        let info = Info::new("{name}", env!("CARGO_PKG_VERSION"))
-            .subscribe([evhost_plugin::types::MESSAGE_RECEIVED]);
-        Ok((info, {type} { word }))
-    }
-
-    fn handle(&self, event: &Event) -> Result<Vec<Action>, String> {
-        let message: MessageReceived = event.payload()?;
-        if message.subject.to_lowercase().contains(&self.word) {
-            evhost_plugin::counter_add("dropped", 1);
-            return Ok(vec![Action::drop(format!("subject mentions {:?}", self.word))]);
-        }
-        Ok(pass())
-    }
-}
-
-evhost_plugin::export_plugin!({type});
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn received(subject: &str) -> Event {
-        Event::new(
-            evhost_plugin::types::MESSAGE_RECEIVED,
-            &MessageReceived {
-                message_id: "m1".into(),
-                from: "news@example.org".into(),
-                to: vec!["alice@example.com".into()],
-                subject: subject.into(),
-                size: 1,
-                domain: "example.com".into(),
-                user: "alice".into(),
-                mailbox: "INBOX".into(),
-                spam_score: None,
-                is_spam: false,
-                filter_results: None,
-            },
-        )
-    }
-
-    #[test]
-    fn drops_what_mentions_the_word_and_passes_the_rest() {
-        let (_, plugin) = {type}::init(&Config::default()).unwrap();
-        let dropped = plugin.handle(&received("Click to UNSUBSCRIBE")).unwrap();
-        assert!(matches!(dropped.as_slice(), [Action::Drop { .. }]));
-        assert!(plugin.handle(&received("Lunch?")).unwrap().is_empty());
-        assert_eq!(evhost_plugin::testing::counter("dropped"), 1);
-    }
-}
-"#;
-
-    pub const README: &str = r#"# {name}
-
-An evhost plugin. It drops `message.received` events whose subject contains a word
-(config `word`, default `unsubscribe`).
-
-    cargo test                                # test the logic natively
-    evhost plugin build .                     # build target/wasm32-wasip2/release/{name}.wasm
-    evhost plugin check target/wasm32-wasip2/release/{name}.wasm
-    evhost plugin run target/wasm32-wasip2/release/{name}.wasm --event event.json
-
-Install it by copying the .wasm file into the daemon's plugin folder as `{name}.wasm`,
-with an optional `{name}.toml` beside it:
-
-    priority = 100
-    on_error = "pass"
-    [config]
-    word = "unsubscribe"
-"#;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::type_name;
-
-    #[test]
-    fn type_names_are_upper_camel_case_and_start_with_a_letter() {
-        assert_eq!(type_name("spam-router"), "SpamRouter");
-        assert_eq!(type_name("vip_router"), "VipRouter");
-        assert_eq!(type_name("9lives"), "P9lives");
-    }
+    Ok(())
 }
