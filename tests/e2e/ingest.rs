@@ -1,5 +1,6 @@
 use evhost_e2e::*;
 use reqwest::Method;
+use std::time::Duration;
 
 #[tokio::test]
 async fn plain_event_is_accepted_with_a_uuid_v7() {
@@ -131,6 +132,13 @@ async fn batches_plain_and_cloudevents() {
         .unwrap();
     let (status, body) = status_json(r).await;
     assert_eq!((status, body), (202, json!({"ids": ["b-1", "b-2"]})));
+    // The platform counters count events as the bus dispatches them, just after the
+    // answer: wait for them, then check they are exact.
+    for (family, n) in [("message", 3.0), ("custom", 2.0)] {
+        let sample = format!("evhost_events_accepted_total{{family=\"{family}\"}}");
+        d.wait_metric_at_least(&sample, n, Duration::from_secs(10))
+            .await;
+    }
     assert_eq!(
         d.metric("evhost_events_accepted_total{family=\"message\"}")
             .await,
