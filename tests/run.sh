@@ -32,19 +32,22 @@ tools=$(realpath -m "${EVHOST_TOOLS_DIR:-${CARGO_TARGET_DIR:-target}/tools}")
 export EVHOST_TOOLS_DIR="$tools"
 evhost="${CARGO_TARGET_DIR:-target}/debug/evhost"
 
-# The Python SDK and examples: the SDK's payload types are those of the daemon's
-# catalog; each example passes its tests under pytest and builds with componentize-py
-# (installed by `plugin build` into the tools folder on first use).
-step "Python plugins: SDK types, pytest, componentize-py builds"
+# The Python and JavaScript SDKs and examples: the SDKs' payload types are those of
+# the daemon's catalog; each example passes its tests under pytest or node's test
+# runner and builds with componentize-py or componentize-js (installed by
+# `plugin build` into the tools folder on first use).
+step "Python and JavaScript plugins: SDK types, pytest, node --test, builds"
 "$evhost" catalog --json | python3 plugins/sdk-python/gen_types.py --check
 for example in spam-router pii-redactor vip-router; do
   "$evhost" plugin build "plugins/examples/$example/python" >/dev/null
+  "$evhost" plugin build "plugins/examples/$example/js" >/dev/null
 done
 python=$(ls -d "$tools"/componentize-py-*/bin/python | tail -n 1)
 for example in spam-router pii-redactor vip-router; do
   (cd "plugins/examples/$example/python" && PYTHONPATH="$OLDPWD/plugins/sdk-python" "$python" -m pytest -q)
+  (cd "plugins/examples/$example/js" && node --test)
 done
-export EVHOST_TEST_PYTHON_PLUGINS=1
+export EVHOST_TEST_PYTHON_PLUGINS=1 EVHOST_TEST_JS_PLUGINS=1
 
 if [ -n "${EVHOST_TEST_POSTGRES_URL:-}" ]; then
   step "PostgreSQL tests will use \$EVHOST_TEST_POSTGRES_URL"

@@ -2,8 +2,9 @@
 //! shared cases (`plugins/examples/NAME/cases.json`) through `evhost plugin run`,
 //! and the Python spam-router serves live in a daemon.
 //!
-//! The Python builds come from `tests/run.sh` (componentize-py), which sets
-//! `EVHOST_TEST_PYTHON_PLUGINS=1`; without it the Python part is skipped, saying so.
+//! The Python and JavaScript builds come from `tests/run.sh` (componentize-py,
+//! componentize-js), which sets `EVHOST_TEST_PYTHON_PLUGINS=1` and
+//! `EVHOST_TEST_JS_PLUGINS=1`; without them those parts are skipped, saying so.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,17 +18,37 @@ fn examples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/examples")
 }
 
-/// The Python build of an example, when `tests/run.sh` made them.
-fn python_wasm(example: &str) -> Option<PathBuf> {
-    if std::env::var_os("EVHOST_TEST_PYTHON_PLUGINS").is_none() {
+/// The build of an example in `lang` (`python`, `js`), when `tests/run.sh` made them.
+fn built_wasm(example: &str, lang: &str) -> Option<PathBuf> {
+    let flag = format!("EVHOST_TEST_{}_PLUGINS", lang.to_uppercase());
+    if std::env::var_os(&flag).is_none() {
         eprintln!(
-            "SKIPPED: Python builds of the examples (set EVHOST_TEST_PYTHON_PLUGINS=1 after building them; tests/run.sh does)"
+            "SKIPPED: {lang} builds of the examples (set {flag}=1 after building them; tests/run.sh does)"
         );
         return None;
     }
-    let path = examples_dir().join(format!("{example}/python/build/{example}.wasm"));
+    let path = examples_dir().join(format!("{example}/{lang}/build/{example}.wasm"));
     assert!(path.exists(), "{} is missing", path.display());
     Some(path)
+}
+
+fn python_wasm(example: &str) -> Option<PathBuf> {
+    built_wasm(example, "python")
+}
+
+/// JSON has one kind of number: 5 and 5.0 are the same value (JavaScript cannot tell
+/// them apart), so numbers are compared as numbers.
+fn numbers_as_floats(value: &Value) -> Value {
+    match value {
+        Value::Number(n) => json!(n.as_f64()),
+        Value::Array(items) => Value::Array(items.iter().map(numbers_as_floats).collect()),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), numbers_as_floats(v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
 }
 
 /// Runs every case of `example` through `wasm`; each group of cases with one config
@@ -69,8 +90,8 @@ fn check_cases(example: &str, wasm: &Path) {
         let report: Value = serde_json::from_str(&out).unwrap();
         for (case, call) in group.iter().zip(report["calls"].as_array().unwrap()) {
             assert_eq!(
-                call["actions"],
-                case["expect"]["actions"],
+                numbers_as_floats(&call["actions"]),
+                numbers_as_floats(&case["expect"]["actions"]),
                 "{example} ({}), case {:?}: {call:#}",
                 wasm.display(),
                 case["name"]
@@ -83,17 +104,29 @@ fn check_cases(example: &str, wasm: &Path) {
 fn every_build_of_every_example_passes_the_shared_cases() {
     for example in EXAMPLES {
         check_cases(example, &plugin_wasm(&example.replace('-', "_")));
-        if let Some(wasm) = python_wasm(example) {
-            check_cases(example, &wasm);
+        for lang in ["python", "js"] {
+            if let Some(wasm) = built_wasm(example, lang) {
+                check_cases(example, &wasm);
+            }
         }
     }
 }
 
 #[tokio::test]
 async fn the_python_spam_router_serves_live_traffic() {
-    let Some(wasm) = python_wasm("spam-router") else {
-        return;
-    };
+    if let Some(wasm) = python_wasm("spam-router") {
+        spam_router_serves_live_traffic(&wasm, "Python").await;
+    }
+}
+
+#[tokio::test]
+async fn the_javascript_spam_router_serves_live_traffic() {
+    if let Some(wasm) = built_wasm("spam-router", "js") {
+        spam_router_serves_live_traffic(&wasm, "JavaScript").await;
+    }
+}
+
+async fn spam_router_serves_live_traffic(wasm: &Path, lang: &str) {
     let d = Daemon::start_with(
         Options::default()
             .webhooks_local()
@@ -107,8 +140,8 @@ async fn the_python_spam_router_serves_live_traffic() {
     )
     .await;
     d.write_sidecar("spam-router", Some("[config]\nthreshold = 5\n"));
-    let took = d.install_plugin("spam-router", &wasm).await;
-    eprintln!("the Python spam-router serves {took:?} after the copy (debug build, first load)");
+    let took = d.install_plugin("spam-router", wasm).await;
+    eprintln!("the {lang} spam-router serves {took:?} after the copy (debug build, first load)");
     let status = d
         .wait_plugin("spam-router", |p| p["state"] == "serving")
         .await;
@@ -195,4 +228,49 @@ fn a_new_python_plugin_passes_its_own_tests_and_builds_into_a_component() {
     let (code, _, err) = cli(&["plugin", "build", work.path().to_str().unwrap()], &[]);
     assert_ne!(code, 0);
     assert!(err.contains("is not a plugin project"), "{err}");
+}
+
+#[test]
+fn a_new_javascript_plugin_passes_its_own_tests_and_builds_into_a_component() {
+    if built_wasm("spam-router", "js").is_none() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("hello-js");
+    let (code, out, err) = cli(
+        &[
+            "plugin",
+            "new",
+            "hello-js",
+            "--lang",
+            "js",
+            "--dir",
+            dir.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    for args in [
+        &["install", "--no-audit", "--no-fund", "--silent"][..],
+        &["test"][..],
+    ] {
+        let out = std::process::Command::new("npm")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "npm {args:?}:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let (code, out, err) = cli(&["plugin", "build", dir.to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let wasm = PathBuf::from(out.trim());
+    assert!(wasm.ends_with("build/hello-js.wasm"), "{out}");
+    let (code, out, err) = cli(&["plugin", "check", wasm.to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("plugin        hello-js 0.1.0"), "{out}");
 }

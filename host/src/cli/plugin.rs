@@ -26,13 +26,13 @@ pub enum PluginCommand {
         /// Where to create it (default: ./NAME).
         #[arg(long)]
         dir: Option<PathBuf>,
-        /// The SDK of that language (plugins/sdk or plugins/sdk-python of the evhost
+        /// The SDK of that language (plugins/sdk, sdk-python or sdk-js of the evhost
         /// sources; found there by default).
         #[arg(long, env = "EVHOST_PLUGIN_SDK")]
         sdk: Option<PathBuf>,
     },
-    /// Build a plugin project (Rust or Python) into a component and print the .wasm
-    /// file's path.
+    /// Build a plugin project (Rust, Python or JavaScript) into a component and print
+    /// the .wasm file's path.
     Build {
         /// The project's folder (default: the current one).
         #[arg(default_value = ".")]

@@ -1,12 +1,14 @@
 //! `evhost plugin new` and `evhost plugin build`: a plugin project that builds and
-//! passes its own tests out of the box, in Rust or Python, and its build into a
-//! component.
+//! passes its own tests out of the box, in Rust, Python or JavaScript, and its build
+//! into a component.
 //!
-//! A Python project is marked by `evhost-plugin.toml` (its language, name and SDK);
-//! a Rust one by its `Cargo.toml`. The language tools a build needs and cannot
-//! assume (componentize-py) are installed into a local environment under the tools
-//! folder: `$EVHOST_TOOLS_DIR`, else `~/.cache/evhost/tools`.
+//! A Python or JavaScript project is marked by `evhost-plugin.toml` (its language,
+//! name and SDK); a Rust one by its `Cargo.toml`. The language tools a build needs and
+//! cannot assume (componentize-py, componentize-js, esbuild) are installed into a local
+//! environment under the tools folder: `$EVHOST_TOOLS_DIR`, else
+//! `~/.cache/evhost/tools`.
 
+mod js;
 mod python;
 mod rust;
 
@@ -22,6 +24,7 @@ use serde::{Deserialize, Serialize};
 pub enum Lang {
     Rust,
     Python,
+    Js,
 }
 
 /// `evhost-plugin.toml`: what `plugin build` needs to know about a non-Rust project.
@@ -75,10 +78,11 @@ pub fn build(path: &Path) -> anyhow::Result<()> {
     match Project::read(path)? {
         Some(project) => match project.lang {
             Lang::Python => python::build(path, &project),
+            Lang::Js => js::build(path, &project),
             Lang::Rust => rust::build(path),
         },
         None => bail!(
-            "{} is not a plugin project (no Cargo.toml or {PROJECT_FILE}); `evhost plugin new NAME --lang rust|python` makes one",
+            "{} is not a plugin project (no Cargo.toml or {PROJECT_FILE}); `evhost plugin new NAME --lang rust|python|js` makes one",
             path.display()
         ),
     }
@@ -101,6 +105,7 @@ pub fn new(
     match lang {
         Lang::Rust => rust::new(name, dir, sdk),
         Lang::Python => python::new(name, dir, sdk),
+        Lang::Js => js::new(name, dir, sdk),
     }
 }
 
