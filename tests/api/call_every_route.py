@@ -156,6 +156,8 @@ call("dead_letters_discard", {404}, id=1)
 call("plugins_list", {200})
 call("plugins_get", {404}, name="absent")
 call("plugins_reload", {404}, name="absent")
+call("plugins_shadow", {404}, name="absent")
+call("plugins_promote", {404}, name="absent")
 
 missing = sorted(set(operations) - called)
 if missing:
