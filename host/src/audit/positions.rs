@@ -101,14 +101,15 @@ pub async fn event_rows(
 }
 
 /// Stores the dispatcher's positions every [`POSITION_EVERY`] while they move, and
-/// once more when stopped.
+/// once more when stopped. While they stand still it looks less and less often (up to
+/// every [`POSITION_IDLE_MAX`]), so an idle daemon is not woken five times a second; a
+/// position stored late only means a little more is dispatched again after a crash.
 pub(super) async fn keep(inserter: Inserter, tracker: Arc<Tracker>, stop: CancellationToken) {
     let mut saved: HashMap<String, i64> = HashMap::new();
-    let mut tick = tokio::time::interval(POSITION_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pause = POSITION_EVERY;
     loop {
         let stopping = tokio::select! {
-            _ = tick.tick() => false,
+            () = tokio::time::sleep(pause) => false,
             () = stop.cancelled() => true,
         };
         let moved: Vec<(String, i64)> = tracker
@@ -116,6 +117,11 @@ pub(super) async fn keep(inserter: Inserter, tracker: Arc<Tracker>, stop: Cancel
             .into_iter()
             .filter(|(chain, position)| saved.get(chain) != Some(position))
             .collect();
+        pause = if moved.is_empty() {
+            (pause * 2).min(POSITION_IDLE_MAX)
+        } else {
+            POSITION_EVERY
+        };
         if !moved.is_empty() {
             let now_us = chrono::Utc::now().timestamp_micros();
             match save_positions(&inserter, DISPATCH, &moved, now_us).await {
@@ -139,6 +145,9 @@ pub(super) async fn keep(inserter: Inserter, tracker: Arc<Tracker>, stop: Cancel
         }
     }
 }
+
+/// The longest pause between two looks at positions that stand still.
+const POSITION_IDLE_MAX: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Rows read back per page when replaying.
 const REPLAY_PAGE: i64 = 1000;

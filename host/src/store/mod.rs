@@ -353,11 +353,26 @@ const RESTART_BACKOFF: Duration = Duration::from_secs(2);
 /// commits: SQLite's automatic checkpoint runs in the commit that crosses the
 /// threshold, and that was about 15 % of the audit writer's insert time (fsync of
 /// the database file included), all of it holding the file's write turn. A
-/// `PASSIVE` checkpoint takes no write lock and waits for nobody. The thread ends
-/// once `file` is dropped (with the file's last writer). False if it cannot start.
+/// `PASSIVE` checkpoint takes no write lock and waits for nobody. While nothing or
+/// only a trickle is written (heartbeats) it looks less and less often (up to every
+/// [`IDLE_MAX`]), so an idle daemon stays asleep. The thread ends once `file` is dropped (with the file's last writer).
+/// False if it cannot start.
+/// The longest pause of an idle checkpoint thread.
+const IDLE_MAX: Duration = Duration::from_secs(4);
+
+/// WAL frames written between two looks that still count as idle.
+const TRICKLE_FRAMES: i64 = 16;
+
+/// Frames written between two looks at the WAL's frame count: the growth, or all of
+/// it when the WAL started over from the top in between.
+fn written_since(before: i64, now: i64) -> i64 {
+    if now >= before { now - before } else { now }
+}
+
 fn checkpoint_thread(conn: rusqlite::Connection, file: std::sync::Weak<SqliteFile>) -> bool {
     const BUSY: Duration = Duration::from_millis(10);
     const IDLE: Duration = Duration::from_millis(250);
+    let mut idle = IDLE;
     let started = std::thread::Builder::new()
         .name("evhost-sqlite-checkpoint".into())
         .spawn(move || {
@@ -388,11 +403,20 @@ fn checkpoint_thread(conn: rusqlite::Connection, file: std::sync::Weak<SqliteFil
                     }
                 }
                 let pause = match now {
-                    Ok(now) if now != last => {
+                    // A writer is busy: more than a trickle (a heartbeat, one small
+                    // commit) was written since the last look (the WAL may have
+                    // started over from the top meanwhile).
+                    Ok(now) if written_since(last.0, now.0) >= TRICKLE_FRAMES => {
                         last = now;
+                        idle = IDLE;
                         BUSY
                     }
-                    Ok(_) => IDLE,
+                    Ok(now) => {
+                        last = now;
+                        let pause = idle;
+                        idle = (idle * 2).min(IDLE_MAX);
+                        pause
+                    }
                     Err(error) => {
                         tracing::debug!(%error, "background WAL checkpoint failed; retrying");
                         IDLE
