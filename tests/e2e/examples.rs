@@ -274,3 +274,24 @@ fn a_new_javascript_plugin_passes_its_own_tests_and_builds_into_a_component() {
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("plugin        hello-js 0.1.0"), "{out}");
 }
+
+#[test]
+fn a_build_without_its_language_says_what_is_missing() {
+    let tools = tempfile::tempdir().unwrap();
+    let empty = tempfile::tempdir().unwrap();
+    for (lang, missing) in [
+        ("python", "python3 was not found"),
+        ("js", "node was not found"),
+    ] {
+        let dir = examples_dir().join(format!("spam-router/{lang}"));
+        let (code, _, err) = cli(
+            &["plugin", "build", dir.to_str().unwrap()],
+            &[
+                ("PATH", empty.path().to_str().unwrap()),
+                ("EVHOST_TOOLS_DIR", tools.path().to_str().unwrap()),
+            ],
+        );
+        assert_ne!(code, 0, "{lang}");
+        assert!(err.contains(missing), "{lang}: {err}");
+    }
+}
