@@ -15,6 +15,7 @@
 //!   without plugins, and how long a dropped-in file takes to serve.
 
 mod http;
+mod languages;
 mod log;
 mod plugins;
 mod webhooks;
@@ -68,6 +69,9 @@ pub struct BenchArgs {
     /// Where the built plugins are (cargo build --profile plugin --target wasm32-wasip2).
     #[arg(long, default_value = "target/wasm32-wasip2/plugin")]
     plugins_dir: std::path::PathBuf,
+    /// The evhost sources, where the Python and JavaScript builds are (`languages`).
+    #[arg(long, default_value = ".")]
+    sources: std::path::PathBuf,
     /// PostgreSQL to measure the log and webhooks on as well (a scratch schema is made and dropped).
     #[arg(long, env = "EVHOST_BENCH_POSTGRES_URL")]
     postgres_url: Option<String>,
@@ -80,6 +84,8 @@ pub enum Part {
     Log,
     Webhooks,
     Plugins,
+    /// Plugins in Rust, Python and JavaScript: per-call cost, load time, memory.
+    Languages,
     Rss,
 }
 
@@ -175,6 +181,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if args.wants(Part::Plugins) {
         rt.block_on(plugins::report(&args))?;
+    }
+    if args.wants(Part::Languages) {
+        rt.block_on(languages::report(&args))?;
     }
     if args.wants(Part::Rss) && !args.skip_rss {
         let rss = idle_rss().context("idle RSS measurement")?;

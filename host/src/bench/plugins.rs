@@ -233,9 +233,18 @@ async fn started_with(
     file: &str,
     sidecar: &str,
 ) -> anyhow::Result<Plugins> {
+    started_from(scratch, &built.join(format!("{file}.wasm")), sidecar).await
+}
+
+/// A plugin registry in `scratch` serving `wasm` as `p` with `sidecar`.
+pub(super) async fn started_from(
+    scratch: &Path,
+    wasm: &Path,
+    sidecar: &str,
+) -> anyhow::Result<Plugins> {
     let dir = scratch.join("plugins");
     std::fs::create_dir_all(&dir)?;
-    std::fs::copy(built.join(format!("{file}.wasm")), dir.join("p.wasm"))?;
+    std::fs::copy(wasm, dir.join("p.wasm"))?;
     std::fs::write(dir.join("p.toml"), sidecar)?;
     let plugins = Plugins::start(
         PluginsConfig::default(),
@@ -248,12 +257,16 @@ async fn started_with(
     .await?;
     match plugins.status("p") {
         Some(s) if s.state == "serving" => Ok(plugins),
-        other => bail!("{file} did not load: {other:?}"),
+        other => bail!("{} did not load: {other:?}", wasm.display()),
     }
 }
 
 /// Copies `wasm` in as `p.wasm` and waits until that file serves.
-async fn install(plugins: &Plugins, dir: &Path, wasm: &Path) -> anyhow::Result<Duration> {
+pub(super) async fn install(
+    plugins: &Plugins,
+    dir: &Path,
+    wasm: &Path,
+) -> anyhow::Result<Duration> {
     let hash = crate::plugins::runtime::file_hash(&std::fs::read(wasm)?);
     let started = Instant::now();
     std::fs::copy(wasm, dir.join("p.wasm")).context("copy")?;

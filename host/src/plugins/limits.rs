@@ -34,6 +34,11 @@ impl MemoryCap {
         }
     }
 
+    /// Bytes of every memory and table so far.
+    pub fn used(&self) -> usize {
+        self.used
+    }
+
     /// Takes `more` bytes if they fit under the cap.
     fn take(&mut self, more: usize) -> bool {
         match self.used.checked_add(more) {

@@ -476,6 +476,11 @@ impl Instance {
         Ok((instance, info))
     }
 
+    /// Bytes of the instance's linear memories and tables (what its memory cap counts).
+    pub fn memory_bytes(&self) -> usize {
+        self.store.data().memory.used()
+    }
+
     /// Calls `handle` with one event.
     pub fn handle(&mut self, event: &Event) -> Result<Vec<Action>, CallError> {
         let ip = event.actor.ip.map(|ip| ip.to_string());
