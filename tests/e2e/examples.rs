@@ -140,7 +140,14 @@ async fn spam_router_serves_live_traffic(wasm: &Path, lang: &str) {
     )
     .await;
     d.write_sidecar("spam-router", Some("[config]\nthreshold = 5\n"));
-    let took = d.install_plugin("spam-router", wasm).await;
+    let hash = evhost_e2e::sha256_hex(&std::fs::read(wasm).unwrap());
+    let started = std::time::Instant::now();
+    std::fs::copy(wasm, d.plugins_dir().join("spam-router.wasm")).unwrap();
+    d.wait_plugin_within("spam-router", Duration::from_secs(120), |p| {
+        p["file_hash"] == hash.as_str() && p["state"] == "serving"
+    })
+    .await;
+    let took = started.elapsed();
     eprintln!("the {lang} spam-router serves {took:?} after the copy (debug build, first load)");
     let status = d
         .wait_plugin("spam-router", |p| p["state"] == "serving")

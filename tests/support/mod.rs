@@ -503,7 +503,19 @@ impl Daemon {
 
     /// Waits (up to 20 s) until `GET /v1/plugins/{name}` satisfies `ready`; returns it.
     pub async fn wait_plugin(&self, name: &str, ready: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        self.wait_plugin_within(name, Duration::from_secs(20), ready)
+            .await
+    }
+
+    /// [`Daemon::wait_plugin`] with a limit of its own: a Python or JavaScript
+    /// component takes this debug build many seconds to compile on a busy machine.
+    pub async fn wait_plugin_within(
+        &self,
+        name: &str,
+        limit: Duration,
+        ready: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + limit;
         loop {
             let (status, plugin) = self.get_json(&format!("/v1/plugins/{name}")).await;
             if status == 200 && ready(&plugin) {
@@ -511,7 +523,7 @@ impl Daemon {
             }
             assert!(
                 Instant::now() < deadline,
-                "plugin {name} not as expected within 20 s: {status} {plugin}; log:\n{}",
+                "plugin {name} not as expected within {limit:?}: {status} {plugin}; log:\n{}",
                 self.log()
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
