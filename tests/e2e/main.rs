@@ -24,6 +24,7 @@ mod server;
 mod shadow;
 mod shutdown;
 mod signatures;
+mod simulate;
 mod stream;
 mod supervision;
 mod webhook_durability;

@@ -18,6 +18,7 @@ mod nodes;
 mod plugin;
 mod replay;
 mod scaffold;
+mod simulate;
 mod webhooks;
 
 use crate::config::{Config, LogFormat};
@@ -51,6 +52,15 @@ enum Command {
     Config(ConfigCommand),
     /// The event types this build knows, with their JSON Schemas (--json).
     Catalog(catalog::CatalogArgs),
+    /// Publish the traffic of an email platform to a running daemon (logins, mail,
+    /// bounces, mailboxes, quota warnings, the odd virus or stuck queue).
+    ///
+    /// The mix of types is exact at any count (within one event of each share):
+    /// user.login 30 %, user.logout 20 %, message.received 25 % (about 8 % of them
+    /// spam), message.sent 12 %, message.bounced 3 %, mailbox.created 3 %,
+    /// mailbox.renamed 2 %, user.quota_warning 2 %, virus.detected 1.5 %,
+    /// queue.stuck 1.5 %. About 10 % of logins fail.
+    Simulate(simulate::SimulateArgs),
     /// Measure the bus and HTTP ingest on this machine and print a report.
     Bench(crate::bench::BenchArgs),
     /// Apply the database migrations (the daemon also does at start-up).
@@ -278,6 +288,7 @@ pub fn main() -> ExitCode {
         Command::Tail(args) => runtime().and_then(|rt| rt.block_on(tail(args))),
         Command::Bench(args) => crate::bench::run(args),
         Command::Catalog(args) => catalog::run(args),
+        Command::Simulate(args) => runtime().and_then(|rt| rt.block_on(simulate::run(args))),
         Command::Migrate { config } => {
             return with_config(config.config, |c| runtime()?.block_on(migrate(c)));
         }
