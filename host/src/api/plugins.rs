@@ -79,36 +79,8 @@ pub async fn reload(
     Admin(actor): Admin,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    let plugins = plugins(&state)?;
-    let result = plugins.reload(&name).await;
-    if let Some(audit) = &state.audit {
-        let outcome = match &result {
-            Ok(status) => {
-                serde_json::json!({"ok": true, "version": status.version, "file_hash": status.file_hash})
-            }
-            Err(e) => serde_json::json!({"ok": false, "error": e.to_string()}),
-        };
-        audit
-            .record_action(crate::audit::Entry::of_action(
-                "plugin.reload",
-                &actor,
-                "plugin",
-                &name,
-                outcome,
-            ))
-            .await;
-    }
-    match result {
-        Ok(status) => Ok(Json(status).into_response()),
-        Err(e @ (PluginError::BadName(_) | PluginError::NotFound(_))) => {
-            Err(ApiError::not_found(e.to_string()))
-        }
-        Err(e) => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "plugin_not_loaded",
-            e.to_string(),
-        )),
-    }
+    let result = plugins(&state)?.reload(&name).await;
+    answer(&state, &actor, "plugin.reload", &name, result).await
 }
 
 /// How a shadow compares with the version it runs beside: events, agreement, its
@@ -149,14 +121,21 @@ pub async fn promote(
     Admin(actor): Admin,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    let plugins = plugins(&state)?;
-    let result = plugins.promote(&name).await;
-    if let Some(audit) = &state.audit
-        && !matches!(
-            result,
-            Err(PluginError::BadName(_) | PluginError::NoShadow(_))
-        )
-    {
+    let result = plugins(&state)?.promote(&name).await;
+    answer(&state, &actor, "plugin.promote", &name, result).await
+}
+
+/// Records an admin action on plugin `name` in the audit log (whatever its outcome)
+/// and answers with the plugin's status, 404 for no such plugin or shadow, or 422
+/// when the version did not load.
+async fn answer(
+    state: &AppState,
+    actor: &crate::event::Actor,
+    action: &str,
+    name: &str,
+    result: Result<PluginStatus, PluginError>,
+) -> Result<Response, ApiError> {
+    if let Some(audit) = &state.audit {
         let outcome = match &result {
             Ok(status) => serde_json::json!({
                 "ok": true, "plugin": status.name, "version": status.version, "file_hash": status.file_hash,
@@ -165,19 +144,15 @@ pub async fn promote(
         };
         audit
             .record_action(crate::audit::Entry::of_action(
-                "plugin.promote",
-                &actor,
-                "plugin",
-                &name,
-                outcome,
+                action, actor, "plugin", name, outcome,
             ))
             .await;
     }
     match result {
         Ok(status) => Ok(Json(status).into_response()),
-        Err(e @ (PluginError::BadName(_) | PluginError::NoShadow(_))) => {
-            Err(ApiError::not_found(e.to_string()))
-        }
+        Err(
+            e @ (PluginError::BadName(_) | PluginError::NotFound(_) | PluginError::NoShadow(_)),
+        ) => Err(ApiError::not_found(e.to_string())),
         Err(e) => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "plugin_not_loaded",
