@@ -118,22 +118,7 @@ pub fn build(dir: &Path, project: &Project) -> anyhow::Result<()> {
             .stdout(std::process::Stdio::null()),
         "componentize-js",
     )?;
-    let size = std::fs::metadata(&wasm)
-        .with_context(|| {
-            format!(
-                "componentize-js succeeded but {} is missing",
-                wasm.display()
-            )
-        })?
-        .len();
-    eprintln!(
-        "built {} ({:.1} MB) in {:.1} s",
-        project.name,
-        size as f64 / 1e6,
-        started.elapsed().as_secs_f64()
-    );
-    println!("{}", wasm.display());
-    Ok(())
+    super::built("componentize-js", &project.name, &wasm, started)
 }
 
 /// Creates a JavaScript plugin project for `name` in `dir`.

@@ -143,6 +143,21 @@ fn write_wit(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Reports a component `tool` built: its size and build time on stderr, its path on
+/// stdout (the answer a script reads).
+fn built(tool: &str, name: &str, wasm: &Path, started: std::time::Instant) -> anyhow::Result<()> {
+    let size = std::fs::metadata(wasm)
+        .with_context(|| format!("{tool} succeeded but {} is missing", wasm.display()))?
+        .len();
+    eprintln!(
+        "built {name} ({:.1} MB) in {:.1} s",
+        size as f64 / 1e6,
+        started.elapsed().as_secs_f64()
+    );
+    println!("{}", wasm.display());
+    Ok(())
+}
+
 /// Runs `command`, failing with `what` and its exit status.
 fn run(command: &mut std::process::Command, what: &str) -> anyhow::Result<()> {
     let status = command
