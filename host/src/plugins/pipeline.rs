@@ -151,9 +151,9 @@ impl Worker {
                 continue;
             }
             let shadow = set.shadow_for(&plugin.name).and_then(|s| s.shadow.as_ref());
-            let started = std::time::Instant::now();
+            let started = shadow.map(|_| std::time::Instant::now());
             let result = self.call(plugin, &current, shadow.is_some());
-            if let Some(shadow) = shadow {
+            if let (Some(shadow), Some(started)) = (shadow, started) {
                 let serving = match &result {
                     Ok(decision) => Compared::Actions(decision.shown.clone().unwrap_or_default()),
                     Err(error) => Compared::Failed {
