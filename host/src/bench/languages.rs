@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::plugins::{install, started_from};
-use super::{BenchArgs, bus_rate_with, row, thousands};
+use super::plugins::{baseline, inline_row, install, started_from};
+use super::{BenchArgs, row};
 use crate::config::PluginsConfig;
 use crate::event::{Catalog, Event};
 use crate::metrics::Metrics;
@@ -64,15 +64,7 @@ fn builds(args: &BenchArgs) -> Vec<Build> {
 }
 
 pub async fn report(args: &BenchArgs) -> anyhow::Result<()> {
-    let baseline = bus_rate_with(args, 1, None, args.bus_events).await?;
-    row(
-        &format!(
-            "bus, 1 no-op subscriber, no plugins, {} workers (baseline)",
-            args.workers
-        ),
-        format!("{} events/s", thousands(baseline)),
-        "1.00".into(),
-    );
+    let baseline = baseline(args).await?;
     for build in builds(args) {
         let label = format!("{} {}", build.lang, build.plugin);
         if !build.wasm.exists() {
@@ -107,17 +99,15 @@ pub async fn report(args: &BenchArgs) -> anyhow::Result<()> {
         let scratch = tempfile::tempdir()?;
         let plugins = started_from(scratch.path(), &build.wasm, build.sidecar).await?;
         let events = per_language_events(args, build.lang);
-        let rate = bus_rate_with(args, 1, Some(plugins.pipeline()), events).await?;
-        plugins.stop();
-        let per_event_us = (1.0 / rate - 1.0 / baseline) * 1e6;
-        row(
+        inline_row(
+            args,
+            &plugins,
+            events,
+            baseline,
             &format!("{label}: bus + it inline"),
-            format!(
-                "{} events/s (+{per_event_us:.1} µs per event)",
-                thousands(rate)
-            ),
-            format!("{:.3}", rate / baseline),
-        );
+        )
+        .await?;
+        plugins.stop();
     }
     Ok(())
 }

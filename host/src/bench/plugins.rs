@@ -32,17 +32,7 @@ pub async fn report(args: &BenchArgs) -> anyhow::Result<()> {
         }
     }
     let events = args.plugin_events;
-    // The baseline runs longer: without plugins the bus is fast, and short runs of it
-    // are noisy.
-    let baseline = bus_rate_with(args, 1, None, args.bus_events).await?;
-    row(
-        &format!(
-            "bus, 1 no-op subscriber, no plugins, {} workers (baseline)",
-            args.workers
-        ),
-        format!("{} events/s", thousands(baseline)),
-        "1.00".into(),
-    );
+    let baseline = baseline(args).await?;
     let cases = [
         (
             "hostile",
@@ -63,17 +53,15 @@ pub async fn report(args: &BenchArgs) -> anyhow::Result<()> {
     for (file, sidecar, what) in cases {
         let scratch = tempfile::tempdir()?;
         let plugins = started_with(scratch.path(), dir, file, sidecar).await?;
-        let rate = bus_rate_with(args, 1, Some(plugins.pipeline()), events).await?;
-        plugins.stop();
-        let per_event_us = (1.0 / rate - 1.0 / baseline) * 1e6;
-        row(
+        inline_row(
+            args,
+            &plugins,
+            events,
+            baseline,
             &format!("bus + 1 inline plugin: {what}"),
-            format!(
-                "{} events/s (+{per_event_us:.2} µs per event)",
-                thousands(rate)
-            ),
-            format!("{:.2}", rate / baseline),
-        );
+        )
+        .await?;
+        plugins.stop();
     }
 
     // Hot load: copy → serving, as the daemon's folder watcher sees it.
@@ -234,6 +222,43 @@ async fn started_with(
     sidecar: &str,
 ) -> anyhow::Result<Plugins> {
     started_from(scratch, &built.join(format!("{file}.wasm")), sidecar).await
+}
+
+/// The bus without plugins, printed as the baseline row. It runs longer than the
+/// plugin runs: without plugins the bus is fast, and short runs of it are noisy.
+pub(super) async fn baseline(args: &BenchArgs) -> anyhow::Result<f64> {
+    let baseline = bus_rate_with(args, 1, None, args.bus_events).await?;
+    row(
+        &format!(
+            "bus, 1 no-op subscriber, no plugins, {} workers (baseline)",
+            args.workers
+        ),
+        format!("{} events/s", thousands(baseline)),
+        "1.00".into(),
+    );
+    Ok(baseline)
+}
+
+/// The bus with `plugins`' pipeline inline, printed against `baseline` with what one
+/// event costs more.
+pub(super) async fn inline_row(
+    args: &BenchArgs,
+    plugins: &Plugins,
+    events: u64,
+    baseline: f64,
+    label: &str,
+) -> anyhow::Result<()> {
+    let rate = bus_rate_with(args, 1, Some(plugins.pipeline()), events).await?;
+    let per_event_us = (1.0 / rate - 1.0 / baseline) * 1e6;
+    row(
+        label,
+        format!(
+            "{} events/s (+{per_event_us:.2} µs per event)",
+            thousands(rate)
+        ),
+        format!("{:.3}", rate / baseline),
+    );
+    Ok(())
 }
 
 /// A plugin registry in `scratch` serving `wasm` as `p` with `sidecar`.
