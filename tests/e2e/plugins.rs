@@ -66,16 +66,6 @@ async fn decided(d: &Daemon, id: &str) -> Value {
     }
 }
 
-/// Publishes one event and waits until the bus has handled it (`?wait=true`), so a
-/// test's events reach the plugins in order (the bus's workers run in parallel).
-async fn handled(d: &Daemon, kind: &str, data: &Value) -> String {
-    let (status, answer) = d
-        .post_json("/v1/events?wait=true", &json!({"type": kind, "data": data}))
-        .await;
-    assert_eq!(status, 200, "{answer}");
-    answer["id"].as_str().unwrap().to_string()
-}
-
 /// Bodies of the requests a receiver got, by event type.
 fn by_type(rx: &Receiver) -> HashMap<String, Vec<Value>> {
     let mut map: HashMap<String, Vec<Value>> = HashMap::new();
@@ -425,8 +415,8 @@ async fn on_error_drop_and_the_circuit_breaker() {
     d.install_plugin("strict", &plugin_wasm("hostile")).await;
 
     // A failed call drops the event; the audit log says who and why.
-    let failed = handled(&d, "test.x", &json!({"do": "trap"})).await;
-    let passed = handled(&d, "test.x", &json!({"do": "pass"})).await;
+    let failed = d.handled("test.x", &json!({"do": "trap"})).await;
+    let passed = d.handled("test.x", &json!({"do": "pass"})).await;
     let got = rx.wait_for(1, Duration::from_secs(10)).await;
     assert_eq!(got[0].json()["id"], passed.as_str());
     let row = decided(&d, &failed).await;
@@ -441,15 +431,15 @@ async fn on_error_drop_and_the_circuit_breaker() {
     // Three failures in a row open the breaker: the plugin is skipped, and with
     // on_error = drop so are the events, until a trial after the cooldown succeeds.
     for _ in 0..3 {
-        handled(&d, "test.x", &json!({"do": "error"})).await;
+        d.handled("test.x", &json!({"do": "error"})).await;
     }
     let open = d
         .wait_plugin("strict", |p| p["state"] == "breaker_open")
         .await;
     assert_eq!(open["failures_in_a_row"], 3);
-    handled(&d, "test.x", &json!({"do": "pass"})).await;
+    d.handled("test.x", &json!({"do": "pass"})).await;
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let trial = handled(&d, "test.x", &json!({"do": "pass"})).await;
+    let trial = d.handled("test.x", &json!({"do": "pass"})).await;
     let got = rx.wait_for(2, Duration::from_secs(10)).await;
     assert_eq!(
         got.len(),

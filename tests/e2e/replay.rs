@@ -26,22 +26,13 @@ async fn a_candidate_is_judged_on_logged_events_against_the_serving_version() {
     for score in SCORES {
         let mut data = received("a.example", false);
         data["spam_score"] = json!(score);
-        let (status, answer) = d
-            .post_json(
-                "/v1/events?wait=true",
-                &json!({"type": "message.received", "data": data}),
-            )
-            .await;
-        assert_eq!(status, 200, "{answer}");
-        ids.push(answer["id"].as_str().unwrap().to_string());
+        ids.push(d.handled("message.received", &data).await);
     }
-    let (status, _) = d
-        .post_json(
-            "/v1/events?wait=true",
-            &json!({"type": "user.login", "data": {"user_id": "7f8d1c3e-8a4b-4c1e-9f2a-1b2c3d4e5f60", "email": "bob@a.example", "ip": "192.0.2.1", "user_agent": "mutt", "protocol": "imap", "success": true}}),
-        )
-        .await;
-    assert_eq!(status, 200);
+    d.handled(
+        "user.login",
+        &json!({"user_id": "7f8d1c3e-8a4b-4c1e-9f2a-1b2c3d4e5f60", "email": "bob@a.example", "ip": "192.0.2.1", "user_agent": "mutt", "protocol": "imap", "success": true}),
+    )
+    .await;
 
     // The candidate: the same code with a lower threshold (2.5).
     let work = tempfile::tempdir().unwrap();

@@ -17,18 +17,6 @@ fn message(score: Option<f64>) -> Value {
     data
 }
 
-/// Publishes and waits until the event is handled (plugins ran, deliveries committed).
-async fn handled(d: &Daemon, data: &Value) -> String {
-    let (status, answer) = d
-        .post_json(
-            "/v1/events?wait=true",
-            &json!({"type": "message.received", "data": data}),
-        )
-        .await;
-    assert_eq!(status, 200, "{answer}");
-    answer["id"].as_str().unwrap().to_string()
-}
-
 /// Waits until the shadow report satisfies `ready`.
 async fn shadow_report(d: &Daemon, name: &str, ready: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -86,7 +74,7 @@ async fn a_shadow_is_compared_on_live_events_applies_nothing_and_is_promoted_cle
 
     let mut ids = Vec::new();
     for score in [Some(0.1), None, Some(0.1), Some(0.1), None, Some(0.1)] {
-        ids.push(handled(&d, &message(score)).await);
+        ids.push(d.handled("message.received", &message(score)).await);
     }
     let report = shadow_report(&d, "spam-router", |r| r["events"] == 6).await;
     assert_eq!(report["name"], "spam-next", "{report:#}");

@@ -279,6 +279,17 @@ impl Daemon {
         answer["id"].as_str().unwrap().to_string()
     }
 
+    /// Publishes one event and waits until the bus has handled it (`?wait=true`), so
+    /// a test's events reach the plugins in order (the bus's workers run in
+    /// parallel); returns its id.
+    pub async fn handled(&self, kind: &str, data: &Value) -> String {
+        let (status, answer) = self
+            .post_json("/v1/events?wait=true", &json!({"type": kind, "data": data}))
+            .await;
+        assert_eq!(status, 200, "{answer}");
+        answer["id"].as_str().unwrap().to_string()
+    }
+
     /// Waits (up to `limit`) until the endpoint has `n` deliveries in `status`;
     /// returns them.
     pub async fn wait_deliveries(
