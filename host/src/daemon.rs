@@ -202,6 +202,7 @@ pub async fn serve(
     // goes now, beside new events.
     audit.replay(Arc::new(bus.clone()));
     let shutdown = CancellationToken::new();
+    crate::metrics::history::sample(&metrics, &shutdown);
     cluster.run(
         &metrics.tasks,
         Arc::new(bus.clone()),

@@ -88,6 +88,8 @@ call("operations_healthz", {200})
 call("operations_readyz", {200})
 call("operations_metrics", {200})
 call("operations_list", {200})
+call("operations_me", {200})
+call("operations_rates", {200})
 
 # Events, through the generated classes of the document's event branches.
 call("events_event_types", {200})

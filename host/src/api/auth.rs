@@ -107,6 +107,26 @@ impl Auth {
         })
     }
 
+    /// Who the request's token is and what it may do: `(None, every scope)` when
+    /// the API is open; 401 without a known token. Any scope will do, so a
+    /// client can ask before it knows which it has.
+    pub fn identify(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<(Option<Arc<str>>, Vec<Scope>), ApiError> {
+        if self.is_open() {
+            return Ok((None, vec![Scope::Publish, Scope::Read, Scope::Admin]));
+        }
+        let entry = bearer(headers).and_then(|t| self.find(t)).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "send `Authorization: Bearer <token>` with a valid token",
+            )
+        })?;
+        Ok((Some(entry.name.clone()), entry.scopes.clone()))
+    }
+
     /// The rate limit of the token the request bears, if it is a known token with one.
     pub fn limiter(&self, headers: &HeaderMap) -> Option<&Arc<Limiter>> {
         if !self.limited {
@@ -221,6 +241,21 @@ mod tests {
             .authorize(&headers("Basic publish-token-0001"), Scope::Publish)
             .unwrap_err();
         assert_eq!(e.status, StatusCode::UNAUTHORIZED);
+    }
+
+    #[test]
+    fn identify_names_the_token_and_its_scopes() {
+        let (name, scopes) = auth()
+            .identify(&headers("Bearer admin-token-000002"))
+            .unwrap();
+        assert_eq!(name.as_deref(), Some("ops"));
+        assert_eq!(scopes, vec![Scope::Read, Scope::Admin]);
+        let e = auth()
+            .identify(&headers("Bearer unknown-token-00"))
+            .unwrap_err();
+        assert_eq!(e.status, StatusCode::UNAUTHORIZED);
+        let (name, scopes) = Auth::new(&[]).identify(&HeaderMap::new()).unwrap();
+        assert_eq!((name, scopes.len()), (None, 3));
     }
 
     #[test]

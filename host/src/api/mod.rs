@@ -10,6 +10,7 @@ mod events;
 mod guard;
 mod nodes;
 mod openapi;
+mod overview;
 mod plugins;
 mod rate;
 pub mod stream;
@@ -135,6 +136,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/dead-letters/{id}/retry", post(deadletters::retry))
         .route("/v1/nodes", get(nodes::list))
+        .route("/v1/me", get(overview::me))
+        .route("/v1/stats/rates", get(overview::rates))
         .route("/v1/plugins", get(plugins::list))
         .route("/v1/plugins/{name}", get(plugins::get))
         .route("/v1/plugins/{name}/reload", post(plugins::reload))

@@ -74,6 +74,20 @@ pub enum RejectReason {
     DiskFull,
 }
 
+/// Every reason, for summing the refusals.
+const REJECT_REASONS: [RejectReason; 10] = [
+    RejectReason::Invalid,
+    RejectReason::QueueFull,
+    RejectReason::Stopping,
+    RejectReason::TooLarge,
+    RejectReason::Unauthorized,
+    RejectReason::Forbidden,
+    RejectReason::UnsupportedMediaType,
+    RejectReason::RateLimited,
+    RejectReason::Unavailable,
+    RejectReason::DiskFull,
+];
+
 impl RejectReason {
     fn label(self) -> &'static str {
         match self {
@@ -137,6 +151,8 @@ pub struct Metrics {
     pub server: crate::server::ServerMetrics,
     pub webhooks: WebhookMetrics,
     pub plugins: Arc<PluginMetrics>,
+    /// The last 15 minutes of the main rates, for the console.
+    pub history: history::History,
     /// The daemon's long-lived tasks, watched. It rides with the metrics because
     /// every subsystem is started with them; `/readyz` reads it.
     pub tasks: crate::supervise::Supervisor,
@@ -520,6 +536,7 @@ impl Metrics {
             server,
             webhooks,
             plugins,
+            history: history::History::default(),
             tasks: crate::supervise::Supervisor::default(),
         })
     }
@@ -553,6 +570,33 @@ impl Metrics {
             .inc();
     }
 
+    /// The counters behind the console's rate charts, read now.
+    pub fn totals(&self) -> history::Totals {
+        let rejected = REJECT_REASONS
+            .iter()
+            .map(|r| {
+                self.rejected
+                    .get(&ReasonLabel { reason: r.label() })
+                    .map_or(0, |c| c.get())
+            })
+            .sum();
+        let attempts = |outcome| {
+            self.webhooks
+                .attempts
+                .get(&OutcomeLabel { outcome })
+                .map_or(0, |c| c.get())
+        };
+        history::Totals {
+            accepted: self.accepted_by_family.iter().map(Counter::get).sum(),
+            rejected,
+            delivered: attempts("success"),
+            failed: ["http_error", "timeout", "connect_error", "refused"]
+                .into_iter()
+                .map(attempts)
+                .sum(),
+        }
+    }
+
     /// Sets the queue gauges; called just before each scrape.
     pub fn set_queue(&self, depth: usize, capacity: usize) {
         self.queue_depth.set(depth as i64);
@@ -568,6 +612,7 @@ impl Metrics {
     }
 }
 
+pub mod history;
 mod label;
 mod platform;
 #[cfg(test)]
