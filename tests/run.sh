@@ -70,6 +70,11 @@ CARGO_TARGET_DIR="${EVHOST_FUZZ_TARGET_DIR:-${CARGO_TARGET_DIR:-$PWD/target}/fuz
 step "API: schemathesis and a generated client against /openapi.json"
 bash tests/api/run.sh "${CARGO_TARGET_DIR:-target}/debug/evhost" "$tools"
 
+# The console in a real browser (Debian's Chromium, installed when missing), driven
+# by playwright-core (installed into the tools folder).
+step "console: browser tests with Chromium"
+bash tests/browser/run.sh "$evhost" "$tools" "${CARGO_TARGET_DIR:-target}/wasm32-wasip2/plugin"
+
 # One closing line for the whole run: cargo prints a result per test binary, and the
 # last of those is often a crate with no doc tests.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }

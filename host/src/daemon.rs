@@ -290,7 +290,7 @@ pub async fn serve(
     };
     let server = crate::server::serve(
         listener,
-        api::router(state),
+        crate::ui::with_console(api::router(state), &config.ui),
         config.server.clone(),
         tls,
         metrics.server.clone(),

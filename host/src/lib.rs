@@ -26,6 +26,7 @@ pub mod plugins;
 pub mod server;
 pub mod store;
 pub mod supervise;
+pub mod ui;
 pub mod webhooks;
 
 /// An error and its causes, joined by `: `, for one-line messages and logs.

@@ -4,6 +4,7 @@
 mod audit;
 mod auth;
 mod cli;
+mod console;
 mod deadletters;
 mod disk;
 mod egress;

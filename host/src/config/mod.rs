@@ -57,6 +57,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub log: LogConfig,
     pub cluster: crate::cluster::ClusterConfig,
+    pub ui: crate::ui::UiConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -344,6 +345,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             log: LogConfig::default(),
             cluster: crate::cluster::ClusterConfig::default(),
+            ui: crate::ui::UiConfig::default(),
         }
     }
 }

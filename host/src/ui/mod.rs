@@ -1,0 +1,191 @@
+//! The operator's console at `/ui/`: a small client over the JSON API, its files
+//! embedded in the binary (`assets/`), served with a strict Content-Security-Policy.
+//!
+//! The console holds no power of its own: every action it offers is a call to the
+//! documented API with the token the operator typed in, under that token's scopes.
+//! Nothing is built with Node.js and nothing is fetched from another site, so the
+//! console works offline and the daemon's build needs only cargo (DESIGN.md, "The
+//! console").
+
+use axum::Router;
+use axum::extract::Path;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::get;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// `ui.*`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UiConfig {
+    /// Serve the console at `/ui/` (and redirect `/` to it).
+    pub enabled: bool,
+}
+
+impl Default for UiConfig {
+    fn default() -> Self {
+        UiConfig { enabled: true }
+    }
+}
+
+/// Scripts and styles only from this origin, no inline script or style, requests
+/// only to this origin, no framing, no form posts and no `<base>`.
+pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+     connect-src 'self'; manifest-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/// One embedded file.
+struct Asset {
+    path: &'static str,
+    content_type: &'static str,
+    body: &'static [u8],
+}
+
+macro_rules! assets {
+    ($($path:literal => $type:expr),* $(,)?) => {
+        &[$(Asset { path: $path, content_type: $type, body: include_bytes!(concat!("assets/", $path)) }),*]
+    };
+}
+
+const JS: &str = "text/javascript; charset=utf-8";
+
+static ASSETS: &[Asset] = assets! {
+    "index.html" => "text/html; charset=utf-8",
+    "app.css" => "text/css; charset=utf-8",
+    "icon.svg" => "image/svg+xml",
+    "js/app.js" => JS,
+    "js/api.js" => JS,
+    "js/dom.js" => JS,
+    "js/chart.js" => JS,
+    "js/schema-form.js" => JS,
+    "js/pages/overview.js" => JS,
+    "js/pages/live.js" => JS,
+    "js/pages/webhooks.js" => JS,
+    "js/pages/deliveries.js" => JS,
+    "js/pages/plugins.js" => JS,
+    "js/pages/audit.js" => JS,
+    "js/pages/catalog.js" => JS,
+};
+
+/// `router` with the console's routes added when `ui.enabled`.
+pub fn with_console(router: Router, config: &UiConfig) -> Router {
+    if !config.enabled {
+        return router;
+    }
+    router.merge(
+        Router::new()
+            .route("/", get(|| async { Redirect::to("/ui/") }))
+            .route("/ui", get(|| async { Redirect::permanent("/ui/") }))
+            .route(
+                "/ui/",
+                get(|headers: HeaderMap| async move { serve("index.html", &headers) }),
+            )
+            .route(
+                "/ui/{*path}",
+                get(|Path(path): Path<String>, headers: HeaderMap| async move {
+                    serve(&path, &headers)
+                }),
+            ),
+    )
+}
+
+/// An embedded file, with its security headers; 304 when the client's copy is this
+/// build's.
+fn serve(path: &str, headers: &HeaderMap) -> Response {
+    let Some(asset) = ASSETS.iter().find(|a| a.path == path) else {
+        return crate::api::error::ApiError::not_found(format!(
+            "the console has no file {path:?}; open /ui/"
+        ))
+        .into_response();
+    };
+    let etag = etag(asset.body);
+    let fresh = headers
+        .get(header::IF_NONE_MATCH)
+        .is_some_and(|v| v.as_bytes() == etag.as_bytes());
+    let mut response = if fresh {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        ([(header::CONTENT_TYPE, asset.content_type)], asset.body).into_response()
+    };
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    // Revalidated on every load, so a new daemon's console is never mixed with an
+    // old one's cached files.
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    if let Ok(value) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, value);
+    }
+    response
+}
+
+fn etag(body: &[u8]) -> String {
+    let digest = Sha256::digest(body);
+    format!("\"{}\"", hex::encode(&digest[..12]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_script_the_page_loads_is_embedded() {
+        // Each `import … from "./x.js"` and `<script src>` names a file in ASSETS.
+        for asset in ASSETS {
+            let text = std::str::from_utf8(asset.body).unwrap();
+            let base = asset.path.rsplit_once('/').map_or("", |(dir, _)| dir);
+            for part in text
+                .split("from \"")
+                .skip(1)
+                .chain(text.split("src=\"").skip(1))
+            {
+                let target = part.split('"').next().unwrap();
+                let resolved = resolve(base, target);
+                assert!(
+                    ASSETS.iter().any(|a| a.path == resolved),
+                    "{} refers to {target} ({resolved}), which is not embedded",
+                    asset.path
+                );
+            }
+        }
+    }
+
+    fn resolve(base: &str, target: &str) -> String {
+        if let Some(abs) = target.strip_prefix("/ui/") {
+            return abs.to_string();
+        }
+        let mut parts: Vec<&str> = base.split('/').filter(|p| !p.is_empty()).collect();
+        for piece in target.split('/') {
+            match piece {
+                "." => {}
+                ".." => {
+                    parts.pop();
+                }
+                p => parts.push(p),
+            }
+        }
+        parts.join("/")
+    }
+
+    #[test]
+    fn no_inline_script_or_style_in_the_page() {
+        let index = ASSETS.iter().find(|a| a.path == "index.html").unwrap();
+        let html = std::str::from_utf8(index.body).unwrap();
+        assert!(
+            !html.contains("<script>") && !html.contains("style="),
+            "{html}"
+        );
+        assert!(!html.contains("http://") && !html.contains("https://"));
+    }
+}
