@@ -252,7 +252,10 @@ test("at a phone's 390 px, with the keyboard, in dark mode", async () => {
   await desk.context().close();
 });
 
-test("no request left the daemon's origin", () => {
+test("no request left the daemon's origin", async () => {
+  await page.click("nav >> text=Overview");
+  await page.waitForSelector("svg.chart");
+  await shot(page, "14-overview-after");
   assert.ok(requests.length > 20, `${requests.length} requests seen`);
   const away = requests.filter((u) => !u.startsWith(`${daemon.origin}/`) && !u.startsWith("blob:") && !u.startsWith("data:"));
   assert.deepEqual(away, []);
