@@ -250,7 +250,8 @@ pub async fn serve(
         },
     )
     .await;
-    if state.auth.is_open() {
+    let open_api = state.auth.is_open();
+    if open_api {
         tracing::warn!(
             "no API token configured: the API is open to anyone on this machine, so evhost listens on loopback only; set EVHOST_API_TOKEN to require a token"
         );
@@ -290,7 +291,7 @@ pub async fn serve(
     };
     let server = crate::server::serve(
         listener,
-        crate::ui::with_console(api::router(state), &config.ui),
+        crate::ui::with_console(api::router(state), &config.ui, open_api),
         config.server.clone(),
         tls,
         metrics.server.clone(),

@@ -57,11 +57,14 @@ test("without a token the console and the API refuse; the CSP is sent", async ()
   assert.match(csp, /default-src 'none'/);
   assert.match(csp, /script-src 'self'/);
   assert.doesNotMatch(csp, /unsafe-inline/);
-  assert.equal((await fetch(`${daemon.origin}/v1/me`)).status, 401);
 
   await page.goto(`${daemon.origin}/ui/#/webhooks`);
   await page.waitForSelector("#token");
   assert.equal(await page.isHidden("#nav"), true, "no page before sign-in");
+  // Opening the console sends nothing the API would refuse (and audit as refused).
+  const refusals = await daemon.api("GET", "/v1/audit?types=auth.refused");
+  assert.equal(refusals.body.rows.length, 0, JSON.stringify(refusals.body));
+  assert.equal((await fetch(`${daemon.origin}/v1/me`)).status, 401);
   await page.fill("#token", "not-a-token-at-all");
   await page.press("#token", "Enter");
   await page.waitForSelector("text=That token is not valid.");
@@ -154,6 +157,11 @@ test("a failing receiver: the failed attempt and its error, then a retry deliver
   }, 20_000);
   assert.ok(receiver.got.some((r) => JSON.parse(r.body).data?.message_id === "m-fail-1"));
   await shot(page, "07-retried");
+
+  // Replay since an hour ago: nothing is failed any more, and the console says so.
+  await page.click("text=← The endpoint's deliveries");
+  await page.click("#replay-title >> xpath=.. >> button[type=submit]");
+  await page.waitForSelector("text=0 failed deliveries sent again.");
 });
 
 test("a failing plugin shows its error and is reloaded", async () => {
@@ -165,7 +173,9 @@ test("a failing plugin shows its error and is reloaded", async () => {
     await page.waitForTimeout(300);
     return (await card.locator(".last-error").count()) > 0;
   });
-  assert.match(await card.locator(".kinds tbody").textContent(), /1/);
+  assert.equal(await card.locator(".kinds th").nth(2).textContent(), "trap");
+  assert.equal(await card.locator(".kinds tbody td").nth(2).textContent(), "1");
+  assert.match(await card.locator(".last-error").textContent(), /trap/);
   await shot(page, "08-plugin-error");
   await card.locator("button.reload").click();
   await page.waitForSelector("text=Reloaded hostile");
@@ -176,8 +186,12 @@ test("a failing plugin shows its error and is reloaded", async () => {
 test("the audit log: search, verify, export", async () => {
   await page.click("nav >> text=Audit");
   await page.fill("form [name=types]", "webhook.*");
-  await page.click("form >> text=Search");
-  await page.waitForSelector("#audit-rows >> text=webhook.created");
+  await page.click("form button[type=submit]");
+  await page.waitForSelector("#audit-status >> text=Page 1: 1 row.");
+  assert.equal(await page.locator("#audit-rows tbody tr").count(), 1);
+  await page.click("#audit-rows >> text=webhook.created");
+  await page.waitForSelector("#audit-row pre");
+  assert.match(await page.textContent("#audit-row pre"), /"actor": "operator"/);
   await page.click("#verify");
   await page.waitForSelector("#verify-result >> text=Verified:");
   await shot(page, "09-audit");
@@ -252,10 +266,39 @@ test("at a phone's 390 px, with the keyboard, in dark mode", async () => {
   await desk.context().close();
 });
 
+test("an endpoint is edited, disabled, enabled, given a new secret and deleted", async () => {
+  const made = await daemon.api("POST", "/v1/webhooks", { name: "billing", url: receiver.url, events: ["user.*"] });
+  assert.equal(made.status, 201);
+  await page.goto(`${daemon.origin}/ui/#/webhooks/${encodeURIComponent(made.body.id)}`);
+  await page.waitForSelector("h1 >> text=billing");
+  await page.fill("#edit-title >> xpath=.. >> [name=name]", "billing-eu");
+  await page.click("#edit-title >> xpath=.. >> button[type=submit]");
+  await page.waitForSelector("h1 >> text=billing-eu");
+  await page.click("button >> text=Disable");
+  await page.waitForSelector("h1 .badge >> text=disabled: operator");
+  await page.click("button >> text=Enable");
+  await page.waitForSelector("h1 .badge >> text=enabled");
+  await page.click("button >> text=Rotate secret");
+  await page.waitForSelector("text=New signing secret");
+  const secret = await page.inputValue("#secret");
+  assert.match(secret, /^whsec_/);
+  assert.notEqual(secret, made.body.secret);
+  await page.click("button >> text=Send test");
+  await page.waitForSelector("text=Test sent:");
+  const ping = await until("the signed test", () => receiver.got.find((r) => JSON.parse(r.body).event === "webhook.test"
+    && r.headers["webhook-signature"] && signedWith(secret, r.headers, r.body)));
+  assert.ok(ping, "the test is signed with the new secret");
+  await shot(page, "14-endpoint-lifecycle");
+  await page.click("button.danger >> text=Delete");
+  await page.waitForSelector("h1 >> text=Webhooks");
+  const gone = await daemon.api("GET", `/v1/webhooks/${encodeURIComponent(made.body.id)}`);
+  assert.equal(gone.status, 404);
+});
+
 test("no request left the daemon's origin", async () => {
   await page.click("nav >> text=Overview");
   await page.waitForSelector("svg.chart");
-  await shot(page, "14-overview-after");
+  await shot(page, "15-overview-after");
   assert.ok(requests.length > 20, `${requests.length} requests seen`);
   const away = requests.filter((u) => !u.startsWith(`${daemon.origin}/`) && !u.startsWith("blob:") && !u.startsWith("data:"));
   assert.deepEqual(away, []);

@@ -31,6 +31,8 @@ async fn the_console_is_served_with_a_strict_csp_and_revalidated() {
     assert_eq!(header(&r, "x-frame-options"), "DENY");
     let html = r.text().await.unwrap();
     assert!(html.contains("/ui/js/app.js"), "{html}");
+    // No token is configured here: the page says so, and asks for none.
+    assert!(html.contains(r#"data-auth="open""#), "{html}");
 
     let js = d.client.get(d.url("/ui/js/app.js")).send().await.unwrap();
     assert!(header(&js, "content-type").starts_with("text/javascript"));

@@ -8,6 +8,7 @@
 //! console").
 
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::Path;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -49,6 +50,7 @@ macro_rules! assets {
 
 const JS: &str = "text/javascript; charset=utf-8";
 
+/// The page first: [`with_console`] serves `ASSETS[0]` at `/ui/`.
 static ASSETS: &[Asset] = assets! {
     "index.html" => "text/html; charset=utf-8",
     "app.css" => "text/css; charset=utf-8",
@@ -67,45 +69,60 @@ static ASSETS: &[Asset] = assets! {
     "js/pages/catalog.js" => JS,
 };
 
-/// `router` with the console's routes added when `ui.enabled`.
-pub fn with_console(router: Router, config: &UiConfig) -> Router {
+/// `router` with the console's routes added when `ui.enabled`. `open_api` (no token
+/// configured) is written into the page, so that the console asks for a token
+/// without first sending a request that would be refused (and audited as such).
+pub fn with_console(router: Router, config: &UiConfig, open_api: bool) -> Router {
     if !config.enabled {
         return router;
     }
+    let index = index_page(open_api);
     router.merge(
         Router::new()
             .route("/", get(|| async { Redirect::to("/ui/") }))
             .route("/ui", get(|| async { Redirect::permanent("/ui/") }))
             .route(
                 "/ui/",
-                get(|headers: HeaderMap| async move { serve("index.html", &headers) }),
+                get(move |headers: HeaderMap| async move {
+                    serve(ASSETS[0].content_type, index.clone(), &headers)
+                }),
             )
             .route(
                 "/ui/{*path}",
                 get(|Path(path): Path<String>, headers: HeaderMap| async move {
-                    serve(&path, &headers)
+                    match ASSETS.iter().find(|a| a.path == path) {
+                        Some(a) => serve(a.content_type, Bytes::from_static(a.body), &headers),
+                        None => crate::api::error::ApiError::not_found(format!(
+                            "the console has no file {path:?}; open /ui/"
+                        ))
+                        .into_response(),
+                    }
                 }),
             ),
     )
 }
 
-/// An embedded file, with its security headers; 304 when the client's copy is this
-/// build's.
-fn serve(path: &str, headers: &HeaderMap) -> Response {
-    let Some(asset) = ASSETS.iter().find(|a| a.path == path) else {
-        return crate::api::error::ApiError::not_found(format!(
-            "the console has no file {path:?}; open /ui/"
-        ))
-        .into_response();
-    };
-    let etag = etag(asset.body);
+/// `index.html` with `data-auth="open"` or `"token"` on its root element.
+fn index_page(open_api: bool) -> Bytes {
+    let auth = if open_api { "open" } else { "token" };
+    let html = String::from_utf8_lossy(ASSETS[0].body).replacen(
+        "<html lang=\"en\">",
+        &format!("<html lang=\"en\" data-auth=\"{auth}\">"),
+        1,
+    );
+    Bytes::from(html)
+}
+
+/// A file, with its security headers; 304 when the client's copy is this build's.
+fn serve(content_type: &'static str, body: Bytes, headers: &HeaderMap) -> Response {
+    let etag = etag(&body);
     let fresh = headers
         .get(header::IF_NONE_MATCH)
         .is_some_and(|v| v.as_bytes() == etag.as_bytes());
     let mut response = if fresh {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        ([(header::CONTENT_TYPE, asset.content_type)], asset.body).into_response()
+        ([(header::CONTENT_TYPE, content_type)], body).into_response()
     };
     let h = response.headers_mut();
     h.insert(
@@ -176,6 +193,13 @@ mod tests {
             }
         }
         parts.join("/")
+    }
+
+    #[test]
+    fn the_page_says_whether_a_token_is_needed() {
+        let page = |open| String::from_utf8(index_page(open).to_vec()).unwrap();
+        assert!(page(true).contains(r#"<html lang="en" data-auth="open">"#));
+        assert!(page(false).contains(r#"<html lang="en" data-auth="token">"#));
     }
 
     #[test]

@@ -112,6 +112,9 @@ function signIn(message) {
 }
 
 async function start(typed = false) {
+  // The daemon writes into the page whether its API needs a token: without one
+  // typed in, ask for it rather than send a request bound to be refused.
+  if (!token() && document.documentElement.dataset.auth !== "open") return signIn("");
   try {
     me = await api("GET", "/v1/me");
   } catch (e) {

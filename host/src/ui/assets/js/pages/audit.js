@@ -20,7 +20,7 @@ export async function render(root, ctx) {
   const status = h("div", { class: "status", id: "audit-status" });
   const verified = h("div", { id: "verify-result", "aria-live": "polite" });
   const results = h("div", { id: "audit-rows" });
-  const detail = h("div", { class: "event-detail" });
+  const detail = h("section", { class: "card", "aria-label": "Row", id: "audit-row", tabindex: "-1", hidden: true });
   const pager = h("div", { class: "row" });
   let cursors = [null];
 
@@ -38,16 +38,24 @@ export async function render(root, ctx) {
     const r = await get(`/v1/audit${query({ ...filter(), limit: 50, cursor })}`);
     cursors = cursors.slice(0, page + 1);
     if (r.next_cursor) cursors.push(r.next_cursor);
-    say(status, `Page ${page + 1}: ${r.rows.length} rows${r.next_cursor ? ", more follow" : ""}.`);
+    say(status, `Page ${page + 1}: ${r.rows.length} ${r.rows.length === 1 ? "row" : "rows"}${r.next_cursor ? ", more follow" : ""}.`);
     clear(results, table(["Time", "Type", "Actor", "Resource", "Event"], r.rows.map((row) => h("tr", {},
       h("td", {}, time(row.time)),
-      h("td", {}, h("button", { type: "button", class: "link", onclick: () => clear(detail, h("h3", {}, `Row ${row.seq}`), json(row)) }, row.event_type)),
+      h("td", {}, h("button", { type: "button", class: "link", onclick: () => showRow(row) }, row.event_type)),
       h("td", {}, row.actor ?? "—", row.actor_ip ? h("small", { class: "muted" }, ` ${row.actor_ip}`) : ""),
       h("td", {}, row.resource_type ? `${row.resource_type}:${row.resource_id ?? ""}` : "—"),
-      h("td", { class: "mono" }, row.event_id))), "No row matches."));
+      h("td", { class: "mono wrap" }, row.event_id))), "No row matches."));
     clear(pager,
       page > 0 ? h("button", { type: "button", onclick: () => load(page - 1).catch((e) => say(status, e)) }, "Newer") : null,
       r.next_cursor ? h("button", { type: "button", onclick: () => load(page + 1).catch((e) => say(status, e)) }, "Older") : null);
+  };
+
+  const showRow = (row) => {
+    detail.hidden = false;
+    clear(detail, h("div", { class: "row spread" }, h("h2", {}, `Row ${row.seq}: ${row.event_type}`),
+      h("button", { type: "button", onclick: () => (detail.hidden = true) }, "Close")), json(row));
+    detail.scrollIntoView({ block: "nearest" });
+    detail.focus();
   };
 
   const form = h("form", { class: "card", "aria-labelledby": "search-title" },
@@ -71,7 +79,7 @@ export async function render(root, ctx) {
     try {
       const r = await get("/v1/audit/verify");
       clear(verified, r.ok
-        ? h("p", { class: "ok-text", role: "status" }, `Verified: ${r.rows} rows in ${r.chains} hash chains, every link intact.`)
+        ? h("p", { class: "ok-text", role: "status" }, `Verified: ${r.rows} rows in ${r.chains} hash ${r.chains === 1 ? "chain" : "chains"}, every link intact.`)
         : h("div", { class: "error", role: "alert" }, h("p", {}, "The audit log does not verify:"), json(r)));
     } catch (e) {
       say(verified, e);
@@ -96,8 +104,7 @@ export async function render(root, ctx) {
     }
   }
 
-  clear(root, h("h1", {}, "Audit"), form, verified,
-    h("div", { class: "live" }, h("section", { class: "card", "aria-label": "Rows" }, status, results, pager),
-      h("section", { class: "card", "aria-label": "Row" }, detail)));
+  clear(root, h("h1", {}, "Audit"), form, verified, detail,
+    h("section", { class: "card", "aria-label": "Rows" }, status, results, pager));
   await load(0).catch((e) => say(status, e));
 }

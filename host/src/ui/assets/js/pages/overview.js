@@ -71,7 +71,7 @@ export async function render(root, ctx) {
     else endpointList = failedOr(hooks, (w) => {
       const troubled = w.webhooks.filter((e) => !e.enabled || e.failure_count > 0);
       return h("div", {},
-        h("p", { class: "muted" }, `${w.webhooks.length} endpoints, ${troubled.length} failing or disabled.`),
+        h("p", { class: "muted" }, `${w.webhooks.length} ${w.webhooks.length === 1 ? "endpoint" : "endpoints"}, ${troubled.length} failing or disabled.`),
         table(["Endpoint", "State", "Failures in a row"], troubled.map((e) => h("tr", {},
           h("td", {}, h("a", { href: `#/webhooks/${encodeURIComponent(e.id)}` }, e.name)),
           h("td", {}, e.enabled ? badge("failing", "warn") : badge(`disabled: ${e.disabled_reason || "operator"}`, "bad")),

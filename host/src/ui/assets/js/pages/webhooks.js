@@ -135,7 +135,7 @@ async function endpoint(root, ctx, id) {
         : act("Enable", async () => { await post(`${path}/enable`); say(status, "Enabled."); await refresh(); }),
       act("Send test", async () => {
         const d = await post(`${path}/test`);
-        say(status, `Test sent: delivery ${d.id} is ${d.status}.`);
+        say(status, `Test sent: delivery ${d.id}, ${d.status}.`);
         await loadDeliveries();
       }),
       act("Rotate secret", async () => {
@@ -183,14 +183,23 @@ async function endpoint(root, ctx, id) {
     }
   });
 
-  // Deliveries
+  // Deliveries, newest first, 50 a page; the 5 s refresh re-reads the page shown.
   const filter = h("select", { name: "status", id: "delivery-status" },
     ["", "pending", "succeeded", "failed"].map((s) => h("option", { value: s }, s || "any status")));
-  filter.addEventListener("change", () => loadDeliveries());
-  const loadDeliveries = async () => {
-    const page = await get(`${path}/deliveries${query({ status: filter.value, limit: 50 })}`);
+  const pager = h("div", { class: "row" });
+  let cursors = [null];
+  let shownPage = 0;
+  filter.addEventListener("change", () => {
+    cursors = [null];
+    loadDeliveries(0);
+  });
+  const loadDeliveries = async (page = shownPage) => {
+    const r = await get(`${path}/deliveries${query({ status: filter.value, limit: 50, cursor: cursors[page] })}`);
+    shownPage = page;
+    cursors = cursors.slice(0, page + 1);
+    if (r.next_cursor) cursors.push(r.next_cursor);
     clear(deliveries, table(["Delivery", "Event", "Status", "Attempts", "Last answer", "Updated"],
-      page.deliveries.map((d) => h("tr", {},
+      r.deliveries.map((d) => h("tr", {},
         h("td", {}, h("a", { href: `#/deliveries/${encodeURIComponent(d.id)}`, class: "mono" }, d.id.slice(0, 18))),
         h("td", {}, d.event_type),
         h("td", {}, deliveryBadge(d.status)),
@@ -198,6 +207,9 @@ async function endpoint(root, ctx, id) {
         h("td", {}, d.last_status_code ?? "", d.last_error ? h("span", { class: "error" }, ` ${d.last_error}`) : ""),
         h("td", {}, time(d.updated_at)))),
       "No deliveries with this status."));
+    clear(pager,
+      page > 0 ? h("button", { type: "button", onclick: () => loadDeliveries(page - 1).catch((e) => say(status, e)) }, "Newer") : null,
+      r.next_cursor ? h("button", { type: "button", onclick: () => loadDeliveries(page + 1).catch((e) => say(status, e)) }, "Older") : null);
   };
   drawHead();
   clear(root, head, shown, status,
@@ -205,7 +217,7 @@ async function endpoint(root, ctx, id) {
       h("div", { class: "row spread" }, h("h2", { id: "deliveries-title" }, "Deliveries"),
         h("label", { for: "delivery-status", class: "sr-only" }, "Status"), filter,
         h("button", { type: "button", onclick: () => loadDeliveries() }, "Refresh")),
-      deliveries),
+      deliveries, pager),
     h("div", { class: "grid2" }, edit, replay));
   await loadDeliveries();
   const timer = setInterval(() => loadDeliveries().catch(() => {}), 5000);
