@@ -27,6 +27,7 @@ pub mod db;
 pub mod egress;
 pub mod endpoint;
 mod lane;
+pub mod metrics;
 mod options;
 mod outbox;
 mod recorder;
