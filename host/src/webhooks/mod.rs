@@ -31,6 +31,7 @@ pub mod metrics;
 mod options;
 mod outbox;
 mod recorder;
+mod routes;
 pub mod seal;
 pub mod sign;
 mod sqlite;
@@ -58,6 +59,7 @@ use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::supervise::Ends;
 use lane::Lane;
+use routes::Routes;
 
 /// Why a webhook operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -85,9 +87,6 @@ impl From<sqlx::Error> for WebhookError {
         WebhookError::Db(error.into())
     }
 }
-
-/// What the dispatcher matches events against: the enabled endpoints' lanes.
-type Routes = Vec<Arc<Lane>>;
 
 /// Shared by the subscriber, the writer, the lanes and the recorder.
 pub(crate) struct Shared {
@@ -500,58 +499,6 @@ fn set_enabled(e: &mut Endpoint, enabled: bool, reason: &str) {
 }
 
 impl Shared {
-    /// Reloads the endpoints from the database: starts lanes for new ones, updates
-    /// changed ones, stops removed ones, and swaps in the new routes.
-    async fn reload(self: &Arc<Self>) -> Result<(), sqlx::Error> {
-        let _one_at_a_time = self.reload.lock().await;
-        let endpoints = db::list_endpoints(&self.store, &self.sealer).await?;
-        let mut routes = Vec::new();
-        let mut gone = Vec::new();
-        let disabled = endpoints.iter().filter(|e| !e.enabled).count();
-        {
-            let mut lanes = self.lanes.lock().expect("not poisoned");
-            let mut keep = std::collections::HashSet::new();
-            for e in endpoints {
-                keep.insert(e.id.clone());
-                let enabled = e.enabled;
-                let lane = match lanes.get(&e.id) {
-                    Some(lane) => {
-                        // Every change stamps `updated_at`; the failure count, which
-                        // the recorder keeps, does not matter to sending.
-                        if lane.route().endpoint.updated_at != e.updated_at {
-                            lane.update(e);
-                        }
-                        lane.clone()
-                    }
-                    None => {
-                        let lane = Lane::start(self, e);
-                        lanes.insert(lane.id().to_string(), lane.clone());
-                        lane
-                    }
-                };
-                if enabled {
-                    routes.push(lane);
-                }
-            }
-            lanes.retain(|id, lane| {
-                let stays = keep.contains(id);
-                if !stays {
-                    gone.push(lane.clone());
-                }
-                stays
-            });
-        }
-        self.routes.store(Arc::new(routes));
-        self.metrics
-            .webhooks
-            .endpoints_disabled
-            .set(disabled as i64);
-        for lane in gone {
-            lane.stop().await;
-        }
-        Ok(())
-    }
-
     /// Stores a changed endpoint (stamping `updated_at`) and puts the change into
     /// service here; other daemons pick it up at their next reload.
     async fn save(self: &Arc<Self>, e: &mut Endpoint) -> Result<(), WebhookError> {
@@ -561,13 +508,6 @@ impl Shared {
         }
         self.reload().await?;
         Ok(())
-    }
-
-    /// Tells an endpoint's lane that deliveries are due at `at_us`.
-    fn wake(&self, endpoint_id: &str, at_us: i64) {
-        if let Some(lane) = self.lanes.lock().expect("not poisoned").get(endpoint_id) {
-            lane.due_at(at_us);
-        }
     }
 
     /// Publishes a `webhook.*` event (which the audit log records). Management
