@@ -12,6 +12,7 @@ use anyhow::{Context, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 use futures_util::StreamExt;
 
+mod audit;
 mod catalog;
 mod deadletters;
 mod nodes;
@@ -70,7 +71,7 @@ enum Command {
     },
     /// Verify, query and export the audit log.
     #[command(subcommand)]
-    Audit(AuditCommand),
+    Audit(audit::AuditCommand),
     /// Manage webhook endpoints and look at their deliveries.
     #[command(subcommand)]
     Webhooks(webhooks::WebhooksCommand),
@@ -81,90 +82,6 @@ enum Command {
     DeadLetters(deadletters::DeadLettersArgs),
     /// The daemons sharing the database: heartbeats, and what each holds.
     Nodes(nodes::NodesArgs),
-}
-
-#[derive(Subcommand)]
-enum AuditCommand {
-    /// Check every hash chain in the database (and signed checkpoints, if given).
-    Verify {
-        #[command(flatten)]
-        config: ConfigArg,
-        /// A checkpoint file the daemon wrote (audit.checkpoint_file); detects a
-        /// chain that was rewritten whole or cut short.
-        #[arg(long)]
-        checkpoint: Option<PathBuf>,
-        /// The Ed25519 public key (hex) the checkpoints must be signed with.
-        #[arg(long)]
-        public_key: Option<String>,
-    },
-    /// Show audit rows from a running daemon, newest first.
-    Query(AuditQueryArgs),
-    /// Stream every matching row from a running daemon as NDJSON.
-    Export(AuditExportArgs),
-}
-
-#[derive(Args, Clone)]
-struct AuditFilterArgs {
-    /// Type patterns, comma-separated (message.*,user.login).
-    #[arg(long)]
-    types: Option<String>,
-    #[arg(long)]
-    actor: Option<String>,
-    #[arg(long)]
-    resource_type: Option<String>,
-    #[arg(long)]
-    resource_id: Option<String>,
-    /// From this time (RFC 3339).
-    #[arg(long)]
-    since: Option<String>,
-    /// Until this time (RFC 3339, exclusive).
-    #[arg(long)]
-    until: Option<String>,
-}
-
-impl AuditFilterArgs {
-    fn query_string(&self, limit: u32, cursor: Option<&str>) -> String {
-        let mut parts = vec![format!("limit={limit}")];
-        let fields = [
-            ("types", &self.types),
-            ("actor", &self.actor),
-            ("resource_type", &self.resource_type),
-            ("resource_id", &self.resource_id),
-            ("since", &self.since),
-            ("until", &self.until),
-        ];
-        for (name, value) in fields {
-            if let Some(v) = value {
-                parts.push(format!("{name}={}", urlencode(v)));
-            }
-        }
-        if let Some(c) = cursor {
-            parts.push(format!("cursor={}", urlencode(c)));
-        }
-        parts.join("&")
-    }
-}
-
-#[derive(Args)]
-struct AuditQueryArgs {
-    #[command(flatten)]
-    filter: AuditFilterArgs,
-    /// Rows to show (1 to 1000).
-    #[arg(long, default_value_t = 50)]
-    limit: u32,
-    /// Print rows as JSON lines instead of a table.
-    #[arg(long)]
-    json: bool,
-    #[command(flatten)]
-    client: ClientArgs,
-}
-
-#[derive(Args)]
-struct AuditExportArgs {
-    #[command(flatten)]
-    filter: AuditFilterArgs,
-    #[command(flatten)]
-    client: ClientArgs,
 }
 
 #[derive(Args)]
@@ -292,20 +209,20 @@ pub fn main() -> ExitCode {
         Command::Migrate { config } => {
             return with_config(config.config, |c| runtime()?.block_on(migrate(c)));
         }
-        Command::Audit(AuditCommand::Verify {
+        Command::Audit(audit::AuditCommand::Verify {
             config,
             checkpoint,
             public_key,
         }) => {
             return with_config(config.config, |c| {
-                runtime()?.block_on(audit_verify(c, checkpoint, public_key))
+                runtime()?.block_on(audit::verify(c, checkpoint, public_key))
             });
         }
-        Command::Audit(AuditCommand::Query(args)) => {
-            runtime().and_then(|rt| rt.block_on(audit_query(args)))
+        Command::Audit(audit::AuditCommand::Query(args)) => {
+            runtime().and_then(|rt| rt.block_on(audit::query(args)))
         }
-        Command::Audit(AuditCommand::Export(args)) => {
-            runtime().and_then(|rt| rt.block_on(audit_export(args)))
+        Command::Audit(audit::AuditCommand::Export(args)) => {
+            runtime().and_then(|rt| rt.block_on(audit::export(args)))
         }
         Command::Webhooks(command) => runtime().and_then(|rt| rt.block_on(webhooks::run(command))),
         Command::Plugin(command) => runtime().and_then(|rt| rt.block_on(plugin::run(command))),
@@ -359,63 +276,6 @@ async fn migrate(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn audit_verify(
-    config: Config,
-    checkpoint: Option<PathBuf>,
-    public_key: Option<String>,
-) -> anyhow::Result<()> {
-    let expected_key = public_key
-        .map(|hex_key| {
-            let bytes: [u8; 32] = hex::decode(hex_key.trim())
-                .ok()
-                .and_then(|b| b.try_into().ok())
-                .ok_or_else(|| anyhow!("--public-key must be 32 bytes in hex"))?;
-            ed25519_dalek::VerifyingKey::from_bytes(&bytes)
-                .map_err(|e| anyhow!("--public-key: {e}"))
-        })
-        .transpose()?;
-    let store = open_store(&config).await?;
-    store.migrate().await?;
-    let mut report = crate::audit::verify(&store).await?;
-    if let Some(file) = &checkpoint
-        && report.ok
-    {
-        let checkpoints = crate::audit::checkpoint::read_latest(file)?;
-        crate::audit::checkpoint::verify_against(
-            &store,
-            &checkpoints,
-            expected_key.as_ref(),
-            &mut report,
-        )
-        .await?;
-    }
-    store.close().await;
-    println!("{}", serde_json::to_string(&report)?);
-    match &report.broken {
-        None => Ok(()),
-        Some(b) => bail!(
-            "the audit log does not verify: chain {} at row {}{}: {}",
-            b.chain,
-            b.chain_seq,
-            b.event_id
-                .as_deref()
-                .map(|id| format!(" (event {id})"))
-                .unwrap_or_default(),
-            b.reason
-        ),
-    }
-}
-
-async fn audit_page(
-    client: &ClientArgs,
-    filter: &AuditFilterArgs,
-    limit: u32,
-    cursor: Option<&str>,
-) -> anyhow::Result<serde_json::Value> {
-    let path = format!("/v1/audit?{}", filter.query_string(limit, cursor));
-    client.call(reqwest::Method::GET, &path, None).await
-}
-
 /// Prints `rows` as JSON lines (`json`), or as a table: `header`, then one
 /// `line(row)` per row.
 pub(crate) fn print_rows(
@@ -434,61 +294,6 @@ pub(crate) fn print_rows(
     writeln!(out, "{header}")?;
     for row in rows {
         writeln!(out, "{}", line(row))?;
-    }
-    Ok(())
-}
-
-async fn audit_query(args: AuditQueryArgs) -> anyhow::Result<()> {
-    let page = audit_page(&args.client, &args.filter, args.limit, None).await?;
-    let rows = page["rows"].as_array().cloned().unwrap_or_default();
-    let header = format!(
-        "{:<27} {:<24} {:<16} {:<15} {:<40} EVENT",
-        "TIME", "TYPE", "ACTOR", "IP", "RESOURCE"
-    );
-    print_rows(&rows, args.json, &header, |row| {
-        let text = |k: &str| row[k].as_str().unwrap_or("-").to_string();
-        let resource = match (row["resource_type"].as_str(), row["resource_id"].as_str()) {
-            (Some(t), Some(id)) => format!("{t}:{id}"),
-            _ => "-".into(),
-        };
-        format!(
-            "{:<27} {:<24} {:<16} {:<15} {:<40} {}",
-            text("time"),
-            text("event_type"),
-            text("actor"),
-            text("actor_ip"),
-            resource,
-            text("event_id")
-        )
-    })?;
-    if page["next_cursor"].is_string() {
-        eprintln!("(more rows: raise --limit, or use `evhost audit export`)");
-    }
-    Ok(())
-}
-
-async fn audit_export(args: AuditExportArgs) -> anyhow::Result<()> {
-    let show_progress = std::io::stderr().is_terminal();
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    let mut cursor: Option<String> = None;
-    let mut exported = 0u64;
-    loop {
-        let page = audit_page(&args.client, &args.filter, 1000, cursor.as_deref()).await?;
-        for row in page["rows"].as_array().into_iter().flatten() {
-            writeln!(out, "{row}")?;
-            exported += 1;
-        }
-        if show_progress {
-            eprint!("\rexported {exported} rows");
-        }
-        match page["next_cursor"].as_str() {
-            Some(next) => cursor = Some(next.to_string()),
-            None => break,
-        }
-    }
-    out.flush()?;
-    if show_progress {
-        eprintln!("\rexported {exported} rows, done");
     }
     Ok(())
 }
