@@ -74,20 +74,6 @@ pub enum RejectReason {
     DiskFull,
 }
 
-/// Every reason, for summing the refusals.
-const REJECT_REASONS: [RejectReason; 10] = [
-    RejectReason::Invalid,
-    RejectReason::QueueFull,
-    RejectReason::Stopping,
-    RejectReason::TooLarge,
-    RejectReason::Unauthorized,
-    RejectReason::Forbidden,
-    RejectReason::UnsupportedMediaType,
-    RejectReason::RateLimited,
-    RejectReason::Unavailable,
-    RejectReason::DiskFull,
-];
-
 impl RejectReason {
     fn label(self) -> &'static str {
         match self {
@@ -136,6 +122,8 @@ pub struct Metrics {
     /// One counter per family, fetched once, so counting takes no lock on the hot path.
     accepted_by_family: Vec<Counter>,
     rejected: Family<ReasonLabel, Counter>,
+    /// Every refusal, whatever its reason (not exported; the rate history reads it).
+    rejected_total: Counter,
     duplicates: Counter,
     queue_depth: Gauge,
     queue_capacity: Gauge,
@@ -430,6 +418,7 @@ impl Metrics {
             registry,
             accepted_by_family,
             rejected,
+            rejected_total: Counter::default(),
             duplicates,
             queue_depth,
             queue_capacity,
@@ -460,6 +449,7 @@ impl Metrics {
                 reason: reason.label(),
             })
             .inc_by(count);
+        self.rejected_total.inc_by(count);
     }
 
     pub fn duplicate(&self) {
@@ -481,28 +471,11 @@ impl Metrics {
 
     /// The counters behind the console's rate charts, read now.
     pub fn totals(&self) -> history::Totals {
-        let rejected = REJECT_REASONS
-            .iter()
-            .map(|r| {
-                self.rejected
-                    .get(&ReasonLabel { reason: r.label() })
-                    .map_or(0, |c| c.get())
-            })
-            .sum();
-        let attempts = |outcome| {
-            self.webhooks
-                .attempts
-                .get(&OutcomeLabel { outcome })
-                .map_or(0, |c| c.get())
-        };
         history::Totals {
             accepted: self.accepted_by_family.iter().map(Counter::get).sum(),
-            rejected,
-            delivered: attempts("success"),
-            failed: ["http_error", "timeout", "connect_error", "refused"]
-                .into_iter()
-                .map(attempts)
-                .sum(),
+            rejected: self.rejected_total.get(),
+            delivered: self.webhooks.succeeded.get(),
+            failed: self.webhooks.failed_attempts.get(),
         }
     }
 

@@ -79,3 +79,23 @@ fn hostile_domains_never_break_the_exposition() {
         "{text}"
     );
 }
+
+#[test]
+fn the_rate_totals_count_every_refusal_and_every_failed_attempt() {
+    let m = Metrics::new(10);
+    m.accepted("message");
+    m.rejected(RejectReason::Invalid, 2);
+    m.rejected(RejectReason::DiskFull, 1);
+    for outcome in ["success", "success", "http_error", "gone", "timeout"] {
+        m.webhooks.count_attempt(outcome);
+    }
+    let t = m.totals();
+    assert_eq!(
+        (t.accepted, t.rejected, t.delivered, t.failed),
+        (1, 3, 2, 3)
+    );
+    assert!(
+        m.encode()
+            .contains("evhost_webhook_attempts_total{outcome=\"gone\"} 1")
+    );
+}

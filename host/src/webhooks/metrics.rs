@@ -13,6 +13,10 @@ pub struct WebhookMetrics {
     /// Attempts by outcome: `success`, `http_error`, `timeout`, `connect_error`,
     /// `refused`.
     pub attempts: Family<OutcomeLabel, Counter>,
+    /// Attempts answered 2xx, and every other attempt: the rate history reads them
+    /// (not exported; `attempts` is).
+    pub succeeded: Counter,
+    pub failed_attempts: Counter,
     pub attempt_seconds: Histogram,
     /// Deliveries committed to the outbox (from then on they survive a crash).
     pub enqueued: Counter,
@@ -34,6 +38,8 @@ impl WebhookMetrics {
     pub fn register(registry: &mut Registry) -> WebhookMetrics {
         let m = WebhookMetrics {
             attempts: Family::default(),
+            succeeded: Counter::default(),
+            failed_attempts: Counter::default(),
             // 500 µs … ~130 s
             attempt_seconds: Histogram::new(exponential_buckets(0.000_5, 2.0, 19)),
             enqueued: Counter::default(),
@@ -96,5 +102,15 @@ impl WebhookMetrics {
             m.purged.clone(),
         );
         m
+    }
+
+    /// Counts one attempt under its outcome (`success`, `http_error`, …).
+    pub fn count_attempt(&self, outcome: &'static str) {
+        self.attempts.get_or_create(&OutcomeLabel { outcome }).inc();
+        if outcome == "success" {
+            self.succeeded.inc();
+        } else {
+            self.failed_attempts.inc();
+        }
     }
 }

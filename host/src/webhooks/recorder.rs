@@ -151,11 +151,7 @@ async fn write(shared: &Arc<Shared>, batch: Vec<Recorded>) {
     let mut gone = Vec::new();
     for (record, r) in records.iter().zip(followups) {
         if r.outcome != Outcome::Released {
-            m.attempts
-                .get_or_create(&crate::metrics::OutcomeLabel {
-                    outcome: r.outcome.label(),
-                })
-                .inc();
+            m.count_attempt(r.outcome.label());
         }
         if record.status == db::FAILED {
             m.failed.inc();
