@@ -7,6 +7,8 @@
 //! console works offline and the daemon's build needs only cargo (DESIGN.md, "The
 //! console").
 
+use std::sync::Arc;
+
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::Path;
@@ -50,7 +52,7 @@ macro_rules! assets {
 
 const JS: &str = "text/javascript; charset=utf-8";
 
-/// The page first: [`with_console`] serves `ASSETS[0]` at `/ui/`.
+/// The page first: [`with_console`] serves it at `/ui/`, and [`index_page`] reads it.
 static ASSETS: &[Asset] = assets! {
     "index.html" => "text/html; charset=utf-8",
     "app.css" => "text/css; charset=utf-8",
@@ -69,6 +71,15 @@ static ASSETS: &[Asset] = assets! {
     "js/pages/catalog.js" => JS,
 };
 
+/// A file as served: its body (the page with `data-auth` filled in) and its ETag,
+/// made once when the router is built.
+struct File {
+    path: &'static str,
+    content_type: &'static str,
+    body: Bytes,
+    etag: HeaderValue,
+}
+
 /// `router` with the console's routes added when `ui.enabled`. `open_api` (no token
 /// configured) is written into the page, so that the console asks for a token
 /// without first sending a request that would be refused (and audited as such).
@@ -76,28 +87,47 @@ pub fn with_console(router: Router, config: &UiConfig, open_api: bool) -> Router
     if !config.enabled {
         return router;
     }
-    let index = index_page(open_api);
+    let files: Arc<Vec<File>> = Arc::new(
+        ASSETS
+            .iter()
+            .map(|a| {
+                let body = match a.path {
+                    "index.html" => index_page(open_api),
+                    _ => Bytes::from_static(a.body),
+                };
+                File {
+                    path: a.path,
+                    content_type: a.content_type,
+                    etag: HeaderValue::from_str(&etag(&body)).expect("hex is a valid header"),
+                    body,
+                }
+            })
+            .collect(),
+    );
     router.merge(
         Router::new()
             .route("/", get(|| async { Redirect::to("/ui/") }))
             .route("/ui", get(|| async { Redirect::permanent("/ui/") }))
             .route(
                 "/ui/",
-                get(move |headers: HeaderMap| async move {
-                    serve(ASSETS[0].content_type, index.clone(), &headers)
+                get({
+                    let files = files.clone();
+                    move |headers: HeaderMap| async move { serve(&files[0], &headers) }
                 }),
             )
             .route(
                 "/ui/{*path}",
-                get(|Path(path): Path<String>, headers: HeaderMap| async move {
-                    match ASSETS.iter().find(|a| a.path == path) {
-                        Some(a) => serve(a.content_type, Bytes::from_static(a.body), &headers),
-                        None => crate::api::error::ApiError::not_found(format!(
-                            "the console has no file {path:?}; open /ui/"
-                        ))
-                        .into_response(),
-                    }
-                }),
+                get(
+                    move |Path(path): Path<String>, headers: HeaderMap| async move {
+                        match files.iter().find(|f| f.path == path) {
+                            Some(file) => serve(file, &headers),
+                            None => crate::api::error::ApiError::not_found(format!(
+                                "the console has no file {path:?}; open /ui/"
+                            ))
+                            .into_response(),
+                        }
+                    },
+                ),
             ),
     )
 }
@@ -114,15 +144,18 @@ fn index_page(open_api: bool) -> Bytes {
 }
 
 /// A file, with its security headers; 304 when the client's copy is this build's.
-fn serve(content_type: &'static str, body: Bytes, headers: &HeaderMap) -> Response {
-    let etag = etag(&body);
+fn serve(file: &File, headers: &HeaderMap) -> Response {
     let fresh = headers
         .get(header::IF_NONE_MATCH)
-        .is_some_and(|v| v.as_bytes() == etag.as_bytes());
+        .is_some_and(|v| v == file.etag);
     let mut response = if fresh {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        ([(header::CONTENT_TYPE, content_type)], body).into_response()
+        (
+            [(header::CONTENT_TYPE, file.content_type)],
+            file.body.clone(),
+        )
+            .into_response()
     };
     let h = response.headers_mut();
     h.insert(
@@ -141,9 +174,7 @@ fn serve(content_type: &'static str, body: Bytes, headers: &HeaderMap) -> Respon
     // Revalidated on every load, so a new daemon's console is never mixed with an
     // old one's cached files.
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    if let Ok(value) = HeaderValue::from_str(&etag) {
-        h.insert(header::ETAG, value);
-    }
+    h.insert(header::ETAG, file.etag.clone());
     response
 }
 
