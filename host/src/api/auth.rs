@@ -74,21 +74,7 @@ impl Auth {
                 limiter: None,
             });
         }
-        let presented = bearer(headers).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "this endpoint needs a token: send `Authorization: Bearer <token>`",
-            )
-        })?;
-        let found = self.find(presented);
-        let entry = found.ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "the bearer token is not valid",
-            )
-        })?;
+        let entry = self.entry(headers)?;
         if !entry.scopes.contains(&scope) {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -117,14 +103,26 @@ impl Auth {
         if self.is_open() {
             return Ok((None, vec![Scope::Publish, Scope::Read, Scope::Admin]));
         }
-        let entry = bearer(headers).and_then(|t| self.find(t)).ok_or_else(|| {
+        let entry = self.entry(headers)?;
+        Ok((Some(entry.name.clone()), entry.scopes.clone()))
+    }
+
+    /// The configured token the request bears, or 401 (none, or not a known one).
+    fn entry(&self, headers: &HeaderMap) -> Result<&Entry, ApiError> {
+        let presented = bearer(headers).ok_or_else(|| {
             ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
-                "send `Authorization: Bearer <token>` with a valid token",
+                "this endpoint needs a token: send `Authorization: Bearer <token>`",
             )
         })?;
-        Ok((Some(entry.name.clone()), entry.scopes.clone()))
+        self.find(presented).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "the bearer token is not valid",
+            )
+        })
     }
 
     /// The rate limit of the token the request bears, if it is a known token with one.
