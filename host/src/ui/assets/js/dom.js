@@ -100,3 +100,38 @@ export function number(n, digits = 0) {
     minimumFractionDigits: digits,
   });
 }
+
+/// A button that runs `run`; a failure is said in `status`.
+export function action(label, run, status, attrs = {}) {
+  const onclick = async () => {
+    try {
+      await run();
+    } catch (e) {
+      say(status, e);
+    }
+  };
+  return h("button", { type: "button", ...attrs, onclick }, label);
+}
+
+/// The pages of a list route with cursors: `load(n)` calls `fetchPage(cursor, n)`,
+/// which draws page n and returns the answer, then puts Newer/Older buttons into
+/// `el`. `load()` reloads the page shown; `load.reset()` goes back to the first.
+export function pager(el, fetchPage, status) {
+  let cursors = [null];
+  let shown = 0;
+  const load = async (page = shown) => {
+    const r = await fetchPage(cursors[page], page);
+    shown = page;
+    cursors = cursors.slice(0, page + 1);
+    if (r.next_cursor) cursors.push(r.next_cursor);
+    clear(el,
+      page > 0 ? action("Newer", () => load(page - 1), status) : null,
+      r.next_cursor ? action("Older", () => load(page + 1), status) : null);
+    return r;
+  };
+  load.reset = () => {
+    cursors = [null];
+    return load(0);
+  };
+  return load;
+}

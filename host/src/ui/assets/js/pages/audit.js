@@ -4,7 +4,7 @@
 // #/audit/event/<id> opens the search on one event.
 
 import { get, query } from "../api.js";
-import { clear, download, field, h, json, say, table, time } from "../dom.js";
+import { clear, download, field, h, json, pager, say, table, time } from "../dom.js";
 
 export async function render(root, ctx) {
   const inputs = {
@@ -21,8 +21,7 @@ export async function render(root, ctx) {
   const verified = h("div", { id: "verify-result", "aria-live": "polite" });
   const results = h("div", { id: "audit-rows" });
   const detail = h("section", { class: "card", "aria-label": "Row", id: "audit-row", tabindex: "-1", hidden: true });
-  const pager = h("div", { class: "row" });
-  let cursors = [null];
+  const pages = h("div", { class: "row" });
 
   const filter = () => {
     const f = {};
@@ -33,11 +32,8 @@ export async function render(root, ctx) {
     }
     return f;
   };
-  const load = async (page) => {
-    const cursor = cursors[page];
+  const load = pager(pages, async (cursor, page) => {
     const r = await get(`/v1/audit${query({ ...filter(), limit: 50, cursor })}`);
-    cursors = cursors.slice(0, page + 1);
-    if (r.next_cursor) cursors.push(r.next_cursor);
     say(status, `Page ${page + 1}: ${r.rows.length} ${r.rows.length === 1 ? "row" : "rows"}${r.next_cursor ? ", more follow" : ""}.`);
     clear(results, table(["Time", "Type", "Actor", "Resource", "Event"], r.rows.map((row) => h("tr", {},
       h("td", {}, time(row.time)),
@@ -45,10 +41,8 @@ export async function render(root, ctx) {
       h("td", {}, row.actor ?? "—", row.actor_ip ? h("small", { class: "muted" }, ` ${row.actor_ip}`) : ""),
       h("td", {}, row.resource_type ? `${row.resource_type}:${row.resource_id ?? ""}` : "—"),
       h("td", { class: "mono wrap" }, row.event_id))), "No row matches."));
-    clear(pager,
-      page > 0 ? h("button", { type: "button", onclick: () => load(page - 1).catch((e) => say(status, e)) }, "Newer") : null,
-      r.next_cursor ? h("button", { type: "button", onclick: () => load(page + 1).catch((e) => say(status, e)) }, "Older") : null);
-  };
+    return r;
+  }, status);
 
   const showRow = (row) => {
     detail.hidden = false;
@@ -70,8 +64,7 @@ export async function render(root, ctx) {
       h("button", { type: "button", id: "export", onclick: exportRows }, "Export (JSON lines)")));
   form.addEventListener("submit", (e) => {
     e.preventDefault();
-    cursors = [null];
-    load(0).catch((error) => say(status, error));
+    load.reset().catch((error) => say(status, error));
   });
 
   async function verify() {
@@ -105,6 +98,6 @@ export async function render(root, ctx) {
   }
 
   clear(root, h("h1", {}, "Audit"), form, verified, detail,
-    h("section", { class: "card", "aria-label": "Rows" }, status, results, pager));
+    h("section", { class: "card", "aria-label": "Rows" }, status, results, pages));
   await load(0).catch((e) => say(status, e));
 }

@@ -3,7 +3,7 @@
 // beside, and promote.
 
 import { get, post } from "../api.js";
-import { badge, clear, h, json, number, say, table, time } from "../dom.js";
+import { action, badge, clear, h, json, number, say, table, time } from "../dom.js";
 
 const KINDS = ["timeout", "memory", "trap", "error", "invalid_action"];
 
@@ -11,14 +11,10 @@ export async function render(root, ctx) {
   const status = h("div", { class: "status" });
   const body = h("div");
   clear(root, h("h1", {}, "Plugins"), status, body);
-  const act = (label, fn, attrs = {}) => h("button", { type: "button", ...attrs, onclick: async () => {
-    try {
-      await fn();
-      await draw();
-    } catch (e) {
-      say(status, e);
-    }
-  } }, label);
+  const act = (label, fn, attrs = {}) => action(label, async () => {
+    await fn();
+    await draw();
+  }, status, attrs);
   const draw = async () => {
     const { plugins } = await get("/v1/plugins");
     if (!plugins.length) {

@@ -3,7 +3,7 @@
 // delete, replay its failed deliveries since a time, its deliveries by status.
 
 import { api, get, post, query } from "../api.js";
-import { badge, clear, field, h, number, say, table, time } from "../dom.js";
+import { action, badge, clear, field, h, number, pager, say, table, time } from "../dom.js";
 
 export async function render(root, ctx) {
   if (!ctx.can("admin")) {
@@ -106,13 +106,7 @@ async function endpoint(root, ctx, id) {
   const shown = h("div", { class: "secret-slot" });
   const head = h("div");
   const deliveries = h("div");
-  const act = (label, fn, kind = "") => h("button", { type: "button", class: kind, onclick: async () => {
-    try {
-      await fn();
-    } catch (error) {
-      say(status, error);
-    }
-  } }, label);
+  const act = (label, fn, kind = "") => action(label, fn, status, { class: kind });
   const refresh = async () => {
     e = await get(path);
     drawHead();
@@ -186,18 +180,9 @@ async function endpoint(root, ctx, id) {
   // Deliveries, newest first, 50 a page; the 5 s refresh re-reads the page shown.
   const filter = h("select", { name: "status", id: "delivery-status" },
     ["", "pending", "succeeded", "failed"].map((s) => h("option", { value: s }, s || "any status")));
-  const pager = h("div", { class: "row" });
-  let cursors = [null];
-  let shownPage = 0;
-  filter.addEventListener("change", () => {
-    cursors = [null];
-    loadDeliveries(0);
-  });
-  const loadDeliveries = async (page = shownPage) => {
-    const r = await get(`${path}/deliveries${query({ status: filter.value, limit: 50, cursor: cursors[page] })}`);
-    shownPage = page;
-    cursors = cursors.slice(0, page + 1);
-    if (r.next_cursor) cursors.push(r.next_cursor);
+  const pages = h("div", { class: "row" });
+  const loadDeliveries = pager(pages, async (cursor) => {
+    const r = await get(`${path}/deliveries${query({ status: filter.value, limit: 50, cursor })}`);
     clear(deliveries, table(["Delivery", "Event", "Status", "Attempts", "Last answer", "Updated"],
       r.deliveries.map((d) => h("tr", {},
         h("td", {}, h("a", { href: `#/deliveries/${encodeURIComponent(d.id)}`, class: "mono" }, d.id.slice(0, 18))),
@@ -207,17 +192,16 @@ async function endpoint(root, ctx, id) {
         h("td", {}, d.last_status_code ?? "", d.last_error ? h("span", { class: "error" }, ` ${d.last_error}`) : ""),
         h("td", {}, time(d.updated_at)))),
       "No deliveries with this status."));
-    clear(pager,
-      page > 0 ? h("button", { type: "button", onclick: () => loadDeliveries(page - 1).catch((e) => say(status, e)) }, "Newer") : null,
-      r.next_cursor ? h("button", { type: "button", onclick: () => loadDeliveries(page + 1).catch((e) => say(status, e)) }, "Older") : null);
-  };
+    return r;
+  }, status);
+  filter.addEventListener("change", () => loadDeliveries.reset().catch((e) => say(status, e)));
   drawHead();
   clear(root, head, shown, status,
     h("section", { class: "card", "aria-labelledby": "deliveries-title" },
       h("div", { class: "row spread" }, h("h2", { id: "deliveries-title" }, "Deliveries"),
         h("label", { for: "delivery-status", class: "sr-only" }, "Status"), filter,
         h("button", { type: "button", onclick: () => loadDeliveries() }, "Refresh")),
-      deliveries, pager),
+      deliveries, pages),
     h("div", { class: "grid2" }, edit, replay));
   await loadDeliveries();
   const timer = setInterval(() => loadDeliveries().catch(() => {}), 5000);
@@ -232,4 +216,3 @@ function localInput(d) {
   const pad = (n) => String(n).padStart(2, "0");
   return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
 }
-export { localInput };
